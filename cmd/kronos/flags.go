@@ -1,0 +1,94 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"kronos/node"
+)
+
+type config struct {
+	store           string
+	adminListen     string
+	logLevel        string
+	logFormat       string
+	shutdownTimeout time.Duration
+	node            node.Options
+}
+
+var errHelp = errors.New("help requested")
+
+// envName is the environment variable of a flag: --max-conns → KRONOS_MAX_CONNS.
+func envName(flagName string) string {
+	return "KRONOS_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// parseServeFlags reads flags; a flag not given takes its KRONOS_* variable,
+// then its default. Every bad value is reported, not just the first.
+func parseServeFlags(args []string, stderr io.Writer) (*config, error) {
+	cfg := &config{}
+	fs := flag.NewFlagSet("kronos serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	o := &cfg.node
+	fs.StringVar(&o.Conn.Listen, "listen", ":5000", "client address: raw TCP and WebSocket on one port")
+	fs.StringVar(&cfg.adminListen, "admin-listen", "127.0.0.1:9090", "admin HTTP address: /healthz, /readyz, /metrics")
+	fs.StringVar(&cfg.store, "store", "bolt:kronos-data/kronos.db", "store URL: bolt:PATH")
+	fs.StringVar(&cfg.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&cfg.logFormat, "log-format", "json", "log format: json or console")
+	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 25*time.Second, "how long a stop may take")
+	fs.IntVar(&o.Conn.Workers, "workers", 64, "goroutines that read sockets and run requests")
+	fs.IntVar(&o.Conn.MaxConns, "max-conns", 0, "refuse connections past this count (0: no limit)")
+	fs.IntVar(&o.Conn.MaxMessageBytes, "max-message-bytes", 4<<20, "largest request")
+	fs.IntVar(&o.Conn.MaxQueueBytes, "max-queue-bytes", 8<<20, "largest unsent output per connection before it is dropped")
+	fs.DurationVar(&o.Conn.ReadTimeout, "read-timeout", 30*time.Second, "time allowed to finish a started message")
+	fs.IntVar(&o.Limits.MaxTasksPerUser, "max-tasks-per-user", 10000, "most tasks one user may store")
+	fs.IntVar(&o.Limits.MaxDevicesPerUser, "max-devices-per-user", 50, "most devices one user may register")
+	fs.IntVar(&o.Limits.MaxTaskBytes, "max-task-bytes", 64<<10, "largest task, as compact JSON")
+	fs.Float64Var(&o.RateLimit, "rate-limit", 100, "requests per second per connection, sustained")
+	fs.IntVar(&o.RateBurst, "rate-burst", 200, "requests one connection may send at once")
+	fs.DurationVar(&o.StoreTimeout, "store-timeout", 10*time.Second, "time allowed for one store call")
+
+	var problems []string
+	fs.VisitAll(func(f *flag.Flag) {
+		if v, ok := os.LookupEnv(envName(f.Name)); ok {
+			if err := f.Value.Set(v); err != nil {
+				problems = append(problems, fmt.Sprintf("%s=%q: %v", envName(f.Name), v, err))
+			}
+		}
+	})
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, errHelp
+		}
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		problems = append(problems, fmt.Sprintf("unexpected arguments: %q", fs.Args()))
+	}
+	positive := map[string]int{
+		"--workers": o.Conn.Workers, "--max-message-bytes": o.Conn.MaxMessageBytes,
+		"--max-queue-bytes": o.Conn.MaxQueueBytes, "--max-tasks-per-user": o.Limits.MaxTasksPerUser,
+		"--max-devices-per-user": o.Limits.MaxDevicesPerUser, "--max-task-bytes": o.Limits.MaxTaskBytes,
+		"--rate-burst": o.RateBurst,
+	}
+	for name, v := range positive {
+		if v <= 0 {
+			problems = append(problems, fmt.Sprintf("%s %d: must be at least 1", name, v))
+		}
+	}
+	if o.RateLimit <= 0 {
+		problems = append(problems, fmt.Sprintf("--rate-limit %g: must be above 0", o.RateLimit))
+	}
+	if o.Conn.MaxConns < 0 {
+		problems = append(problems, fmt.Sprintf("--max-conns %d: must be 0 (no limit) or more", o.Conn.MaxConns))
+	}
+	if len(problems) > 0 {
+		return nil, fmt.Errorf("bad configuration:\n  %s", strings.Join(problems, "\n  "))
+	}
+	return cfg, nil
+}

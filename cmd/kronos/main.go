@@ -1,0 +1,126 @@
+// Command kronos runs the Kronos sync server.
+//
+//	kronos serve [flags]   run a node (every flag has a KRONOS_* equivalent)
+//	kronos version         print the version
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/rs/zerolog"
+
+	"kronos/feed"
+	"kronos/node"
+)
+
+// version is set at build time: -ldflags "-X main.version=v1.2.3".
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprintln(stderr, "usage: kronos serve [flags] | kronos version")
+		return 2
+	}
+	switch args[0] {
+	case "version":
+		fmt.Fprintln(stdout, "kronos", version)
+		return 0
+	case "serve":
+		cfg, err := parseServeFlags(args[1:], stderr)
+		if err != nil {
+			if errors.Is(err, errHelp) {
+				return 0
+			}
+			fmt.Fprintln(stderr, "kronos:", err)
+			return 2
+		}
+		if err := serve(cfg, stderr); err != nil {
+			fmt.Fprintln(stderr, "kronos:", err)
+			return 1
+		}
+		return 0
+	}
+	fmt.Fprintf(stderr, "kronos: unknown command %q (want serve or version)\n", args[0])
+	return 2
+}
+
+func newLogger(cfg *config, w io.Writer) (zerolog.Logger, error) {
+	level, err := zerolog.ParseLevel(cfg.logLevel)
+	if err != nil {
+		return zerolog.Logger{}, fmt.Errorf("--log-level: %w", err)
+	}
+	switch cfg.logFormat {
+	case "json":
+	case "console":
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.RFC3339}
+	default:
+		return zerolog.Logger{}, fmt.Errorf("--log-format %q: want json or console", cfg.logFormat)
+	}
+	return zerolog.New(w).Level(level).With().Timestamp().Logger(), nil
+}
+
+func serve(cfg *config, stderr io.Writer) error {
+	log, err := newLogger(cfg, stderr)
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	store, err := feed.Open(ctx, cfg.store, feed.Options{Limits: cfg.node.Limits, Logger: log, Registerer: reg})
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+
+	cfg.node.Logger, cfg.node.Registerer = log, reg
+	n := node.New(store, cfg.node)
+	if err := n.Start(); err != nil {
+		return err
+	}
+	adminLn, err := net.Listen("tcp", cfg.adminListen)
+	if err != nil {
+		n.Shutdown(context.Background())
+		return fmt.Errorf("admin listen %s: %w", cfg.adminListen, err)
+	}
+	admin := &http.Server{Handler: n.AdminHandler(reg), ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := admin.Serve(adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error().Err(err).Msg("admin server stopped")
+		}
+	}()
+	log.Info().Str("version", version).Str("admin", adminLn.Addr().String()).Msg("kronos started")
+
+	<-ctx.Done()
+	stop() // a second signal kills the process the default way
+	log.Info().Msg("signal received: stopping")
+	shutCtx, cancel := context.WithTimeout(context.Background(), cfg.shutdownTimeout)
+	defer cancel()
+	if err := n.Shutdown(shutCtx); err != nil {
+		log.Warn().Err(err).Msg("shutdown incomplete")
+	}
+	if err := store.Close(); err != nil {
+		log.Error().Err(err).Msg("closing store")
+	}
+	admin.Close()
+	log.Info().Msg("stopped")
+	return nil
+}

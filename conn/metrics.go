@@ -1,0 +1,64 @@
+package conn
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	open           *prometheus.GaugeVec
+	accepted       prometheus.Counter
+	refused        prometheus.Counter
+	acceptErrors   prometheus.Counter
+	closes         *prometheus.CounterVec
+	queueOverflows prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		open: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kronos_connections_open",
+			Help: "Open client connections by transport (pending: not sniffed yet).",
+		}, []string{"transport"}),
+		accepted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kronos_connections_accepted_total",
+			Help: "Client connections accepted.",
+		}),
+		refused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kronos_connections_refused_total",
+			Help: "Client connections refused at the connection limit.",
+		}),
+		acceptErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kronos_accept_pauses_total",
+			Help: "Times accepting paused for lack of descriptors or memory.",
+		}),
+		closes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kronos_connections_closed_total",
+			Help: "Client connections closed, by reason.",
+		}, []string{"reason"}),
+		queueOverflows: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kronos_queue_drops_total",
+			Help: "Connections dropped because their outgoing queue overflowed (slow consumers).",
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.open, m.accepted, m.refused, m.acceptErrors, m.closes, m.queueOverflows)
+	}
+	return m
+}
+
+func transportLabel(t Transport) string {
+	switch t {
+	case TransportTCP, TransportWebSocket:
+		return t.String()
+	}
+	return "pending"
+}
+
+func (m *metrics) opened() { m.open.WithLabelValues("pending").Inc() }
+
+func (m *metrics) transportKnown(t Transport) {
+	m.open.WithLabelValues("pending").Dec()
+	m.open.WithLabelValues(transportLabel(t)).Inc()
+}
+
+func (m *metrics) closed(t Transport) { m.open.WithLabelValues(transportLabel(t)).Dec() }
+
+func (m *metrics) closing(r CloseReason) { m.closes.WithLabelValues(r.String()).Inc() }

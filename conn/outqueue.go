@@ -1,0 +1,174 @@
+package conn
+
+import (
+	"errors"
+
+	"golang.org/x/sys/unix"
+)
+
+// outItem is one queued message. data may be shared by many connections (a
+// notification is encoded once for all devices of a user), so it is never
+// modified; framing lives beside it.
+type outItem struct {
+	head    [maxWSHeader]byte // WebSocket frame header, if any
+	headLen uint8
+	newline bool // raw TCP: a "\n" follows data
+	data    []byte
+}
+
+func (it *outItem) size() int {
+	n := int(it.headLen) + len(it.data)
+	if it.newline {
+		n++
+	}
+	return n
+}
+
+var newline = []byte{'\n'}
+
+// maxIovecs bounds one writev call; the kernel's IOV_MAX is 1024.
+const maxIovecs = 128
+
+// Send queues one JSON message for the client, framed for its transport: a
+// text frame for a WebSocket, the bytes and "\n" for raw TCP. payload is
+// retained until written and must not be modified afterwards; it may be
+// shared between connections. Send never blocks: it writes what the socket
+// takes now and queues the rest. It returns false when the connection is
+// closing, or when the queue would pass its byte limit, in which case the
+// connection is aborted (a client that does not read must not grow memory).
+func (c *Conn) Send(payload []byte) bool {
+	it := outItem{data: payload}
+	if c.Transport() == TransportWebSocket {
+		it.headLen = uint8(putWSTextHeader(it.head[:], len(payload)))
+	} else {
+		it.newline = true
+	}
+	if c.Closing() {
+		return false
+	}
+	return c.enqueue(&it)
+}
+
+// sendRaw queues bytes as they are (handshake answers, control frames).
+func (c *Conn) sendRaw(p []byte) bool {
+	return c.enqueue(&outItem{data: p})
+}
+
+func (c *Conn) enqueue(it *outItem) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.dead || c.writeShut {
+		return false
+	}
+	size := it.size()
+	// One message larger than the whole limit still goes out on an empty
+	// queue, so a big read-all answer is never refused by itself.
+	if limit := c.srv.opts.MaxQueueBytes; c.outBytes > 0 && c.outBytes+size > limit {
+		if c.setReason(ReasonSlowConsumer) {
+			c.srv.metrics.closing(ReasonSlowConsumer)
+		}
+		c.srv.metrics.queueOverflows.Inc()
+		c.abortLocked()
+		return false
+	}
+	c.out = append(c.out, *it)
+	c.outBytes += size
+	if len(c.out) == 1 {
+		c.flushLocked()
+	}
+	return true
+}
+
+// onWritable runs when epoll reports the socket writable again.
+func (c *Conn) onWritable() {
+	c.mu.Lock()
+	if len(c.out) > 0 {
+		c.flushLocked()
+	}
+	c.mu.Unlock()
+}
+
+// flushLocked writes queued output until done or the socket is full. On
+// EAGAIN it returns; epoll's edge-triggered EPOLLOUT calls onWritable later.
+// c.mu must be held.
+func (c *Conn) flushLocked() {
+	var iovs [maxIovecs][]byte
+	for len(c.out) > 0 && !c.dead {
+		n := c.fillIovecs(iovs[:0])
+		written, err := unix.Writev(c.fd, iovs[:n])
+		if written > 0 {
+			c.advance(written)
+		}
+		if err == nil || errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if errors.Is(err, unix.EAGAIN) {
+			return
+		}
+		// EPIPE, ECONNRESET…: the read side will see it too and tear down.
+		if c.setReason(ReasonIOError) {
+			c.srv.metrics.closing(ReasonIOError)
+		}
+		c.abortLocked()
+		return
+	}
+	if len(c.out) == 0 {
+		c.out = nil // an idle connection keeps no buffer
+		if c.closeWhenSent {
+			c.shutWriteLocked()
+		}
+	}
+}
+
+func (c *Conn) fillIovecs(iovs [][]byte) int {
+	skip := c.outOff
+	for i := range c.out {
+		it := &c.out[i]
+		for _, part := range [3][]byte{it.head[:it.headLen], it.data, nlIf(it.newline)} {
+			if len(part) == 0 {
+				continue
+			}
+			if skip >= len(part) {
+				skip -= len(part)
+				continue
+			}
+			iovs = append(iovs, part[skip:])
+			skip = 0
+			if len(iovs) == cap(iovs) {
+				return len(iovs)
+			}
+		}
+	}
+	return len(iovs)
+}
+
+func nlIf(b bool) []byte {
+	if b {
+		return newline
+	}
+	return nil
+}
+
+// advance drops n written bytes from the front of the queue.
+func (c *Conn) advance(n int) {
+	c.outBytes -= n
+	n += c.outOff
+	i := 0
+	for ; i < len(c.out); i++ {
+		size := c.out[i].size()
+		if n < size {
+			break
+		}
+		n -= size
+		c.out[i] = outItem{} // let shared payloads go
+	}
+	c.out = c.out[i:]
+	c.outOff = n
+}
+
+// QueuedBytes is the size of the output not yet written to the socket.
+func (c *Conn) QueuedBytes() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.outBytes
+}

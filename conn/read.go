@@ -1,0 +1,243 @@
+package conn
+
+import (
+	"bytes"
+	"errors"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// maxReadsPerTurn bounds how long one connection holds a worker: a client
+// that never stops sending is put back at the end of the pool's queue.
+const maxReadsPerTurn = 16
+
+func nowNano() int64 { return time.Now().UnixNano() }
+
+func shutdownFd(fd int, both bool) {
+	how := unix.SHUT_WR
+	if both {
+		how = unix.SHUT_RDWR
+	}
+	_ = unix.Shutdown(fd, how) // ENOTCONN after the peer's reset is expected
+}
+
+// scheduleRead hands the connection to a worker unless one already owns its
+// read side; in that case it tells the owner to read once more, so an edge
+// that arrives while the owner is finishing is never lost.
+//
+// readState: 0 idle, 1 a worker is reading, 2 reading and more arrived.
+func (c *Conn) scheduleRead() {
+	for {
+		switch c.readState.Load() {
+		case 0:
+			if c.readState.CompareAndSwap(0, 1) {
+				c.srv.pool.submit(c)
+				return
+			}
+		case 1:
+			if c.readState.CompareAndSwap(1, 2) {
+				return
+			}
+		default:
+			return
+		}
+	}
+}
+
+type readStatus uint8
+
+const (
+	readDrained readStatus = iota // EAGAIN: the kernel buffer is empty
+	readBusy                      // more may be waiting; yield the worker
+	readClosed                    // EOF or error: tear down
+)
+
+// readTurn runs on a pool worker that owns the read side.
+func (c *Conn) readTurn(buf []byte) {
+	for {
+		switch c.readAvailable(buf) {
+		case readClosed:
+			c.teardown()
+			return
+		case readBusy:
+			if c.srv.pool.trySubmit(c) {
+				return
+			}
+			continue // the queue is full: keep the turn rather than block
+		}
+		if c.readState.CompareAndSwap(1, 0) {
+			return
+		}
+		c.readState.Store(1) // was 2: an event came in meanwhile
+	}
+}
+
+func (c *Conn) readAvailable(buf []byte) readStatus {
+	for range maxReadsPerTurn {
+		n, err := unix.Read(c.fd, buf)
+		if n > 0 {
+			c.onData(buf[:n])
+			continue
+		}
+		switch {
+		case err == nil: // n == 0: orderly EOF
+			if c.setReason(ReasonClientClosed) {
+				c.srv.metrics.closing(ReasonClientClosed)
+			}
+			return readClosed
+		case errors.Is(err, unix.EAGAIN):
+			return readDrained
+		case errors.Is(err, unix.EINTR):
+			continue
+		default:
+			if c.setReason(ReasonIOError) {
+				c.srv.metrics.closing(ReasonIOError)
+			}
+			return readClosed
+		}
+	}
+	return readBusy
+}
+
+// onData handles bytes just read. Complete messages go to the handler
+// straight from the worker's buffer; only an incomplete tail is copied into
+// c.in, and c.in is released as soon as it is consumed.
+func (c *Conn) onData(p []byte) {
+	if c.discardIn {
+		return
+	}
+	data := p
+	buffered := len(c.in) > 0
+	if buffered {
+		c.in = append(c.in, p...)
+		data = c.in
+	}
+	used := c.consume(data)
+	rest := data[used:]
+	switch {
+	case len(rest) == 0 || c.discardIn:
+		c.in = nil
+		c.inSince.Store(0)
+	case buffered:
+		c.in = c.in[:copy(c.in, rest)]
+		if used > 0 {
+			c.inSince.Store(nowNano())
+		}
+	default:
+		c.in = append(make([]byte, 0, max(len(rest)*2, 512)), rest...)
+		c.inSince.Store(nowNano())
+	}
+}
+
+func (c *Conn) consume(p []byte) int {
+	switch c.Transport() {
+	case TransportUnknown:
+		return c.sniff(p)
+	case TransportTCP:
+		return c.consumeTCP(p)
+	case TransportWebSocket:
+		return c.consumeWS(p)
+	}
+	c.discardIn = true
+	return len(p)
+}
+
+func (c *Conn) setTransport(t Transport) {
+	c.transport.Store(uint32(t))
+	c.srv.metrics.transportKnown(t)
+}
+
+// consumeTCP hands each complete JSON value to the handler and returns how
+// many bytes it used.
+func (c *Conn) consumeTCP(p []byte) int {
+	limit := c.srv.opts.MaxMessageBytes
+	used := 0
+	for !c.discardIn {
+		start, end, res := c.scan.next(p[used:])
+		switch res {
+		case scanBlank:
+			return len(p)
+		case scanMore:
+			if len(p)-used-start > limit {
+				c.tcpFail(&TooBigError{Limit: limit})
+				return len(p)
+			}
+			return used
+		case scanBadStart, scanNotJSON:
+			c.tcpFail(ErrInvalidJSON)
+			return len(p)
+		}
+		msg := p[used+start : used+end]
+		used += end
+		if len(msg) > limit {
+			c.tcpFail(&TooBigError{Limit: limit})
+			return len(p)
+		}
+		if c.Closing() {
+			c.discardIn = true
+			break
+		}
+		c.srv.handler.OnMessage(c, msg)
+	}
+	return len(p)
+}
+
+// tcpFail reports a framing error; a raw stream cannot be re-synchronised,
+// so the connection closes once the answer is sent.
+func (c *Conn) tcpFail(err error) {
+	c.srv.handler.OnFramingError(c, err)
+	c.discardIn = true
+	c.Close(ReasonProtocolError)
+}
+
+// httpMethods are the request lines that mark a connection as HTTP. Anything
+// else is a raw JSON stream.
+var httpMethods = [][]byte{
+	[]byte("GET "), []byte("HEAD "), []byte("POST "), []byte("PUT "), []byte("DELETE "),
+	[]byte("OPTIONS "), []byte("PATCH "), []byte("CONNECT "), []byte("TRACE "),
+}
+
+// sniff decides the transport from the first bytes: an HTTP request line is
+// a WebSocket upgrade (or a plain HTTP request to refuse); anything else,
+// `{` or whitespace first, is a raw TCP client.
+func (c *Conn) sniff(p []byte) int {
+	http, undecided := false, false
+	for _, m := range httpMethods {
+		n := min(len(p), len(m))
+		if bytes.Equal(p[:n], m[:n]) {
+			if n == len(m) {
+				http = true
+			} else {
+				undecided = true
+			}
+		}
+	}
+	switch {
+	case http:
+		return c.readHTTPHead(p)
+	case undecided:
+		return 0
+	}
+	c.setTransport(TransportTCP)
+	return c.consumeTCP(p)
+}
+
+// maxHTTPHead bounds the request head of a WebSocket handshake.
+const maxHTTPHead = 8 << 10
+
+func (c *Conn) readHTTPHead(p []byte) int {
+	end := bytes.Index(p, []byte("\r\n\r\n"))
+	if end < 0 {
+		if len(p) > maxHTTPHead {
+			c.rejectHTTP(httpHeadTooLarge)
+			return len(p)
+		}
+		return 0
+	}
+	end += 4
+	if !c.upgrade(p[:end]) {
+		return len(p)
+	}
+	return end + c.consumeWS(p[end:])
+}

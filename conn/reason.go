@@ -1,0 +1,65 @@
+package conn
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/gobwas/ws"
+)
+
+// CloseReason says why a connection was closed. It labels logs and metrics
+// and picks the WebSocket close code. Only append: values are metric labels.
+type CloseReason uint32
+
+const (
+	ReasonNone          CloseReason = iota
+	ReasonClientClosed              // the peer closed or reset the connection
+	ReasonProtocolError             // the peer broke the framing or protocol rules
+	ReasonSlowConsumer              // the outgoing queue overflowed: the peer does not read
+	ReasonTimeout                   // a handshake or message was not finished in time
+	ReasonShutdown                  // the server is stopping
+	ReasonTakeover                  // the same device logged in on another connection
+	ReasonIOError                   // a socket error other than a clean close
+	ReasonPolicy                    // the server decided to close it (rebalance, feed loss, limits)
+	ReasonHTTPRejected              // a plain HTTP request that was not a WebSocket upgrade
+	reasonCount
+)
+
+var reasonNames = [reasonCount]string{
+	"none", "client_closed", "protocol_error", "slow_consumer", "timeout",
+	"shutdown", "takeover", "io_error", "policy", "http_rejected",
+}
+
+func (r CloseReason) String() string {
+	if r < reasonCount {
+		return reasonNames[r]
+	}
+	return fmt.Sprintf("reason(%d)", uint32(r))
+}
+
+// wsStatus is the WebSocket close code sent for a server-initiated close.
+func (r CloseReason) wsStatus() ws.StatusCode {
+	switch r {
+	case ReasonShutdown:
+		return ws.StatusGoingAway
+	case ReasonProtocolError:
+		return ws.StatusProtocolError
+	case ReasonTakeover, ReasonPolicy, ReasonTimeout:
+		return ws.StatusPolicyViolation
+	default:
+		return ws.StatusNormalClosure
+	}
+}
+
+// Framing errors reported to Handler.OnFramingError. Their text is safe to
+// show to the client.
+var (
+	ErrInvalidJSON       = errors.New("invalid JSON")
+	ErrIncompleteTimeout = errors.New("incomplete message: timed out waiting for the rest")
+	ErrInvalidUTF8       = errors.New("invalid UTF-8 in text message")
+)
+
+// TooBigError reports a message larger than the configured limit.
+type TooBigError struct{ Limit int }
+
+func (e *TooBigError) Error() string { return fmt.Sprintf("message exceeds %d bytes", e.Limit) }

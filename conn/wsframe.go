@@ -1,0 +1,219 @@
+package conn
+
+import (
+	"bytes"
+	"encoding/binary"
+	"unicode/utf8"
+
+	"github.com/gobwas/ws"
+)
+
+// maxWSHeader is the largest server frame header: 2 bytes plus a 64-bit length.
+const maxWSHeader = 10
+
+// wsReader is the read-side state of a WebSocket: a fragmented message being
+// reassembled, or an oversized one being skipped.
+type wsReader struct {
+	msg        []byte    // payload of a fragmented message so far
+	msgOp      ws.OpCode // its opcode; 0 when no message is open
+	discard    int64     // payload bytes of the current frame still to skip
+	discardMsg bool      // skip continuation frames until the one with FIN
+	hdrReader  bytes.Reader
+}
+
+// putWSTextHeader writes the header of an unmasked final text frame carrying
+// n bytes and returns its length.
+func putWSTextHeader(dst []byte, n int) int {
+	dst[0] = 0x80 | byte(ws.OpText)
+	switch {
+	case n < 126:
+		dst[1] = byte(n)
+		return 2
+	case n <= 0xFFFF:
+		dst[1] = 126
+		binary.BigEndian.PutUint16(dst[2:], uint16(n))
+		return 4
+	default:
+		dst[1] = 127
+		binary.BigEndian.PutUint64(dst[2:], uint64(n))
+		return 10
+	}
+}
+
+func wsControlFrame(op ws.OpCode, payload []byte) []byte {
+	var b bytes.Buffer
+	b.Grow(2 + len(payload))
+	_ = ws.WriteFrame(&b, ws.NewFrame(op, true, payload))
+	return b.Bytes()
+}
+
+func wsCloseFrame(code ws.StatusCode, reason string) []byte {
+	return wsControlFrame(ws.OpClose, ws.NewCloseFrameBody(code, reason))
+}
+
+// wsHeaderSize returns how many bytes the frame header at the start of p
+// takes, or 0 if p is too short to tell.
+func wsHeaderSize(p []byte) int {
+	if len(p) < 2 {
+		return 0
+	}
+	n := 2
+	switch p[1] & 0x7F {
+	case 126:
+		n += 2
+	case 127:
+		n += 8
+	}
+	if p[1]&0x80 != 0 {
+		n += 4
+	}
+	return n
+}
+
+// consumeWS handles the complete frames at the start of p and returns how
+// many bytes it used. A frame is handled only when all of it has arrived, so
+// the unmasking happens exactly once.
+func (c *Conn) consumeWS(p []byte) int {
+	r := &c.ws
+	used := 0
+	for !c.discardIn {
+		rest := p[used:]
+		if r.discard > 0 {
+			n := min(int64(len(rest)), r.discard)
+			r.discard -= n
+			used += int(n)
+			if r.discard > 0 {
+				return used
+			}
+			continue
+		}
+		hsize := wsHeaderSize(rest)
+		if hsize == 0 || len(rest) < hsize {
+			return used
+		}
+		r.hdrReader.Reset(rest[:hsize])
+		h, err := ws.ReadHeader(&r.hdrReader)
+		if err != nil {
+			c.wsFail(ws.StatusProtocolError, "bad frame header")
+			return len(p)
+		}
+		if !c.wsHeaderValid(h) {
+			return len(p)
+		}
+		if h.OpCode.IsData() || h.OpCode == ws.OpContinuation {
+			if limit := int64(c.srv.opts.MaxMessageBytes); r.discardMsg || h.Length+int64(len(r.msg)) > limit {
+				// Skip the payload as it streams in instead of buffering it:
+				// the connection stays usable and memory stays bounded.
+				if !r.discardMsg {
+					c.srv.handler.OnFramingError(c, &TooBigError{Limit: c.srv.opts.MaxMessageBytes})
+				}
+				r.discardMsg = !h.Fin
+				r.msg, r.msgOp = nil, 0
+				used += hsize
+				r.discard = h.Length
+				continue
+			}
+		}
+		if int64(len(rest)-hsize) < h.Length {
+			return used // wait for the whole payload
+		}
+		payload := rest[hsize : hsize+int(h.Length)]
+		used += hsize + int(h.Length)
+		ws.Cipher(payload, h.Mask, 0)
+		c.wsFrame(h, payload)
+	}
+	return len(p)
+}
+
+// wsHeaderValid applies RFC 6455's rules for frames from a client.
+func (c *Conn) wsHeaderValid(h ws.Header) bool {
+	r := &c.ws
+	switch {
+	case !h.Masked:
+		c.wsFail(ws.StatusProtocolError, "client frames must be masked")
+	case h.Rsv != 0:
+		c.wsFail(ws.StatusProtocolError, "reserved bits set")
+	case h.OpCode.IsReserved():
+		c.wsFail(ws.StatusProtocolError, "reserved opcode")
+	case h.OpCode.IsControl() && (!h.Fin || h.Length > ws.MaxControlFramePayloadSize):
+		c.wsFail(ws.StatusProtocolError, "bad control frame")
+	case h.OpCode == ws.OpContinuation && r.msgOp == 0 && !r.discardMsg:
+		c.wsFail(ws.StatusProtocolError, "continuation without a message")
+	case h.OpCode.IsData() && (r.msgOp != 0 || r.discardMsg):
+		c.wsFail(ws.StatusProtocolError, "new message inside a fragmented one")
+	default:
+		return true
+	}
+	return false
+}
+
+func (c *Conn) wsFrame(h ws.Header, payload []byte) {
+	r := &c.ws
+	switch h.OpCode {
+	case ws.OpPing:
+		c.sendRaw(wsControlFrame(ws.OpPong, bytes.Clone(payload)))
+	case ws.OpPong:
+	case ws.OpClose:
+		code, _ := ws.ParseCloseFrameDataUnsafe(payload)
+		if code.Empty() {
+			code = ws.StatusNormalClosure
+		}
+		if c.setReason(ReasonClientClosed) {
+			c.srv.metrics.closing(ReasonClientClosed)
+			c.sendRaw(wsCloseFrame(code, ""))
+		}
+		c.discardIn = true // nothing may follow a close frame
+		c.closeAfterSend()
+	case ws.OpText, ws.OpBinary:
+		if h.Fin {
+			c.wsMessage(h.OpCode, payload)
+			return
+		}
+		r.msgOp = h.OpCode
+		r.msg = append(r.msg[:0], payload...)
+	case ws.OpContinuation:
+		r.msg = append(r.msg, payload...)
+		if h.Fin {
+			msg, op := r.msg, r.msgOp
+			r.msg, r.msgOp = nil, 0
+			c.wsMessage(op, msg)
+		}
+	}
+}
+
+func (c *Conn) wsMessage(op ws.OpCode, p []byte) {
+	if op == ws.OpText && !utf8.Valid(p) {
+		c.wsFail(ws.StatusInvalidFramePayloadData, "invalid UTF-8")
+		return
+	}
+	if c.Closing() {
+		return
+	}
+	c.srv.handler.OnMessage(c, p)
+}
+
+// wsFail closes the connection with a WebSocket close code after a protocol
+// violation; nothing more is read from it.
+func (c *Conn) wsFail(code ws.StatusCode, reason string) {
+	if c.setReason(ReasonProtocolError) {
+		c.srv.metrics.closing(ReasonProtocolError)
+		c.sendRaw(wsCloseFrame(code, reason))
+	}
+	c.discardIn = true
+	c.closeAfterSend()
+}
+
+// closeAfterSend shuts the write side once the queue drains, without adding
+// a close frame of its own.
+func (c *Conn) closeAfterSend() {
+	c.closingAt.CompareAndSwap(0, nowNano())
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.dead {
+		return
+	}
+	c.closeWhenSent = true
+	if len(c.out) == 0 {
+		c.shutWriteLocked()
+	}
+}

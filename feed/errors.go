@@ -1,0 +1,78 @@
+package feed
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+)
+
+// ErrorCode classifies a refused request. Only append.
+type ErrorCode uint8
+
+const (
+	CodeUserNotFound ErrorCode = iota + 1
+	CodeDeviceNotFound
+	CodeDeviceTaken
+	CodeTaskNotFound
+	CodeTaskExists
+	CodeStaleVersion
+	CodeTooManyTasks
+	CodeTooManyDevices
+	CodeInvalidTask
+)
+
+// Error is a request the store refused. Its message is safe to send to the
+// client: it never holds a user id.
+type Error struct {
+	Code ErrorCode
+	Msg  string
+}
+
+func (e *Error) Error() string { return e.Msg }
+
+// IsCode reports whether err is an *Error with the given code.
+func IsCode(err error, code ErrorCode) bool {
+	var fe *Error
+	return errors.As(err, &fe) && fe.Code == code
+}
+
+func errUserNotFound() error {
+	return &Error{CodeUserNotFound, "unknown user_id"}
+}
+
+func errDeviceNotFound(device string) error {
+	return &Error{CodeDeviceNotFound, fmt.Sprintf("device %q is not registered for this user", device)}
+}
+
+func errDeviceTaken(device string) error {
+	return &Error{CodeDeviceTaken, fmt.Sprintf("device %q belongs to another user", device)}
+}
+
+func errTaskNotFound(id int64) error {
+	return &Error{CodeTaskNotFound, "task " + strconv.FormatInt(id, 10) + " not found"}
+}
+
+func errTaskIndexNotFound(index string) error {
+	return &Error{CodeTaskNotFound, fmt.Sprintf("task with index %q not found", index)}
+}
+
+func errTaskExists(id int64) error {
+	return &Error{CodeTaskExists, "task " + strconv.FormatInt(id, 10) + " already exists"}
+}
+
+func errStaleVersion(sent, stored []byte) error {
+	return &Error{CodeStaleVersion, fmt.Sprintf(
+		"version %s is older than the stored version %s: read-all first", sent, stored)}
+}
+
+func errTooManyTasks(limit int) error {
+	return &Error{CodeTooManyTasks, fmt.Sprintf("too many tasks: at most %d per user", limit)}
+}
+
+func errTooManyDevices(limit int) error {
+	return &Error{CodeTooManyDevices, fmt.Sprintf("too many devices: at most %d per user", limit)}
+}
+
+func errInvalidTask(format string, args ...any) error {
+	return &Error{CodeInvalidTask, fmt.Sprintf(format, args...)}
+}

@@ -1,0 +1,153 @@
+// Package client is a minimal Kronos protocol client over raw TCP or
+// WebSocket, for tests and the load generator. It is not used by the server.
+package client
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
+)
+
+// Transport selects how a Client talks to the server.
+type Transport string
+
+const (
+	TCP       Transport = "tcp"
+	WebSocket Transport = "websocket"
+)
+
+// Client is one connection. Its methods are not safe for concurrent use,
+// except that one goroutine may read (Next) while another writes.
+type Client struct {
+	Transport Transport
+	Conn      net.Conn
+	reader    *bufio.Reader
+}
+
+// Dial connects to addr over the given transport.
+func Dial(ctx context.Context, t Transport, addr string) (*Client, error) {
+	return DialFrom(ctx, t, addr, nil)
+}
+
+// DialFrom is Dial from a chosen local address (nil: any).
+func DialFrom(ctx context.Context, t Transport, addr string, local *net.TCPAddr) (*Client, error) {
+	d := net.Dialer{LocalAddr: local}
+	switch t {
+	case TCP:
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return nil, err
+		}
+		return &Client{Transport: t, Conn: c, reader: bufio.NewReader(c)}, nil
+	case WebSocket:
+		wd := ws.Dialer{NetDial: d.DialContext}
+		c, br, _, err := wd.Dial(ctx, "ws://"+addr+"/")
+		if err != nil {
+			return nil, err
+		}
+		cl := &Client{Transport: t, Conn: c}
+		if br != nil {
+			cl.reader = br
+		} else {
+			cl.reader = bufio.NewReader(c)
+		}
+		return cl, nil
+	}
+	return nil, fmt.Errorf("unknown transport %q", t)
+}
+
+// Close closes the connection.
+func (c *Client) Close() error { return c.Conn.Close() }
+
+// SendRaw writes one message as is: bytes on the raw stream, one text
+// message on a WebSocket.
+func (c *Client) SendRaw(p []byte) error {
+	if c.Transport == WebSocket {
+		return wsutil.WriteClientText(c.Conn, p)
+	}
+	_, err := c.Conn.Write(p)
+	return err
+}
+
+// Send encodes v as JSON and sends it as one message.
+func (c *Client) Send(v any) error {
+	p, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return c.SendRaw(p)
+}
+
+// NextRaw reads the next message from the server, waiting at most timeout.
+func (c *Client) NextRaw(timeout time.Duration) ([]byte, error) {
+	if err := c.Conn.SetReadDeadline(time.Now().Add(timeout)); err != nil {
+		return nil, err
+	}
+	if c.Transport == WebSocket {
+		for {
+			msg, op, err := wsutil.ReadServerData(struct {
+				io.Reader
+				io.Writer
+			}{c.reader, c.Conn})
+			if err != nil {
+				return nil, err
+			}
+			if op == ws.OpText || op == ws.OpBinary {
+				return msg, nil
+			}
+		}
+	}
+	line, err := c.reader.ReadBytes('\n')
+	if err != nil {
+		return nil, err
+	}
+	return line[:len(line)-1], nil
+}
+
+// Message is a decoded server message.
+type Message map[string]any
+
+// Type is the message's "type" field.
+func (m Message) Type() string { s, _ := m["type"].(string); return s }
+
+// Success is the message's "success" field.
+func (m Message) Success() bool { b, _ := m["success"].(bool); return b }
+
+// Str returns a string field.
+func (m Message) Str(key string) string { s, _ := m[key].(string); return s }
+
+// Next reads and decodes the next message.
+func (c *Client) Next(timeout time.Duration) (Message, error) {
+	p, err := c.NextRaw(timeout)
+	if err != nil {
+		return nil, err
+	}
+	var m Message
+	if err := json.Unmarshal(p, &m); err != nil {
+		return nil, fmt.Errorf("server sent invalid JSON %q: %w", p, err)
+	}
+	return m, nil
+}
+
+// Login logs in and returns the server's answer; an error answer is an error.
+func (c *Client) Login(userID, deviceID string, timeout time.Duration) (Message, error) {
+	if err := c.Send(map[string]any{"type": "login", "user_id": userID, "device_id": deviceID, "version": ""}); err != nil {
+		return nil, err
+	}
+	m, err := c.Next(timeout)
+	if err != nil {
+		return nil, err
+	}
+	if !m.Success() || m.Type() != "login" {
+		return m, errors.New("login refused: " + m.Str("error"))
+	}
+	return m, nil
+}

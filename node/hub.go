@@ -1,0 +1,80 @@
+package node
+
+import (
+	"hash/maphash"
+	"sync"
+)
+
+const hubShards = 64
+
+// hub maps a user to the sessions of that user on this node. It is sharded
+// so that logins and fan-out of different users rarely share a lock.
+type hub struct {
+	seed   maphash.Seed
+	shards [hubShards]hubShard
+}
+
+type hubShard struct {
+	mu    sync.RWMutex
+	users map[string][]*session
+}
+
+func newHub() *hub {
+	h := &hub{seed: maphash.MakeSeed()}
+	for i := range h.shards {
+		h.shards[i].users = make(map[string][]*session)
+	}
+	return h
+}
+
+func (h *hub) shard(userID string) *hubShard {
+	return &h.shards[maphash.String(h.seed, userID)%hubShards]
+}
+
+func (h *hub) add(s *session) {
+	sh := h.shard(s.userID)
+	sh.mu.Lock()
+	sh.users[s.userID] = append(sh.users[s.userID], s)
+	sh.mu.Unlock()
+}
+
+func (h *hub) remove(s *session) {
+	sh := h.shard(s.userID)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	list := sh.users[s.userID]
+	for i, other := range list {
+		if other == s {
+			list[i] = list[len(list)-1]
+			list[len(list)-1] = nil
+			list = list[:len(list)-1]
+			break
+		}
+	}
+	if len(list) == 0 {
+		delete(sh.users, s.userID)
+	} else {
+		sh.users[s.userID] = list
+	}
+}
+
+// sessions appends the user's sessions to buf.
+func (h *hub) sessions(userID string, buf []*session) []*session {
+	sh := h.shard(userID)
+	sh.mu.RLock()
+	buf = append(buf, sh.users[userID]...)
+	sh.mu.RUnlock()
+	return buf
+}
+
+// users counts the users with at least one session here.
+func (h *hub) users() int {
+	n := 0
+	for i := range h.shards {
+		sh := &h.shards[i]
+		sh.mu.RLock()
+		n += len(sh.users)
+		sh.mu.RUnlock()
+	}
+	return n
+}

@@ -1,0 +1,40 @@
+package node
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	logins        *prometheus.CounterVec
+	requests      *prometheus.CounterVec
+	latency       *prometheus.HistogramVec
+	notifications prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer, h *hub) *metrics {
+	m := &metrics{
+		logins: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kronos_logins_total",
+			Help: "Logins by outcome: new_user, new_device, existing, refused, error.",
+		}, []string{"outcome"}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kronos_requests_total",
+			Help: "Requests by type and outcome.",
+		}, []string{"type", "outcome"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "kronos_request_duration_seconds",
+			Help:    "Time from a request's arrival to its answer or commit.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
+		}, []string{"type"}),
+		notifications: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kronos_notifications_sent_total",
+			Help: "Notifications queued to devices.",
+		}),
+	}
+	if reg != nil {
+		users := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kronos_users_connected",
+			Help: "Users with at least one logged-in device on this node.",
+		}, func() float64 { return float64(h.users()) })
+		reg.MustRegister(m.logins, m.requests, m.latency, m.notifications, users)
+	}
+	return m
+}

@@ -1,0 +1,235 @@
+// Package node speaks the Kronos protocol: it keeps a session per
+// connection, checks and dispatches requests to the store, and fans the
+// store's change feed out to the devices connected to this node.
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"kronos/conn"
+	"kronos/feed"
+)
+
+// Options configure a Node. Zero fields take their defaults.
+type Options struct {
+	Conn   conn.Options // listener, framing and queue limits
+	Limits feed.Limits  // per-user limits, shared with the store
+	// RateLimit is each connection's sustained request rate, per second.
+	// Default 100.
+	RateLimit float64
+	// RateBurst is how many requests a connection may send at once.
+	// Default 200: a real client sends bursts of tens.
+	RateBurst int
+	// StoreTimeout bounds one store call. Default 10s.
+	StoreTimeout time.Duration
+
+	Logger     zerolog.Logger
+	Registerer prometheus.Registerer
+}
+
+func (o *Options) setDefaults() {
+	o.Limits.SetDefaults()
+	if o.RateLimit <= 0 {
+		o.RateLimit = 100
+	}
+	if o.RateBurst <= 0 {
+		o.RateBurst = 200
+	}
+	if o.StoreTimeout <= 0 {
+		o.StoreTimeout = 10 * time.Second
+	}
+}
+
+// Node is one Kronos server node.
+type Node struct {
+	opts    Options
+	log     zerolog.Logger
+	store   feed.Store
+	hub     *hub
+	metrics *metrics
+	srv     *conn.Server
+	ready   atomic.Bool
+}
+
+// New makes a node on a store. The store must not be shared with another
+// Node in this process; the caller closes it after Shutdown.
+func New(store feed.Store, opts Options) *Node {
+	opts.setDefaults()
+	opts.Conn.Logger = opts.Logger
+	opts.Conn.Registerer = opts.Registerer
+	n := &Node{
+		opts:  opts,
+		log:   opts.Logger,
+		store: store,
+		hub:   newHub(),
+	}
+	n.metrics = newMetrics(opts.Registerer, n.hub)
+	store.Subscribe(n.deliver)
+	return n
+}
+
+// Start opens the client port.
+func (n *Node) Start() error {
+	srv, err := conn.Listen(n.opts.Conn, n)
+	if err != nil {
+		return err
+	}
+	n.srv = srv
+	n.ready.Store(true)
+	n.log.Info().Str("addr", srv.Addr().String()).Msg("accepting clients")
+	return nil
+}
+
+// Addr is the client port's address.
+func (n *Node) Addr() net.Addr { return n.srv.Addr() }
+
+// Connections is the number of open client connections.
+func (n *Node) Connections() int { return n.srv.Count() }
+
+// Ready reports whether the node accepts clients and its store answers.
+func (n *Node) Ready(ctx context.Context) error {
+	if !n.ready.Load() || n.srv == nil || !n.srv.Accepting() {
+		return errors.New("not accepting clients")
+	}
+	if err := n.store.Ready(ctx); err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	return nil
+}
+
+// Shutdown stops accepting, lets requests in progress finish (their writes
+// commit and are notified), closes every client cleanly, and returns when
+// all are closed or ctx ends.
+func (n *Node) Shutdown(ctx context.Context) error {
+	n.ready.Store(false)
+	if n.srv == nil {
+		return nil
+	}
+	n.log.Info().Int("connections", n.srv.Count()).Msg("shutting down")
+	return n.srv.Shutdown(ctx, conn.ReasonShutdown)
+}
+
+// OnMessage handles one request. It runs on a pool worker; requests of one
+// connection run one at a time, in order.
+func (n *Node) OnMessage(c *conn.Conn, p []byte) {
+	s, _ := c.Context().(*session)
+	if s == nil {
+		s = &session{node: n, conn: c}
+		c.SetContext(s)
+	}
+	start := time.Now()
+	typ, outcome := n.handle(s, p, start)
+	label := typ
+	if !knownType(typ) {
+		label = "unknown"
+	}
+	n.metrics.requests.WithLabelValues(label, outcome).Inc()
+	n.metrics.latency.WithLabelValues(label).Observe(time.Since(start).Seconds())
+}
+
+func knownType(t string) bool {
+	switch t {
+	case typeLogin, typeReadAll, typeWriteAll, typeCreate, typeUpdate, typeDelete:
+		return true
+	}
+	return false
+}
+
+// handle runs one request and returns its type and outcome label.
+func (n *Node) handle(s *session, p []byte, now time.Time) (string, string) {
+	req, typ, err := decodeRequest(p)
+	if err != nil {
+		s.sendError(typ, err.Error())
+		if err == errInvalidJSON && s.conn.Transport() == conn.TransportTCP {
+			// A raw stream that is not JSON cannot be re-synchronised.
+			s.conn.Close(conn.ReasonProtocolError)
+		}
+		return typ, "invalid"
+	}
+	if !s.allow(now) {
+		s.sendError(typ, fmt.Sprintf("rate limit exceeded: at most %g requests per second", n.opts.RateLimit))
+		return typ, "rate_limited"
+	}
+	if !knownType(typ) {
+		s.sendError(typ, fmt.Sprintf("unknown request type %q", typ))
+		return typ, "invalid"
+	}
+	ctx, cancel := s.storeContext()
+	defer cancel()
+	if typ == typeLogin {
+		s.login(ctx, req)
+		return typ, "done"
+	}
+	if !s.loggedIn {
+		s.sendError(typ, "not logged in")
+		return typ, "refused"
+	}
+	if err := s.checkIdentity(req); err != nil {
+		s.sendError(typ, err.Error())
+		return typ, "refused"
+	}
+	if typ == typeReadAll {
+		s.readAll(ctx)
+		return typ, "done"
+	}
+	if !s.write(ctx, typ, req) {
+		return typ, "refused"
+	}
+	return typ, "ok"
+}
+
+// OnFramingError answers input that broke the framing.
+func (n *Node) OnFramingError(c *conn.Conn, err error) {
+	c.Send(encodeError("", err.Error()))
+}
+
+// OnClose forgets the connection's session.
+func (n *Node) OnClose(c *conn.Conn, reason conn.CloseReason) {
+	s, _ := c.Context().(*session)
+	if s == nil {
+		return
+	}
+	s.unregister()
+	if s.loggedIn {
+		s.active.Store(false)
+	}
+	s.logger(zerolog.DebugLevel).Str("reason", reason.String()).Msg("connection closed")
+}
+
+// takeOver closes older connections of the device that just logged in on s.
+func (n *Node) takeOver(s *session) {
+	for _, other := range n.hub.sessions(s.userID, nil) {
+		if other != s && other.active.Load() && other.deviceID == s.deviceID {
+			other.conn.Close(conn.ReasonTakeover)
+		}
+	}
+}
+
+// deliver is the store's Sink: each change is encoded once and queued to
+// every device of its user connected here.
+func (n *Node) deliver(changes []feed.Change) {
+	var targets []*session
+	for i := range changes {
+		ch := &changes[i]
+		targets = n.hub.sessions(ch.UserID, targets[:0])
+		if len(targets) == 0 {
+			continue
+		}
+		payload := encodeNotification(ch)
+		sent := 0
+		for _, s := range targets {
+			if s.deliver(ch.Seq, payload) {
+				sent++
+			}
+		}
+		n.metrics.notifications.Add(float64(sent))
+	}
+}

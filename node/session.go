@@ -1,0 +1,244 @@
+package node
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"kronos/conn"
+	"kronos/feed"
+)
+
+// session is the protocol state of one connection.
+//
+// The read side (login, requests) runs on one worker at a time, so its
+// fields need no lock. userID and deviceID are written before the session
+// is published (hub.add, active), and read by others only after that.
+// mu orders notifications against the login and read-all answers.
+type session struct {
+	node    *Node
+	conn    *conn.Conn
+	limiter rateLimiter
+
+	userID   string
+	deviceID string
+	userKey  string // a short hash of userID, for logs: user ids are secrets
+	loggedIn bool
+	inHub    bool
+	active   atomic.Bool // logged in: deviceID is final
+
+	mu       sync.Mutex
+	pending  bool      // login in flight: notifications wait in backlog
+	backlog  []pending // notifications that arrived while pending
+	skipUpTo uint64    // changes at or below this Seq predate the login
+}
+
+type pending struct {
+	seq     uint64
+	payload []byte
+}
+
+func userKey(userID string) string {
+	sum := sha256.Sum256([]byte(userID))
+	return hex.EncodeToString(sum[:6])
+}
+
+func (s *session) logger(level zerolog.Level) *zerolog.Event {
+	ev := s.node.log.WithLevel(level)
+	if !ev.Enabled() {
+		return ev
+	}
+	ev = ev.Uint64("conn", s.conn.ID()).Str("transport", s.conn.Transport().String())
+	if s.userKey != "" {
+		ev = ev.Str("user", s.userKey)
+	}
+	return ev
+}
+
+// send queues a message for this connection.
+func (s *session) send(payload []byte) { s.conn.Send(payload) }
+
+func (s *session) sendError(reqType, msg string) {
+	s.send(encodeError(reqType, msg))
+}
+
+// deliver sends one notification unless the client already has it.
+func (s *session) deliver(seq uint64, payload []byte) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.pending {
+		s.backlog = append(s.backlog, pending{seq, payload})
+		return false
+	}
+	if seq != 0 && seq <= s.skipUpTo {
+		return false
+	}
+	return s.conn.Send(payload)
+}
+
+// answer sends the login answer, which reflects the store up to seq, then
+// the notifications that waited for it, in order. Changes committed before
+// the login's read are in the answer's version and are not sent again.
+func (s *session) answer(seq uint64, payload []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.skipUpTo = max(s.skipUpTo, seq)
+	s.conn.Send(payload)
+	for _, p := range s.backlog {
+		if p.seq == 0 || p.seq > s.skipUpTo {
+			s.conn.Send(p.payload)
+		}
+	}
+	s.pending, s.backlog = false, nil
+}
+
+// register makes the session receive the user's notifications. Until
+// answer is called they are held back, so that none committed between the
+// store's read and the answer is lost or sent before the answer.
+func (s *session) register() {
+	s.mu.Lock()
+	s.pending = true
+	s.mu.Unlock()
+	s.node.hub.add(s)
+	s.node.store.Watch(s.userID)
+	s.inHub = true
+}
+
+func (s *session) unregister() {
+	if !s.inHub {
+		return
+	}
+	s.inHub = false
+	s.node.hub.remove(s)
+	s.node.store.Unwatch(s.userID)
+}
+
+func (s *session) login(ctx context.Context, req *request) {
+	if s.loggedIn {
+		s.sendError(typeLogin, "already logged in")
+		return
+	}
+	userID, err := optionalString(req.UserID, "user_id")
+	if err == nil {
+		s.deviceID, err = optionalString(req.DeviceID, "device_id")
+	}
+	if err != nil {
+		s.sendError(typeLogin, err.Error())
+		return
+	}
+	// An existing user may get changes from other devices while the store
+	// reads the login: register first. A new user has none yet.
+	if userID != "" {
+		s.userID = userID
+		s.register()
+	}
+	sess, err := s.node.store.Login(ctx, userID, s.deviceID)
+	if err != nil {
+		s.unregister()
+		s.userID, s.deviceID = "", ""
+		s.mu.Lock()
+		s.pending, s.backlog = false, nil
+		s.mu.Unlock()
+		s.node.metrics.logins.WithLabelValues(loginOutcome(err)).Inc()
+		s.storeError(typeLogin, err)
+		return
+	}
+	s.userID, s.deviceID, s.userKey = sess.UserID, sess.DeviceID, userKey(sess.UserID)
+	if !s.inHub {
+		s.register()
+	}
+	s.loggedIn = true
+	s.active.Store(true)
+	s.node.takeOver(s)
+	s.answer(sess.Seq, encodeLogin(sess))
+	outcome := "existing"
+	if sess.NewUser {
+		outcome = "new_user"
+	} else if sess.NewDevice {
+		outcome = "new_device"
+	}
+	s.node.metrics.logins.WithLabelValues(outcome).Inc()
+	s.logger(zerolog.DebugLevel).Str("outcome", outcome).Msg("login")
+}
+
+func loginOutcome(err error) string {
+	var fe *feed.Error
+	if errors.As(err, &fe) {
+		return "refused"
+	}
+	return "error"
+}
+
+func (s *session) readAll(ctx context.Context) {
+	snap, err := s.node.store.ReadAll(ctx, s.userID)
+	if err != nil {
+		s.storeError(typeReadAll, err)
+		return
+	}
+	s.send(encodeReadAll(snap))
+}
+
+func (s *session) write(ctx context.Context, typ string, req *request) bool {
+	w, err := buildWrite(typ, req, s.node.opts.Limits)
+	if err != nil {
+		s.sendError(typ, err.Error())
+		return false
+	}
+	w.UserID, w.DeviceID = s.userID, s.deviceID
+	if err := s.node.store.Write(ctx, w); err != nil {
+		s.storeError(typ, err)
+		return false
+	}
+	return true // the change reaches every device, this one too, as notifications
+}
+
+// storeError answers a failed store call: a refusal with its own message,
+// anything else with a generic one (the details go to the log).
+func (s *session) storeError(typ string, err error) {
+	var fe *feed.Error
+	switch {
+	case errors.As(err, &fe):
+		s.sendError(typ, fe.Msg)
+	case errors.Is(err, context.DeadlineExceeded):
+		s.logger(zerolog.WarnLevel).Str("type", typ).Msg("store timed out")
+		s.sendError(typ, "store timed out, try again")
+	default:
+		s.logger(zerolog.ErrorLevel).Err(err).Str("type", typ).Msg("store failed")
+		s.sendError(typ, "internal error")
+	}
+}
+
+// checkIdentity refuses a request whose user_id or device_id is not the
+// connection's: the logged-in identity is the only authority.
+func (s *session) checkIdentity(req *request) error {
+	userID, err := optionalString(req.UserID, "user_id")
+	if err != nil {
+		return err
+	}
+	deviceID, err := optionalString(req.DeviceID, "device_id")
+	if err != nil {
+		return err
+	}
+	if userID != "" && userID != s.userID {
+		return badRequest("user_id does not match the logged-in user")
+	}
+	if deviceID != "" && deviceID != s.deviceID {
+		return badRequest("device_id does not match the logged-in device")
+	}
+	return nil
+}
+
+// storeContext bounds one store call.
+func (s *session) storeContext() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), s.node.opts.StoreTimeout)
+}
+
+func (s *session) allow(now time.Time) bool {
+	return s.limiter.allow(now, s.node.opts.RateLimit, float64(s.node.opts.RateBurst))
+}
