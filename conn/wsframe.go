@@ -100,7 +100,7 @@ func (c *Conn) consumeWS(p []byte) int {
 		if !c.wsHeaderValid(h) {
 			return len(p)
 		}
-		if h.OpCode.IsData() || h.OpCode == ws.OpContinuation {
+		if !h.OpCode.IsControl() {
 			if limit := int64(c.srv.opts.MaxMessageBytes); r.discardMsg || h.Length+int64(len(r.msg)) > limit {
 				// Skip the payload as it streams in instead of buffering it:
 				// the connection stays usable and memory stays bounded.
@@ -125,6 +125,9 @@ func (c *Conn) consumeWS(p []byte) int {
 	return len(p)
 }
 
+// startsMessage: gobwas's IsData also counts continuation frames.
+func startsMessage(op ws.OpCode) bool { return op == ws.OpText || op == ws.OpBinary }
+
 // wsHeaderValid applies RFC 6455's rules for frames from a client.
 func (c *Conn) wsHeaderValid(h ws.Header) bool {
 	r := &c.ws
@@ -139,7 +142,7 @@ func (c *Conn) wsHeaderValid(h ws.Header) bool {
 		c.wsFail(ws.StatusProtocolError, "bad control frame")
 	case h.OpCode == ws.OpContinuation && r.msgOp == 0 && !r.discardMsg:
 		c.wsFail(ws.StatusProtocolError, "continuation without a message")
-	case h.OpCode.IsData() && (r.msgOp != 0 || r.discardMsg):
+	case startsMessage(h.OpCode) && (r.msgOp != 0 || r.discardMsg):
 		c.wsFail(ws.StatusProtocolError, "new message inside a fragmented one")
 	default:
 		return true

@@ -112,6 +112,15 @@ func (c *Client) NextRaw(timeout time.Duration) ([]byte, error) {
 	return line[:len(line)-1], nil
 }
 
+// ReadFrame reads one raw WebSocket frame, control frames included, for
+// tests of the framing itself.
+func (c *Client) ReadFrame(timeout time.Duration) (ws.Frame, error) {
+	if err := c.Conn.SetReadDeadline(time.Now().Add(timeout)); err != nil {
+		return ws.Frame{}, err
+	}
+	return ws.ReadFrame(c.reader)
+}
+
 // Message is a decoded server message.
 type Message map[string]any
 

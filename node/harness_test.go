@@ -1,0 +1,169 @@
+package node_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"kronos/feed"
+	"kronos/node"
+	"kronos/node/client"
+)
+
+// wait bounds every read in these tests: a message that is due arrives in
+// milliseconds; a test fails instead of hanging when one never comes.
+const wait = 5 * time.Second
+
+var transports = []client.Transport{client.TCP, client.WebSocket}
+
+type harness struct {
+	t     *testing.T
+	node  *node.Node
+	store feed.Store
+	addr  string
+}
+
+// start runs a node with a fresh bbolt file on a random loopback port.
+func start(t *testing.T, opts node.Options) *harness {
+	t.Helper()
+	store, err := feed.OpenBolt(filepath.Join(t.TempDir(), "kronos.db"), feed.Options{Limits: opts.Limits})
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.Conn.Listen = "127.0.0.1:0"
+	if opts.Logger.GetLevel() == zerolog.TraceLevel { // the zero Logger: keep tests quiet
+		opts.Logger = zerolog.New(io.Discard)
+	}
+	n := node.New(store, opts)
+	if err := n.Start(); err != nil {
+		t.Fatal(err)
+	}
+	h := &harness{t: t, node: n, store: store, addr: n.Addr().String()}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := n.Shutdown(ctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+		store.Close()
+	})
+	return h
+}
+
+func (h *harness) dial(tr client.Transport) *client.Client {
+	h.t.Helper()
+	c, err := client.Dial(context.Background(), tr, h.addr)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// login dials and logs in; empty ids create a user or a device.
+func (h *harness) login(tr client.Transport, user, device string) (*client.Client, client.Message) {
+	h.t.Helper()
+	c := h.dial(tr)
+	m, err := c.Login(user, device, wait)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return c, m
+}
+
+func send(t *testing.T, c *client.Client, v any) {
+	t.Helper()
+	if err := c.Send(v); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func sendRaw(t *testing.T, c *client.Client, s string) {
+	t.Helper()
+	if err := c.SendRaw([]byte(s)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func next(t *testing.T, c *client.Client) client.Message {
+	t.Helper()
+	m, err := c.Next(wait)
+	if err != nil {
+		t.Fatalf("waiting for a message: %v", err)
+	}
+	return m
+}
+
+// nextRaw returns the next message exactly as the server sent it.
+func nextRaw(t *testing.T, c *client.Client) string {
+	t.Helper()
+	p, err := c.NextRaw(wait)
+	if err != nil {
+		t.Fatalf("waiting for a message: %v", err)
+	}
+	return string(p)
+}
+
+func expectType(t *testing.T, c *client.Client, typ string) client.Message {
+	t.Helper()
+	m := next(t, c)
+	if m.Type() != typ || !m.Success() {
+		t.Fatalf("got %v, want a successful %q", m, typ)
+	}
+	return m
+}
+
+// expectError reads the next message: an error of request type typ ("" for
+// none) whose text contains want.
+func expectError(t *testing.T, c *client.Client, typ, want string) {
+	t.Helper()
+	m := next(t, c)
+	if m.Success() || m["success"] != false || m.Type() != typ || !strings.Contains(m.Str("error"), want) {
+		t.Fatalf("got %v, want an error of type %q containing %q", m, typ, want)
+	}
+	if _, hasType := m["type"]; typ == "" && hasType {
+		t.Fatalf("error %v names a type the request did not have", m)
+	}
+}
+
+// expectClosed waits for the server to close the connection.
+func expectClosed(t *testing.T, c *client.Client) {
+	t.Helper()
+	for {
+		_, err := c.NextRaw(wait)
+		if err == nil {
+			continue
+		}
+		var ne interface{ Timeout() bool }
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Fatalf("connection still open after %v", wait)
+		}
+		return
+	}
+}
+
+// expectQuiet checks that nothing arrives within a short time. It is used
+// only after a message that the server sends later than the one checked
+// for, so the check cannot pass by being early.
+func expectNothingBefore(t *testing.T, c *client.Client, marker string) {
+	t.Helper()
+	m := next(t, c)
+	if m.Type() != marker {
+		t.Fatalf("got %v before the %q marker", m, marker)
+	}
+}
+
+func mustJSON(v any) string {
+	p, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	return string(p)
+}
