@@ -38,6 +38,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Connections dropped because their outgoing queue overflowed (slow consumers).",
 		}),
 	}
+	for _, t := range []string{"pending", "tcp", "websocket"} {
+		m.open.WithLabelValues(t) // exported as 0 from the start
+	}
 	if reg != nil {
 		reg.MustRegister(m.open, m.accepted, m.refused, m.acceptErrors, m.closes, m.queueOverflows)
 	}

@@ -1,0 +1,50 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestFlagsFallBackToEnvironment(t *testing.T) {
+	t.Setenv("KRONOS_LISTEN", "127.0.0.1:7000")
+	t.Setenv("KRONOS_MAX_TASKS_PER_USER", "5")
+	t.Setenv("KRONOS_READ_TIMEOUT", "3s")
+	cfg, err := parseServeFlags([]string{"--max-tasks-per-user", "6"}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.node.Conn.Listen != "127.0.0.1:7000" || cfg.node.Conn.ReadTimeout != 3*time.Second {
+		t.Fatalf("environment not applied: %+v", cfg.node.Conn)
+	}
+	if cfg.node.Limits.MaxTasksPerUser != 6 {
+		t.Fatalf("a flag must win over the environment: %d", cfg.node.Limits.MaxTasksPerUser)
+	}
+	if cfg.store != "bolt:kronos-data/kronos.db" || cfg.adminListen != "127.0.0.1:9090" {
+		t.Fatalf("defaults: %q %q", cfg.store, cfg.adminListen)
+	}
+}
+
+func TestBadConfigurationListsEveryProblem(t *testing.T) {
+	t.Setenv("KRONOS_WORKERS", "many")
+	_, err := parseServeFlags([]string{"--rate-limit", "0", "--max-message-bytes", "-1"}, &bytes.Buffer{})
+	if err == nil {
+		t.Fatal("bad configuration accepted")
+	}
+	for _, want := range []string{"KRONOS_WORKERS", "--rate-limit 0", "--max-message-bytes -1"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %s", err, want)
+		}
+	}
+}
+
+func TestVersionCommand(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if code := run([]string{"version"}, &out, &errOut); code != 0 || !strings.HasPrefix(out.String(), "kronos ") {
+		t.Fatalf("version: %d %q %q", code, out.String(), errOut.String())
+	}
+	if code := run([]string{"frob"}, &out, &errOut); code != 2 {
+		t.Fatalf("unknown command exit %d", code)
+	}
+}

@@ -1,0 +1,128 @@
+package node_test
+
+import (
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"kronos/node"
+	"kronos/node/client"
+)
+
+// A client that floods requests is refused past its rate; others are served.
+func TestFloodIsRateLimited(t *testing.T) {
+	h := start(t, node.Options{RateLimit: 50, RateBurst: 100})
+	flooder, _ := h.login(client.TCP, "", "")
+	other, _ := h.login(client.TCP, "", "")
+	const n = 1000
+	go func() {
+		req := []byte(`{"type":"read-all"}`)
+		var batch []byte
+		for range n {
+			batch = append(batch, req...)
+		}
+		flooder.Conn.Write(batch)
+	}()
+	answered, limited := 0, 0
+	for answered+limited < n {
+		m := next(t, flooder)
+		switch {
+		case m.Type() == "read-all" && m.Success():
+			answered++
+		case strings.Contains(m.Str("error"), "rate limit exceeded"):
+			limited++
+		default:
+			t.Fatalf("unexpected %v", m)
+		}
+		if answered+limited == 10 { // the flood is under way: others still get answers
+			send(t, other, map[string]any{"type": "read-all"})
+			expectType(t, other, "read-all")
+		}
+	}
+	// The burst (100) passes, plus what the rate refills while the flood is
+	// read; the rest is refused.
+	if answered < 100 || limited < n/2 {
+		t.Fatalf("%d answered, %d refused: the limit did not hold", answered, limited)
+	}
+}
+
+// A device that never reads is disconnected when its queue passes the
+// bound; the other devices of the user keep receiving everything.
+func TestNonReaderIsDisconnected(t *testing.T) {
+	opts := node.Options{RateLimit: 1e6, RateBurst: 1e6}
+	opts.Conn.MaxQueueBytes = 256 << 10
+	h := start(t, opts)
+	writer, m := h.login(client.TCP, "", "")
+	user := m.Str("user_id")
+	reader, _ := h.login(client.WebSocket, user, "")
+	stuck := h.dial(client.TCP)
+	if _, err := stuck.Login(user, "", wait); err != nil {
+		t.Fatal(err)
+	}
+	// From here on the stuck device reads nothing.
+
+	var received atomic.Int64
+	progress := make(chan struct{}, 1)
+	readerDone := make(chan error, 1)
+	go func() {
+		for {
+			m, err := reader.Next(wait)
+			if err != nil {
+				readerDone <- err
+				return
+			}
+			if m.Type() == "create" || m.Type() == "update" {
+				received.Add(1)
+				select {
+				case progress <- struct{}{}:
+				default:
+				}
+			}
+		}
+	}()
+	go func() { // the writer's own notifications are drained too
+		for {
+			if _, err := writer.NextRaw(30 * time.Second); err != nil {
+				return
+			}
+		}
+	}()
+
+	desc := strings.Repeat("x", 2000)
+	const tasks = 500
+	sent := 0
+	deadline := time.Now().Add(30 * time.Second)
+	for round := 0; h.node.Connections() == 3; round++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("the stuck client was not disconnected after %d notifications", sent)
+		}
+		var b strings.Builder
+		fmt.Fprintf(&b, `{"type":"write-all","version":%d,"tasks":[`, round+1)
+		for id := range tasks {
+			if id > 0 {
+				b.WriteByte(',')
+			}
+			fmt.Fprintf(&b, `{"id":%d,"desc":"%s","round":%d}`, id, desc, round)
+		}
+		b.WriteString("]}")
+		sendRaw(t, writer, b.String())
+		sent += tasks
+		// Wait for this round to reach the reader before the next one, so
+		// the writer itself never floods.
+		for received.Load() < int64(sent) {
+			select {
+			case err := <-readerDone:
+				t.Fatalf("the reading device lost its connection: %v", err)
+			case <-progress:
+			case <-time.After(time.Until(deadline)):
+				t.Fatalf("reader got %d of %d notifications", received.Load(), sent)
+			}
+		}
+	}
+	expectClosed(t, stuck)
+	if got := received.Load(); got != int64(sent) {
+		t.Fatalf("reader got %d notifications, want %d", got, sent)
+	}
+}
