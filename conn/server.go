@@ -109,10 +109,14 @@ type Server struct {
 	poller   *poller
 	pool     *pool
 
-	mu        sync.RWMutex
-	conns     map[int]*Conn // by fd
+	mu     sync.RWMutex
+	conns  map[int]*Conn // by fd
+	nextID atomic.Uint64
+
+	// lnMu guards the listening fd: accept4 runs under it, shared, so the
+	// fd is never closed (and its number reused) while the poller accepts.
+	lnMu      sync.RWMutex
 	accepting bool
-	nextID    atomic.Uint64
 	count     atomic.Int64
 
 	acceptBackoff time.Duration
@@ -203,6 +207,11 @@ func (s *Server) loop() {
 const maxAcceptsPerEvent = 128
 
 func (s *Server) accept() {
+	s.lnMu.RLock()
+	defer s.lnMu.RUnlock()
+	if !s.accepting {
+		return
+	}
 	for range maxAcceptsPerEvent {
 		fd, sa, err := unix.Accept4(s.listenFd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
 		if err != nil {
@@ -236,8 +245,8 @@ func (s *Server) pauseAccepting(err error) {
 	s.log.Warn().Err(err).Dur("backoff", s.acceptBackoff).Msg("accept paused")
 	_ = s.poller.ctl(unix.EPOLL_CTL_MOD, s.listenFd, 0)
 	time.AfterFunc(s.acceptBackoff, func() {
-		s.mu.RLock()
-		defer s.mu.RUnlock()
+		s.lnMu.RLock()
+		defer s.lnMu.RUnlock()
 		if s.accepting {
 			_ = s.poller.ctl(unix.EPOLL_CTL_MOD, s.listenFd, listenEvents)
 		}
@@ -356,11 +365,10 @@ func (s *Server) checkDeadlines(c *Conn, now int64) {
 
 // StopAccepting closes the client port; open connections stay.
 func (s *Server) StopAccepting() {
-	s.mu.Lock()
-	was := s.accepting
-	s.accepting = false
-	s.mu.Unlock()
-	if was {
+	s.lnMu.Lock()
+	defer s.lnMu.Unlock()
+	if s.accepting {
+		s.accepting = false
 		s.poller.remove(s.listenFd)
 		s.ln.Close()
 	}
@@ -368,8 +376,8 @@ func (s *Server) StopAccepting() {
 
 // Accepting reports whether the client port is open.
 func (s *Server) Accepting() bool {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
+	s.lnMu.RLock()
+	defer s.lnMu.RUnlock()
 	return s.accepting
 }
 
