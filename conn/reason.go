@@ -22,12 +22,13 @@ const (
 	ReasonIOError                   // a socket error other than a clean close
 	ReasonPolicy                    // the server decided to close it (rebalance, feed loss, limits)
 	ReasonHTTPRejected              // a plain HTTP request that was not a WebSocket upgrade
+	ReasonResync                    // the feed lost changes of the user: log in again to re-sync
 	reasonCount
 )
 
 var reasonNames = [reasonCount]string{
 	"none", "client_closed", "protocol_error", "slow_consumer", "timeout",
-	"shutdown", "takeover", "io_error", "policy", "http_rejected",
+	"shutdown", "takeover", "io_error", "policy", "http_rejected", "resync",
 }
 
 func (r CloseReason) String() string {
@@ -44,7 +45,7 @@ func (r CloseReason) wsStatus() ws.StatusCode {
 		return ws.StatusGoingAway
 	case ReasonProtocolError:
 		return ws.StatusProtocolError
-	case ReasonTakeover, ReasonPolicy, ReasonTimeout:
+	case ReasonTakeover, ReasonPolicy, ReasonTimeout, ReasonResync:
 		return ws.StatusPolicyViolation
 	default:
 		return ws.StatusNormalClosure

@@ -12,7 +12,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/google/uuid"
 	"go.etcd.io/bbolt"
 )
 
@@ -262,7 +261,7 @@ func (s *boltStore) loginCreate(tx *bbolt.Tx, userID, deviceID string) (Session,
 	sess := Session{Seq: uint64(tx.ID()), UserID: userID, DeviceID: deviceID}
 	var rec *userRecord
 	if userID == "" {
-		sess.UserID, sess.NewUser = uuid.NewString(), true
+		sess.UserID, sess.NewUser = newID(), true
 		rec = &userRecord{Version: json.RawMessage("-1")}
 	} else {
 		var err error
@@ -271,15 +270,9 @@ func (s *boltStore) loginCreate(tx *bbolt.Tx, userID, deviceID string) (Session,
 		}
 	}
 	devices := tx.Bucket(bucketDevices)
-	switch owner := devices.Get([]byte(deviceID)); {
-	case deviceID == "":
-		sess.DeviceID, sess.NewDevice = uuid.NewString(), true
-	case owner == nil && sess.NewUser:
-		sess.NewDevice = true // a fresh user keeps the device id its client chose
-	case owner == nil:
-		return Session{}, errDeviceNotFound(deviceID)
-	case string(owner) != sess.UserID:
-		return Session{}, errDeviceTaken(deviceID)
+	owner := devices.Get([]byte(deviceID))
+	if err := resolveDevice(&sess, deviceID, deviceOwner{owner != nil, string(owner)}); err != nil {
+		return Session{}, err
 	}
 	if sess.NewDevice {
 		if rec.Devices >= s.limits.MaxDevicesPerUser {

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
@@ -68,6 +69,10 @@ const (
 	ChangeCreate ChangeKind = iota + 1
 	ChangeUpdate
 	ChangeDelete
+	// ChangeResync says the feed lost changes of the user (its log was
+	// pruned past them, or a changefeed broke): the user's devices must
+	// log in again and re-sync. Only UserID is set.
+	ChangeResync
 )
 
 func (k ChangeKind) String() string {
@@ -78,6 +83,8 @@ func (k ChangeKind) String() string {
 		return "update"
 	case ChangeDelete:
 		return "delete"
+	case ChangeResync:
+		return "resync"
 	}
 	return "unknown"
 }
@@ -85,7 +92,7 @@ func (k ChangeKind) String() string {
 // Change is one committed change to one task.
 type Change struct {
 	// Seq grows with commit order, at least per user; 0 when the backend
-	// cannot tell. Changes of one write share a Seq.
+	// cannot tell. Changes of one write may share a Seq.
 	Seq      uint64
 	UserID   string
 	Kind     ChangeKind
@@ -166,21 +173,44 @@ func (l *Limits) SetDefaults() {
 
 // Options configure a backend.
 type Options struct {
-	Limits     Limits
+	Limits Limits
+	// ChangeLogRetention is how long a shared backend keeps its change
+	// log (a node whose feed is down longer re-syncs its devices).
+	// Default 24h.
+	ChangeLogRetention time.Duration
+	// ChangeLogMaxRows caps the change log. Default 1,000,000.
+	ChangeLogMaxRows int
+	// PruneInterval is how often the change log is pruned. Default 1m.
+	PruneInterval time.Duration
+
 	Logger     zerolog.Logger
 	Registerer prometheus.Registerer // nil: metrics are not registered
 }
 
+func (o *Options) setFeedDefaults() {
+	if o.ChangeLogRetention <= 0 {
+		o.ChangeLogRetention = 24 * time.Hour
+	}
+	if o.ChangeLogMaxRows <= 0 {
+		o.ChangeLogMaxRows = 1_000_000
+	}
+	if o.PruneInterval <= 0 {
+		o.PruneInterval = time.Minute
+	}
+}
+
 // Open opens the backend named by a store URL: "bolt:PATH" (the default
-// embedded file); later backends add their schemes here.
+// embedded file) or "postgres://…" (a libpq URL).
 func Open(ctx context.Context, url string, opts Options) (Store, error) {
 	opts.Limits.SetDefaults()
 	scheme, rest, _ := strings.Cut(url, ":")
 	switch scheme {
 	case "bolt":
 		return OpenBolt(strings.TrimPrefix(rest, "//"), opts)
+	case "postgres", "postgresql":
+		return OpenPostgres(ctx, url, opts)
 	}
-	return nil, fmt.Errorf("store %q: unknown scheme %q (want bolt:PATH)", redactURL(url), scheme)
+	return nil, fmt.Errorf("store %q: unknown scheme %q (want bolt:PATH or postgres://…)", redactURL(url), scheme)
 }
 
 // redactURL hides a password in a store URL for error messages and logs.

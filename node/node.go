@@ -223,6 +223,14 @@ func (n *Node) deliver(changes []feed.Change) {
 		if len(targets) == 0 {
 			continue
 		}
+		if ch.Kind == feed.ChangeResync {
+			// Missed changes cannot be replayed: the devices log in again
+			// and re-sync by version.
+			for _, s := range targets {
+				s.conn.Close(conn.ReasonResync)
+			}
+			continue
+		}
 		payload := encodeNotification(ch)
 		sent := 0
 		for _, s := range targets {

@@ -9,11 +9,13 @@ import (
 	"strings"
 	"time"
 
+	"kronos/feed"
 	"kronos/node"
 )
 
 type config struct {
 	store           string
+	storeOpts       feed.Options
 	adminListen     string
 	logLevel        string
 	logFormat       string
@@ -37,7 +39,9 @@ func parseServeFlags(args []string, stderr io.Writer) (*config, error) {
 	o := &cfg.node
 	fs.StringVar(&o.Conn.Listen, "listen", ":5000", "client address: raw TCP and WebSocket on one port")
 	fs.StringVar(&cfg.adminListen, "admin-listen", "127.0.0.1:9090", "admin HTTP address: /healthz, /readyz, /metrics")
-	fs.StringVar(&cfg.store, "store", "bolt:kronos-data/kronos.db", "store URL: bolt:PATH")
+	fs.StringVar(&cfg.store, "store", "bolt:kronos-data/kronos.db", "store URL: bolt:PATH or postgres://…")
+	fs.DurationVar(&cfg.storeOpts.ChangeLogRetention, "changelog-retention", 24*time.Hour, "shared stores: how long the change log is kept")
+	fs.IntVar(&cfg.storeOpts.ChangeLogMaxRows, "changelog-max-rows", 1_000_000, "shared stores: most change log rows kept")
 	fs.StringVar(&cfg.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&cfg.logFormat, "log-format", "json", "log format: json or console")
 	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 25*time.Second, "how long a stop may take")
@@ -74,12 +78,15 @@ func parseServeFlags(args []string, stderr io.Writer) (*config, error) {
 		"--workers": o.Conn.Workers, "--max-message-bytes": o.Conn.MaxMessageBytes,
 		"--max-queue-bytes": o.Conn.MaxQueueBytes, "--max-tasks-per-user": o.Limits.MaxTasksPerUser,
 		"--max-devices-per-user": o.Limits.MaxDevicesPerUser, "--max-task-bytes": o.Limits.MaxTaskBytes,
-		"--rate-burst": o.RateBurst,
+		"--rate-burst": o.RateBurst, "--changelog-max-rows": cfg.storeOpts.ChangeLogMaxRows,
 	}
 	for name, v := range positive {
 		if v <= 0 {
 			problems = append(problems, fmt.Sprintf("%s %d: must be at least 1", name, v))
 		}
+	}
+	if cfg.storeOpts.ChangeLogRetention <= 0 {
+		problems = append(problems, fmt.Sprintf("--changelog-retention %v: must be above 0", cfg.storeOpts.ChangeLogRetention))
 	}
 	if o.RateLimit <= 0 {
 		problems = append(problems, fmt.Sprintf("--rate-limit %g: must be above 0", o.RateLimit))

@@ -85,7 +85,9 @@ func serve(cfg *config, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	store, err := feed.Open(ctx, cfg.store, feed.Options{Limits: cfg.node.Limits, Logger: log, Registerer: reg})
+	storeOpts := cfg.storeOpts
+	storeOpts.Limits, storeOpts.Logger, storeOpts.Registerer = cfg.node.Limits, log, reg
+	store, err := feed.Open(ctx, cfg.store, storeOpts)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,453 @@
+package feed
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+)
+
+// The PostgreSQL store, shared by the nodes of a cluster.
+//
+// Every write runs in one transaction that locks the user's row, applies
+// the change to kronos_tasks, appends one row per task change to
+// kronos_changes, advances the user's last_seq and sends NOTIFY with the
+// user and the new last_seq. Because last_seq only moves under the row
+// lock, a user's change sequence numbers follow commit order with no gaps:
+// a node that has delivered up to N can always ask for "user_seq > N" and
+// miss nothing, however its notifications were lost. (The global identity
+// column is not commit-ordered and is used only for pruning.)
+//
+// Each node keeps one LISTEN connection. A notification for a user with
+// devices on this node makes the node read that user's new log rows; after
+// the listen connection is re-established the node reads them for every
+// watched user. See postgres_feed.go.
+
+// notifyChannel is the LISTEN/NOTIFY channel; payloads are "user_id:last_seq".
+const notifyChannel = "kronos_changes"
+
+type pgStore struct {
+	pool    *pgxpool.Pool
+	listen  *pgx.ConnConfig
+	limits  Limits
+	opts    Options
+	log     zerolog.Logger
+	pub     *publisher
+	metrics *storeMetrics
+	feed    *pgFeedMetrics
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	listening atomic.Bool
+	mu        sync.Mutex
+	watched   map[string]*pgWatch
+	pending   map[string]bool // users with changes to read
+	wake      chan struct{}
+	closeOnce sync.Once
+}
+
+// pgWatch is a user with devices on this node.
+type pgWatch struct {
+	count     int
+	delivered uint64        // the last user_seq handed to the sink
+	ready     chan struct{} // closed once delivered is known
+	fromStart bool          // delivered is a guess (0): the first gap is expected
+}
+
+// OpenPostgres connects to PostgreSQL (a libpq URL or DSN; pool settings
+// such as pool_max_conns go in the URL), migrates the schema and starts
+// the node's feed.
+func OpenPostgres(ctx context.Context, url string, opts Options) (Store, error) {
+	opts.Limits.SetDefaults()
+	opts.setFeedDefaults()
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("postgres store %s: %w", redactURL(url), err)
+	}
+	if cfg.ConnConfig.RuntimeParams["application_name"] == "" {
+		cfg.ConnConfig.RuntimeParams["application_name"] = "kronos"
+	}
+	listen := cfg.ConnConfig.Copy()
+	listen.RuntimeParams["application_name"] = "kronos-listen"
+	connectCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	pool, err := pgxpool.NewWithConfig(connectCtx, cfg)
+	if err == nil {
+		err = pool.Ping(connectCtx)
+	}
+	if err == nil {
+		err = migrate(connectCtx, pool)
+	}
+	if err != nil {
+		if pool != nil {
+			pool.Close()
+		}
+		return nil, fmt.Errorf("postgres store %s: %w", redactURL(url), err)
+	}
+	s := &pgStore{
+		pool:    pool,
+		listen:  listen,
+		limits:  opts.Limits,
+		opts:    opts,
+		log:     opts.Logger.With().Str("store", "postgres").Logger(),
+		pub:     newPublisher(),
+		metrics: newStoreMetrics(opts.Registerer, "postgres"),
+		feed:    newPGFeedMetrics(opts.Registerer),
+		watched: map[string]*pgWatch{},
+		pending: map[string]bool{},
+		wake:    make(chan struct{}, 1),
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.wg.Add(3)
+	go s.listenLoop()
+	go s.fetchLoop()
+	go s.pruneLoop()
+	return s, nil
+}
+
+func (s *pgStore) Subscribe(sink Sink) { s.pub.subscribe(sink) }
+
+func (s *pgStore) Ready(ctx context.Context) error {
+	if !s.listening.Load() {
+		return errors.New("listen connection is down")
+	}
+	return s.pool.Ping(ctx)
+}
+
+func (s *pgStore) Close() error {
+	s.closeOnce.Do(func() {
+		s.cancel()
+		s.wg.Wait()
+		s.pub.close()
+		s.pool.Close()
+	})
+	return nil
+}
+
+func (s *pgStore) Login(ctx context.Context, userID, deviceID string) (Session, error) {
+	start := time.Now()
+	var sess Session
+	var err error
+	if userID != "" && deviceID != "" {
+		sess, err = s.loginExisting(ctx, userID, deviceID)
+	} else {
+		err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+			sess, err = s.loginCreate(ctx, tx, userID, deviceID)
+			return err
+		})
+	}
+	s.metrics.observe("login", start, err)
+	return sess, err
+}
+
+func (s *pgStore) loginExisting(ctx context.Context, userID, deviceID string) (Session, error) {
+	var version string
+	var seq int64
+	var owner *string
+	err := s.pool.QueryRow(ctx, `SELECT u.version, u.last_seq,
+		(SELECT d.user_id FROM kronos_devices d WHERE d.device_id = $2)
+		FROM kronos_users u WHERE u.user_id = $1`, userID, deviceID).Scan(&version, &seq, &owner)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Session{}, errUserNotFound()
+	}
+	if err != nil {
+		return Session{}, err
+	}
+	if owner == nil || *owner != userID {
+		return Session{}, errDeviceNotFound(deviceID)
+	}
+	return Session{Seq: uint64(seq), UserID: userID, DeviceID: deviceID, Version: json.RawMessage(version)}, nil
+}
+
+func (s *pgStore) loginCreate(ctx context.Context, tx pgx.Tx, userID, deviceID string) (Session, error) {
+	sess := Session{UserID: userID}
+	var version string
+	var devices int
+	var seq int64
+	if userID == "" {
+		sess.UserID, sess.NewUser, version = newID(), true, "-1"
+		if _, err := tx.Exec(ctx, `INSERT INTO kronos_users (user_id, version) VALUES ($1, $2)`, sess.UserID, version); err != nil {
+			return Session{}, err
+		}
+	} else {
+		err := tx.QueryRow(ctx, `SELECT version, device_count, last_seq FROM kronos_users
+			WHERE user_id = $1 FOR UPDATE`, userID).Scan(&version, &devices, &seq)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return Session{}, errUserNotFound()
+		}
+		if err != nil {
+			return Session{}, err
+		}
+	}
+	var owner deviceOwner
+	if deviceID != "" {
+		err := tx.QueryRow(ctx, `SELECT user_id FROM kronos_devices WHERE device_id = $1`, deviceID).Scan(&owner.userID)
+		switch {
+		case err == nil:
+			owner.found = true
+		case !errors.Is(err, pgx.ErrNoRows):
+			return Session{}, err
+		}
+	}
+	if err := resolveDevice(&sess, deviceID, owner); err != nil {
+		return Session{}, err
+	}
+	if sess.NewDevice {
+		if devices >= s.limits.MaxDevicesPerUser {
+			return Session{}, errTooManyDevices(s.limits.MaxDevicesPerUser)
+		}
+		tag, err := tx.Exec(ctx, `INSERT INTO kronos_devices (device_id, user_id) VALUES ($1, $2)
+			ON CONFLICT (device_id) DO NOTHING`, sess.DeviceID, sess.UserID)
+		if err != nil {
+			return Session{}, err
+		}
+		if tag.RowsAffected() == 0 { // taken by a login that committed meanwhile
+			return Session{}, errDeviceTaken(sess.DeviceID)
+		}
+		if _, err := tx.Exec(ctx, `UPDATE kronos_users SET device_count = device_count + 1 WHERE user_id = $1`, sess.UserID); err != nil {
+			return Session{}, err
+		}
+	}
+	sess.Seq, sess.Version = uint64(seq), json.RawMessage(version)
+	return sess, nil
+}
+
+func (s *pgStore) ReadAll(ctx context.Context, userID string) (Snapshot, error) {
+	start := time.Now()
+	var snap Snapshot
+	// One repeatable-read transaction: the version and the tasks agree.
+	err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		var version string
+		err := tx.QueryRow(ctx, `SELECT version FROM kronos_users WHERE user_id = $1`, userID).Scan(&version)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return errUserNotFound()
+		}
+		if err != nil {
+			return err
+		}
+		snap.Version = json.RawMessage(version)
+		rows, err := tx.Query(ctx, `SELECT task FROM kronos_tasks WHERE user_id = $1 ORDER BY task_id`, userID)
+		if err != nil {
+			return err
+		}
+		snap.Tasks, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (json.RawMessage, error) {
+			var task string
+			err := row.Scan(&task)
+			return json.RawMessage(task), err
+		})
+		return err
+	})
+	s.metrics.observe("read-all", start, err)
+	return snap, err
+}
+
+func (s *pgStore) Write(ctx context.Context, w *Write) error {
+	start := time.Now()
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		u := &pgUserTx{ctx: ctx, tx: tx, userID: w.UserID, known: map[int64]bool{},
+			puts: map[int64]json.RawMessage{}, deletes: map[int64]bool{}}
+		var version string
+		var lastSeq int64
+		err := tx.QueryRow(ctx, `SELECT version, task_count, last_seq FROM kronos_users
+			WHERE user_id = $1 FOR UPDATE`, w.UserID).Scan(&version, &u.count, &lastSeq)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return errUserNotFound()
+		}
+		if err != nil {
+			return err
+		}
+		u.version = json.RawMessage(version)
+		changes, err := apply(u, w, s.limits)
+		if err != nil {
+			return err
+		}
+		if err := u.flush(); err != nil {
+			return err
+		}
+		if err := logChanges(ctx, tx, w.UserID, uint64(lastSeq), changes); err != nil {
+			return err
+		}
+		newSeq := lastSeq + int64(len(changes))
+		if _, err := tx.Exec(ctx, `UPDATE kronos_users SET version = $2, task_count = $3, last_seq = $4
+			WHERE user_id = $1`, w.UserID, string(u.version), u.count, newSeq); err != nil {
+			return err
+		}
+		if len(changes) > 0 {
+			// Delivered by PostgreSQL only if the transaction commits.
+			_, err = tx.Exec(ctx, `SELECT pg_notify($1, $2)`, notifyChannel, fmt.Sprintf("%s:%d", w.UserID, newSeq))
+		}
+		return err
+	})
+	s.metrics.observe(w.Kind.String(), start, err)
+	return err
+}
+
+// logChanges appends a write's changes to the change log, numbered after
+// lastSeq in order.
+func logChanges(ctx context.Context, tx pgx.Tx, userID string, lastSeq uint64, changes []Change) error {
+	if len(changes) == 0 {
+		return nil
+	}
+	seqs := make([]int64, len(changes))
+	kinds := make([]int16, len(changes))
+	ids := make([]int64, len(changes))
+	tasks := make([]*string, len(changes))
+	for i := range changes {
+		c := &changes[i]
+		c.Seq = lastSeq + uint64(i) + 1
+		seqs[i], kinds[i], ids[i] = int64(c.Seq), int16(c.Kind), c.TaskID
+		if c.Task != nil {
+			t := string(c.Task)
+			tasks[i] = &t
+		}
+	}
+	c := changes[0]
+	_, err := tx.Exec(ctx, `INSERT INTO kronos_changes (user_id, user_seq, kind, task_id, task, device_id, version)
+		SELECT $1, s, k, i, t, $6, $7 FROM unnest($2::bigint[], $3::smallint[], $4::bigint[], $5::text[]) AS x(s, k, i, t)`,
+		userID, seqs, kinds, ids, tasks, c.DeviceID, string(c.Version))
+	return err
+}
+
+// pgUserTx is one user's data inside a write transaction. Reads go to the
+// database; mutations are collected and written by flush in two
+// statements, which apply allows because it reads everything it needs
+// before its first mutation.
+type pgUserTx struct {
+	ctx     context.Context
+	tx      pgx.Tx
+	userID  string
+	version json.RawMessage
+	count   int
+	known   map[int64]bool // existence of the ids read so far
+	puts    map[int64]json.RawMessage
+	deletes map[int64]bool
+}
+
+func (u *pgUserTx) Version() json.RawMessage { return u.version }
+func (u *pgUserTx) TaskCount() int           { return u.count }
+
+func (u *pgUserTx) Get(id int64) (json.RawMessage, bool, error) {
+	if raw, ok := u.puts[id]; ok {
+		return raw, true, nil
+	}
+	if u.deletes[id] {
+		return nil, false, nil
+	}
+	var task string
+	err := u.tx.QueryRow(u.ctx, `SELECT task FROM kronos_tasks WHERE user_id = $1 AND task_id = $2`, u.userID, id).Scan(&task)
+	if errors.Is(err, pgx.ErrNoRows) {
+		u.known[id] = false
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	u.known[id] = true
+	return json.RawMessage(task), true, nil
+}
+
+func (u *pgUserTx) All() ([]Task, error) {
+	rows, err := u.tx.Query(u.ctx, `SELECT task_id, task FROM kronos_tasks WHERE user_id = $1 ORDER BY task_id`, u.userID)
+	if err != nil {
+		return nil, err
+	}
+	all, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Task, error) {
+		var t Task
+		var task string
+		err := row.Scan(&t.ID, &task)
+		t.Raw = json.RawMessage(task)
+		return t, err
+	})
+	for _, t := range all {
+		u.known[t.ID] = true
+	}
+	return all, err
+}
+
+func (u *pgUserTx) Put(id int64, raw json.RawMessage) error {
+	if !u.known[id] {
+		u.count++
+		u.known[id] = true
+	}
+	u.puts[id] = raw
+	delete(u.deletes, id)
+	return nil
+}
+
+func (u *pgUserTx) Delete(id int64) error {
+	if u.known[id] {
+		u.count--
+		u.known[id] = false
+	}
+	u.deletes[id] = true
+	delete(u.puts, id)
+	return nil
+}
+
+func (u *pgUserTx) SetVersion(v json.RawMessage) error {
+	u.version = v
+	return nil
+}
+
+func (u *pgUserTx) flush() error {
+	if len(u.deletes) > 0 {
+		ids := make([]int64, 0, len(u.deletes))
+		for id := range u.deletes {
+			ids = append(ids, id)
+		}
+		if _, err := u.tx.Exec(u.ctx, `DELETE FROM kronos_tasks WHERE user_id = $1 AND task_id = ANY($2)`, u.userID, ids); err != nil {
+			return err
+		}
+	}
+	if len(u.puts) > 0 {
+		ids := make([]int64, 0, len(u.puts))
+		tasks := make([]string, 0, len(u.puts))
+		for id, raw := range u.puts {
+			ids = append(ids, id)
+			tasks = append(tasks, string(raw))
+		}
+		if _, err := u.tx.Exec(u.ctx, `INSERT INTO kronos_tasks (user_id, task_id, task)
+			SELECT $1, i, t FROM unnest($2::bigint[], $3::text[]) AS x(i, t)
+			ON CONFLICT (user_id, task_id) DO UPDATE SET task = EXCLUDED.task`, u.userID, ids, tasks); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+type pgFeedMetrics struct {
+	reconnects prometheus.Counter
+	resyncs    prometheus.Counter
+	pruned     prometheus.Counter
+}
+
+func newPGFeedMetrics(reg prometheus.Registerer) *pgFeedMetrics {
+	m := &pgFeedMetrics{
+		reconnects: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kronos_feed_reconnects_total",
+			Help: "Times the feed's listen connection was (re)established.",
+		}),
+		resyncs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kronos_feed_resyncs_total",
+			Help: "Users whose devices were asked to re-sync because the feed lost changes.",
+		}),
+		pruned: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kronos_changelog_pruned_total",
+			Help: "Change log rows pruned.",
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.reconnects, m.resyncs, m.pruned)
+	}
+	return m
+}

@@ -1,0 +1,302 @@
+package feed
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// fetchLimit bounds the change rows read in one query.
+const fetchLimit = 5000
+
+// Watch starts delivering the user's changes from its current last_seq.
+// It reads that number before returning, so that a login that reads the
+// user afterwards sees nothing the feed will skip.
+func (s *pgStore) Watch(userID string) {
+	s.mu.Lock()
+	w := s.watched[userID]
+	if w != nil {
+		w.count++
+		s.mu.Unlock()
+		<-w.ready
+		return
+	}
+	w = &pgWatch{count: 1, ready: make(chan struct{})}
+	s.watched[userID] = w
+	s.mu.Unlock()
+
+	ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
+	defer cancel()
+	var seq int64
+	err := s.pool.QueryRow(ctx, `SELECT last_seq FROM kronos_users WHERE user_id = $1`, userID).Scan(&seq)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		// Start from the oldest change kept: more than needed, never less
+		// (the node drops what its devices already have).
+		s.log.Warn().Err(err).Msg("watch: reading last_seq failed; replaying the kept log")
+		seq = 0
+	}
+	s.mu.Lock()
+	w.delivered, w.fromStart = uint64(seq), err != nil && !errors.Is(err, pgx.ErrNoRows)
+	close(w.ready)
+	s.pending[userID] = true // changes may have come in while reading
+	s.mu.Unlock()
+	s.signal()
+}
+
+func (s *pgStore) Unwatch(userID string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if w := s.watched[userID]; w != nil {
+		if w.count--; w.count <= 0 {
+			delete(s.watched, userID)
+			delete(s.pending, userID)
+		}
+	}
+}
+
+func (s *pgStore) signal() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// markAllPending makes the next fetch read every watched user's log: after
+// the listen connection was down, any of them may have missed a NOTIFY.
+func (s *pgStore) markAllPending() {
+	s.mu.Lock()
+	for user := range s.watched {
+		s.pending[user] = true
+	}
+	s.mu.Unlock()
+	s.signal()
+}
+
+// listenLoop keeps one LISTEN connection open, reconnecting with backoff.
+func (s *pgStore) listenLoop() {
+	defer s.wg.Done()
+	backoff := 100 * time.Millisecond
+	for s.ctx.Err() == nil {
+		err := s.listenOnce()
+		s.listening.Store(false)
+		if s.ctx.Err() != nil {
+			return
+		}
+		s.log.Warn().Err(err).Dur("retry_in", backoff).Msg("listen connection lost")
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+func (s *pgStore) listenOnce() error {
+	conn, err := pgx.ConnectConfig(s.ctx, s.listen)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(s.ctx))
+	if _, err := conn.Exec(s.ctx, "LISTEN "+notifyChannel); err != nil {
+		return err
+	}
+	s.listening.Store(true)
+	s.feed.reconnects.Inc()
+	s.log.Info().Msg("listening for changes")
+	// Whatever was committed while no connection listened is in the log.
+	s.markAllPending()
+	for {
+		n, err := conn.WaitForNotification(s.ctx)
+		if err != nil {
+			return err
+		}
+		sep := strings.LastIndexByte(n.Payload, ':')
+		if sep < 0 {
+			continue
+		}
+		user := n.Payload[:sep]
+		seq, err := strconv.ParseUint(n.Payload[sep+1:], 10, 64)
+		if err != nil {
+			continue
+		}
+		s.mu.Lock()
+		if w := s.watched[user]; w != nil && seq > w.delivered {
+			s.pending[user] = true
+			s.signal()
+		}
+		s.mu.Unlock()
+	}
+}
+
+// fetchLoop reads the log of users with pending changes and hands the rows
+// to the sink in user_seq order. It is the only goroutine that advances
+// delivered, so each change is delivered once.
+func (s *pgStore) fetchLoop() {
+	defer s.wg.Done()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-s.wake:
+		}
+		for s.fetchPending() {
+		}
+	}
+}
+
+// fetchPending reads one round; it reports whether another is needed.
+func (s *pgStore) fetchPending() bool {
+	s.mu.Lock()
+	var users []string
+	var after []int64
+	for user := range s.pending {
+		w := s.watched[user]
+		if w == nil {
+			delete(s.pending, user)
+			continue
+		}
+		select {
+		case <-w.ready:
+		default:
+			continue // Watch is still reading its start; it signals again
+		}
+		delete(s.pending, user)
+		users = append(users, user)
+		after = append(after, int64(w.delivered))
+	}
+	s.mu.Unlock()
+	if len(users) == 0 {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, 30*time.Second)
+	defer cancel()
+	changes, err := s.readLog(ctx, users, after)
+	if err != nil {
+		if s.ctx.Err() == nil {
+			s.log.Warn().Err(err).Msg("reading the change log failed; will retry")
+			s.mu.Lock()
+			for _, u := range users {
+				s.pending[u] = true
+			}
+			s.mu.Unlock()
+			time.AfterFunc(time.Second, s.signal)
+		}
+		return false
+	}
+	out := s.checkGaps(changes, users, after)
+	s.pub.publish(out)
+	if len(changes) == fetchLimit {
+		s.mu.Lock()
+		for _, u := range users {
+			s.pending[u] = true
+		}
+		s.mu.Unlock()
+		return true
+	}
+	return false
+}
+
+func (s *pgStore) readLog(ctx context.Context, users []string, after []int64) ([]Change, error) {
+	rows, err := s.pool.Query(ctx, `SELECT c.user_id, c.user_seq, c.kind, c.task_id, c.task, c.device_id, c.version
+		FROM kronos_changes c
+		JOIN unnest($1::text[], $2::bigint[]) AS w(user_id, after)
+		  ON c.user_id = w.user_id AND c.user_seq > w.after
+		ORDER BY c.user_id, c.user_seq
+		LIMIT $3`, users, after, fetchLimit)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (Change, error) {
+		var c Change
+		var seq int64
+		var kind int16
+		var task *string
+		var version string
+		err := row.Scan(&c.UserID, &seq, &kind, &c.TaskID, &task, &c.DeviceID, &version)
+		c.Seq, c.Kind, c.Version = uint64(seq), ChangeKind(kind), json.RawMessage(version)
+		if task != nil {
+			c.Task = json.RawMessage(*task)
+		}
+		return c, err
+	})
+}
+
+// checkGaps advances delivered past the rows read. A user whose next row is
+// not delivered+1 lost changes to pruning: it gets a ChangeResync instead,
+// so its devices re-sync rather than silently miss them.
+func (s *pgStore) checkGaps(changes []Change, users []string, after []int64) []Change {
+	expected := make(map[string]uint64, len(users))
+	for i, u := range users {
+		expected[u] = uint64(after[i]) + 1
+	}
+	out := make([]Change, 0, len(changes))
+	resynced := map[string]bool{}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range changes {
+		w := s.watched[c.UserID]
+		if w == nil {
+			continue // unwatched meanwhile
+		}
+		if c.Seq != expected[c.UserID] && !resynced[c.UserID] && !w.fromStart {
+			resynced[c.UserID] = true
+			s.feed.resyncs.Inc()
+			s.log.Warn().Uint64("expected", expected[c.UserID]).Uint64("got", c.Seq).Msg("change log gap: devices must re-sync")
+			out = append(out, Change{UserID: c.UserID, Kind: ChangeResync})
+		}
+		expected[c.UserID] = c.Seq + 1
+		w.fromStart = false
+		w.delivered = max(w.delivered, c.Seq)
+		if !resynced[c.UserID] {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// pruneLoop deletes change log rows older than the retention, and the
+// oldest past the row cap. One node at a time does it.
+func (s *pgStore) pruneLoop() {
+	defer s.wg.Done()
+	tick := time.NewTicker(s.opts.PruneInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-tick.C:
+		}
+		n, err := s.prune(s.ctx)
+		if err != nil && s.ctx.Err() == nil {
+			s.log.Warn().Err(err).Msg("pruning the change log failed")
+		}
+		s.feed.pruned.Add(float64(n))
+	}
+}
+
+func (s *pgStore) prune(ctx context.Context) (int64, error) {
+	var total int64
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var got bool
+		if err := tx.QueryRow(ctx, `SELECT pg_try_advisory_xact_lock($1)`, migrationLockKey+1).Scan(&got); err != nil || !got {
+			return err
+		}
+		tag, err := tx.Exec(ctx, `DELETE FROM kronos_changes WHERE created_at < now() - make_interval(secs => $1)`,
+			s.opts.ChangeLogRetention.Seconds())
+		if err != nil {
+			return err
+		}
+		total += tag.RowsAffected()
+		tag, err = tx.Exec(ctx, `DELETE FROM kronos_changes WHERE seq <= (
+			SELECT seq FROM kronos_changes ORDER BY seq DESC OFFSET $1 LIMIT 1)`, s.opts.ChangeLogMaxRows)
+		total += tag.RowsAffected()
+		return err
+	})
+	return total, err
+}

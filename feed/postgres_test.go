@@ -1,0 +1,154 @@
+package feed_test
+
+import (
+	"context"
+
+	"github.com/jackc/pgx/v5"
+	"strconv"
+	"testing"
+
+	"kronos/feed"
+	"kronos/feed/storetest"
+	"kronos/internal/pgtest"
+)
+
+func openPostgres(t *testing.T, url string, opts feed.Options) feed.Store {
+	t.Helper()
+	s, err := feed.OpenPostgres(context.Background(), url, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestPostgresConformance(t *testing.T) {
+	storetest.Run(t, func(t *testing.T, limits feed.Limits) feed.Store {
+		return openPostgres(t, pgtest.URL(t), feed.Options{Limits: limits})
+	})
+}
+
+// Nodes starting together on an empty database migrate it once.
+func TestPostgresConcurrentStart(t *testing.T) {
+	url := pgtest.URL(t)
+	errs := make(chan error, 4)
+	stores := make(chan feed.Store, 4)
+	for range 4 {
+		go func() {
+			s, err := feed.OpenPostgres(context.Background(), url, feed.Options{})
+			errs <- err
+			stores <- s
+		}()
+	}
+	for range 4 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+		s := <-stores
+		defer s.Close()
+	}
+}
+
+// A change written through one store reaches the feed of another store on
+// the same database: two nodes.
+func TestPostgresFeedAcrossNodes(t *testing.T) {
+	url := pgtest.URL(t)
+	a := openPostgres(t, url, feed.Options{})
+	defer a.Close()
+	b := openPostgres(t, url, feed.Options{})
+	defer b.Close()
+	recA, recB := storetest.NewRecorder(), storetest.NewRecorder()
+	a.Subscribe(recA.Sink)
+	b.Subscribe(recB.Sink)
+	sess, err := a.Login(context.Background(), "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Watch(sess.UserID)
+	other, _ := a.Login(context.Background(), "", "")
+	for i := range 20 {
+		w := &feed.Write{Kind: feed.WriteCreate, UserID: sess.UserID, DeviceID: sess.DeviceID,
+			Task: []byte(`{"id":` + strconv.Itoa(i) + `}`), Version: []byte(strconv.Itoa(i))}
+		if err := a.Write(context.Background(), w); err != nil {
+			t.Fatal(err)
+		}
+		// A user no node watches produces nothing on b.
+		if err := a.Write(context.Background(), &feed.Write{Kind: feed.WriteCreate, UserID: other.UserID,
+			Task: []byte(`{"id":` + strconv.Itoa(i) + `}`)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := recB.Wait(t, sess.UserID, 20)
+	for i, c := range got {
+		if c.TaskID != int64(i) || c.Seq != uint64(i+1) {
+			t.Fatalf("change %d: %+v", i, c)
+		}
+	}
+	if n := len(recB.Changes(other.UserID)); n != 0 {
+		t.Fatalf("b delivered %d changes of a user it does not watch", n)
+	}
+	if len(recA.Changes(sess.UserID)) != 0 {
+		t.Fatal("a delivered changes of a user it does not watch")
+	}
+}
+
+// The listen connection is killed again and again while writes go on:
+// every change still arrives, once, in order.
+func TestPostgresListenConnectionKilled(t *testing.T) {
+	url := pgtest.URL(t)
+	writer := openPostgres(t, url, feed.Options{})
+	defer writer.Close()
+	reader := openPostgres(t, url, feed.Options{})
+	defer reader.Close()
+	rec := storetest.NewRecorder()
+	reader.Subscribe(rec.Sink)
+	ctx := context.Background()
+	sess, err := writer.Login(ctx, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	reader.Watch(sess.UserID)
+	admin, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+
+	const total = 300
+	done := make(chan error, 1)
+	go func() {
+		for i := range total {
+			w := &feed.Write{Kind: feed.WriteCreate, UserID: sess.UserID, DeviceID: sess.DeviceID,
+				Task: []byte(`{"id":` + strconv.Itoa(i) + `}`), Version: []byte(strconv.Itoa(i))}
+			if err := writer.Write(ctx, w); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	killed := 0
+	for _, at := range []int{20, 100, 200} {
+		rec.Wait(t, sess.UserID, at)
+		tag, err := admin.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+			WHERE application_name = 'kronos-listen' AND datname = current_database()`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		killed += int(tag.RowsAffected())
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if killed < 3 {
+		t.Fatalf("only %d listen connections were killed", killed)
+	}
+	got := rec.Wait(t, sess.UserID, total)
+	if len(got) != total {
+		t.Fatalf("%d changes delivered, want %d (doubled?)", len(got), total)
+	}
+	for i, c := range got {
+		if c.TaskID != int64(i) {
+			t.Fatalf("change %d is task %d: lost, doubled or out of order", i, c.TaskID)
+		}
+	}
+}
