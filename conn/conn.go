@@ -69,6 +69,8 @@ type Conn struct {
 	dead          bool // torn down: the fd is closed, never touch it
 
 	ctx any // the handler's session; see SetContext
+
+	g *goroutineConn // only with the goroutine engine
 }
 
 // ID is a process-unique number for logs.

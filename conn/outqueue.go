@@ -103,6 +103,7 @@ func (c *Conn) flushLocked() {
 			continue
 		}
 		if errors.Is(err, unix.EAGAIN) {
+			c.srv.engine.writeBlocked(c)
 			return
 		}
 		// EPIPE, ECONNRESET…: the read side will see it too and tear down.

@@ -35,7 +35,7 @@ func (p *pool) work() {
 			if buf == nil {
 				buf = make([]byte, readBufferSize)
 			}
-			c.readTurn(buf)
+			c.readTurn(buf, p)
 		}
 	}
 }

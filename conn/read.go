@@ -27,12 +27,12 @@ func shutdownFd(fd int, both bool) {
 // that arrives while the owner is finishing is never lost.
 //
 // readState: 0 idle, 1 a worker is reading, 2 reading and more arrived.
-func (c *Conn) scheduleRead() {
+func (c *Conn) scheduleRead(p *pool) {
 	for {
 		switch c.readState.Load() {
 		case 0:
 			if c.readState.CompareAndSwap(0, 1) {
-				c.srv.pool.submit(c)
+				p.submit(c)
 				return
 			}
 		case 1:
@@ -53,15 +53,15 @@ const (
 	readClosed                    // EOF or error: tear down
 )
 
-// readTurn runs on a pool worker that owns the read side.
-func (c *Conn) readTurn(buf []byte) {
+// readTurn runs on a pool worker of the epoll engine that owns the read side.
+func (c *Conn) readTurn(buf []byte, p *pool) {
 	for {
 		switch c.readAvailable(buf) {
 		case readClosed:
 			c.teardown()
 			return
 		case readBusy:
-			if c.srv.pool.trySubmit(c) {
+			if p.trySubmit(c) {
 				return
 			}
 			continue // the queue is full: keep the turn rather than block

@@ -6,7 +6,6 @@ package conn
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -42,6 +41,10 @@ type Handler interface {
 type Options struct {
 	// Listen is the client address, host:port. Default ":5000".
 	Listen string
+	// Engine drives the sockets: "epoll" (default: no goroutine and no
+	// buffer per idle connection) or "goroutine" (a reader and a writer
+	// goroutine per connection, the classic design, kept as a baseline).
+	Engine string
 	// Workers is the number of goroutines reading from sockets and running
 	// handlers. Default 64.
 	Workers int
@@ -72,6 +75,9 @@ type Options struct {
 func (o *Options) setDefaults() {
 	if o.Listen == "" {
 		o.Listen = ":5000"
+	}
+	if o.Engine == "" {
+		o.Engine = EngineEpoll
 	}
 	if o.Workers <= 0 {
 		o.Workers = 64
@@ -104,22 +110,20 @@ type Server struct {
 	metrics  *metrics
 	upgrader ws.Upgrader
 
-	ln       *net.TCPListener
-	listenFd int
-	poller   *poller
-	pool     *pool
+	ln     *net.TCPListener
+	engine engine
 
 	mu     sync.RWMutex
 	conns  map[int]*Conn // by fd
 	nextID atomic.Uint64
 
-	// lnMu guards the listening fd: accept4 runs under it, shared, so the
-	// fd is never closed (and its number reused) while the poller accepts.
+	// lnMu guards the listening socket: accepting runs under it, shared, so
+	// the fd is never closed (and its number reused) while an engine accepts
+	// on it.
 	lnMu      sync.RWMutex
 	accepting bool
 	count     atomic.Int64
 
-	acceptBackoff time.Duration
 	stopSweep     chan struct{}
 	done          sync.WaitGroup
 	stopOnce      sync.Once
@@ -138,35 +142,24 @@ func Listen(opts Options, h Handler) (*Server, error) {
 		stopSweep: make(chan struct{}),
 		accepting: true,
 	}
+	switch opts.Engine {
+	case EngineEpoll:
+		s.engine = &epollEngine{s: s}
+	case EngineGoroutine:
+		s.engine = &goroutineEngine{s: s}
+	default:
+		return nil, fmt.Errorf("unknown engine %q (want %s or %s)", opts.Engine, EngineEpoll, EngineGoroutine)
+	}
 	ln, err := net.Listen("tcp", opts.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("listen %s: %w", opts.Listen, err)
 	}
 	s.ln = ln.(*net.TCPListener)
-	// Accept ourselves on the listener's non-blocking fd through our epoll,
-	// so accepted sockets never enter Go's netpoller (taking them out again
-	// would need a dup: twice the descriptors). The fd stays valid until
-	// s.ln.Close, which happens only after it leaves our epoll.
-	raw, err := s.ln.SyscallConn()
-	if err == nil {
-		err = raw.Control(func(fd uintptr) { s.listenFd = int(fd) })
-	}
-	if err != nil {
-		s.ln.Close()
-		return nil, fmt.Errorf("listener fd: %w", err)
-	}
-	if s.poller, err = newPoller(); err != nil {
+	if err := s.engine.start(); err != nil {
 		s.ln.Close()
 		return nil, err
 	}
-	if err := s.poller.ctl(unix.EPOLL_CTL_ADD, s.listenFd, listenEvents); err != nil {
-		s.poller.close()
-		s.ln.Close()
-		return nil, err
-	}
-	s.pool = newPool(opts.Workers, opts.Workers*64)
-	s.done.Add(2)
-	go s.loop()
+	s.done.Add(1)
 	go s.sweep()
 	return s, nil
 }
@@ -177,99 +170,36 @@ func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 // Count is the number of open connections.
 func (s *Server) Count() int { return int(s.count.Load()) }
 
-func (s *Server) loop() {
-	defer s.done.Done()
-	err := s.poller.wait(func(fd int, events uint32) {
-		if fd == s.listenFd {
-			s.accept()
-			return
-		}
-		s.mu.RLock()
-		c := s.conns[fd]
-		s.mu.RUnlock()
-		if c == nil {
-			return // a stale event for a socket already torn down
-		}
-		if events&unix.EPOLLOUT != 0 {
-			c.onWritable()
-		}
-		if events&readEvents != 0 {
-			c.scheduleRead()
-		}
-	})
-	if err != nil {
-		s.log.Error().Err(err).Msg("epoll loop stopped")
+// admit reports whether one more connection fits under MaxConns.
+func (s *Server) admit() bool {
+	s.metrics.accepted.Inc()
+	if s.opts.MaxConns > 0 && s.Count() >= s.opts.MaxConns {
+		s.metrics.refused.Inc()
+		return false
 	}
+	return true
 }
 
-// maxAcceptsPerEvent keeps a connection storm from starving other events;
-// the listener is level-triggered, so the rest are picked up next round.
-const maxAcceptsPerEvent = 128
-
-func (s *Server) accept() {
-	s.lnMu.RLock()
-	defer s.lnMu.RUnlock()
-	if !s.accepting {
-		return
-	}
-	for range maxAcceptsPerEvent {
-		fd, sa, err := unix.Accept4(s.listenFd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
-		if err != nil {
-			switch {
-			case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EINTR),
-				errors.Is(err, unix.ECONNABORTED):
-			case errors.Is(err, unix.EMFILE), errors.Is(err, unix.ENFILE),
-				errors.Is(err, unix.ENOBUFS), errors.Is(err, unix.ENOMEM):
-				s.pauseAccepting(err)
-			default:
-				s.log.Error().Err(err).Msg("accept failed")
-			}
-			return
-		}
-		s.acceptBackoff = 0
-		s.metrics.accepted.Inc()
-		if s.opts.MaxConns > 0 && s.Count() >= s.opts.MaxConns {
-			s.metrics.refused.Inc()
-			unix.Close(fd)
-			continue
-		}
-		s.attach(fd, sa)
-	}
-}
-
-// pauseAccepting stops polling the listener for a while after running out
-// of descriptors or memory, instead of spinning on a level-triggered event.
-func (s *Server) pauseAccepting(err error) {
-	s.acceptBackoff = min(max(2*s.acceptBackoff, 10*time.Millisecond), time.Second)
-	s.metrics.acceptErrors.Inc()
-	s.log.Warn().Err(err).Dur("backoff", s.acceptBackoff).Msg("accept paused")
-	_ = s.poller.ctl(unix.EPOLL_CTL_MOD, s.listenFd, 0)
-	time.AfterFunc(s.acceptBackoff, func() {
-		s.lnMu.RLock()
-		defer s.lnMu.RUnlock()
-		if s.accepting {
-			_ = s.poller.ctl(unix.EPOLL_CTL_MOD, s.listenFd, listenEvents)
-		}
-	})
-}
-
-func (s *Server) attach(fd int, sa unix.Sockaddr) {
-	setSocketOptions(fd, s.opts.KeepAlive)
-	c := &Conn{id: s.nextID.Add(1), fd: fd, srv: s, remote: addrPort(sa), created: nowNano()}
+// attach tracks a new connection and hands it to the engine.
+func (s *Server) attach(c *Conn) bool {
+	setSocketOptions(c.fd, s.opts.KeepAlive)
+	c.id, c.srv, c.created = s.nextID.Add(1), s, nowNano()
 	s.mu.Lock()
-	s.conns[fd] = c
+	s.conns[c.fd] = c
 	s.mu.Unlock()
 	s.count.Add(1)
 	s.metrics.opened()
-	if err := s.poller.add(fd); err != nil {
+	if err := s.engine.register(c); err != nil {
 		s.log.Error().Err(err).Msg("register connection")
 		s.mu.Lock()
-		delete(s.conns, fd)
+		delete(s.conns, c.fd)
 		s.mu.Unlock()
 		s.count.Add(-1)
 		s.metrics.closed(TransportUnknown)
-		unix.Close(fd)
+		s.engine.closeFd(c)
+		return false
 	}
+	return true
 }
 
 func setSocketOptions(fd int, keepAlive time.Duration) {
@@ -279,6 +209,11 @@ func setSocketOptions(fd int, keepAlive time.Duration) {
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, secs)
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, max(secs/3, 1))
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPCNT, 3)
+}
+
+func netip4or6(a net.Addr) (netip.AddrPort, error) {
+	ap, err := netip.ParseAddrPort(a.String())
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), err
 }
 
 func addrPort(sa unix.Sockaddr) netip.AddrPort {
@@ -298,13 +233,13 @@ func (c *Conn) teardown() {
 	c.out, c.outOff, c.outBytes = nil, 0, 0
 	c.mu.Unlock()
 	s := c.srv
-	s.poller.remove(c.fd)
+	s.engine.unregister(c)
 	s.mu.Lock()
 	if s.conns[c.fd] == c {
 		delete(s.conns, c.fd)
 	}
 	s.mu.Unlock()
-	unix.Close(c.fd)
+	s.engine.closeFd(c)
 	c.in, c.ws = nil, wsReader{}
 	s.count.Add(-1)
 	s.metrics.closed(c.Transport())
@@ -369,7 +304,7 @@ func (s *Server) StopAccepting() {
 	defer s.lnMu.Unlock()
 	if s.accepting {
 		s.accepting = false
-		s.poller.remove(s.listenFd)
+		s.engine.stopAccepting()
 		s.ln.Close()
 	}
 }
@@ -401,21 +336,19 @@ wait:
 	}
 	s.stopOnce.Do(func() {
 		close(s.stopSweep)
-		s.poller.wake()
 		s.done.Wait()
-		s.pool.stop()
+		s.engine.stop()
 		// No goroutine touches a socket any more: close the stragglers.
 		s.Each(func(c *Conn) bool {
 			c.mu.Lock()
 			c.dead = true
 			c.mu.Unlock()
-			unix.Close(c.fd)
+			s.engine.closeFd(c)
 			s.count.Add(-1)
 			s.metrics.closed(c.Transport())
 			s.handler.OnClose(c, ReasonShutdown)
 			return true
 		})
-		s.poller.close()
 	})
 	return err
 }

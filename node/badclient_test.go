@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"kronos/conn"
 	"kronos/node"
 	"kronos/node/client"
 )
@@ -51,9 +52,17 @@ func TestFloodIsRateLimited(t *testing.T) {
 // A device that never reads is disconnected when its queue passes the
 // bound; the other devices of the user keep receiving everything.
 func TestNonReaderIsDisconnected(t *testing.T) {
-	opts := node.Options{RateLimit: 1e6, RateBurst: 1e6}
-	opts.Conn.MaxQueueBytes = 256 << 10
-	h := start(t, opts)
+	for _, engine := range []string{conn.EngineEpoll, conn.EngineGoroutine} {
+		t.Run(engine, func(t *testing.T) {
+			opts := node.Options{RateLimit: 1e6, RateBurst: 1e6}
+			opts.Conn.MaxQueueBytes = 256 << 10
+			opts.Conn.Engine = engine
+			testNonReader(t, start(t, opts))
+		})
+	}
+}
+
+func testNonReader(t *testing.T, h *harness) {
 	writer, m := h.login(client.TCP, "", "")
 	user := m.Str("user_id")
 	reader, _ := h.login(client.WebSocket, user, "")

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"kronos/conn"
 	"kronos/feed"
 	"kronos/node"
 	"kronos/node/client"
@@ -14,10 +15,16 @@ import (
 
 var uuidV4 = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
 
-// each runs fn once per transport, on a fresh node.
+// each runs fn once per transport and engine, on a fresh node.
 func each(t *testing.T, opts node.Options, fn func(t *testing.T, h *harness, tr client.Transport)) {
-	for _, tr := range transports {
-		t.Run(string(tr), func(t *testing.T) { fn(t, start(t, opts), tr) })
+	for _, engine := range []string{conn.EngineEpoll, conn.EngineGoroutine} {
+		for _, tr := range transports {
+			t.Run(engine+"/"+string(tr), func(t *testing.T) {
+				opts := opts
+				opts.Conn.Engine = engine
+				fn(t, start(t, opts), tr)
+			})
+		}
 	}
 }
 

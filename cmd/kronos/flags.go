@@ -45,6 +45,7 @@ func parseServeFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&cfg.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&cfg.logFormat, "log-format", "json", "log format: json or console")
 	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 25*time.Second, "how long a stop may take")
+	fs.StringVar(&o.Conn.Engine, "engine", "epoll", "connection engine: epoll, or goroutine (one reader and writer goroutine per connection; a baseline)")
 	fs.IntVar(&o.Conn.Workers, "workers", 64, "goroutines that read sockets and run requests")
 	fs.IntVar(&o.Conn.MaxConns, "max-conns", 0, "refuse connections past this count (0: no limit)")
 	fs.IntVar(&o.Conn.MaxMessageBytes, "max-message-bytes", 4<<20, "largest request")

@@ -1,0 +1,30 @@
+package conn
+
+// Engine names, for Options.Engine.
+const (
+	EngineEpoll     = "epoll"
+	EngineGoroutine = "goroutine"
+)
+
+// engine drives the sockets of a Server: it accepts, waits for input and
+// for writability, and closes descriptors. Framing, queues, deadlines and
+// close handling are shared by both engines (Conn), so the two differ only
+// in what a connection costs while it waits.
+type engine interface {
+	// start begins accepting on s.ln.
+	start() error
+	// register starts watching a new connection.
+	register(c *Conn) error
+	// writeBlocked is called, under c.mu, when the socket took less than
+	// was queued; the engine calls c.onWritable once it can take more.
+	writeBlocked(c *Conn)
+	// unregister stops watching c; the read side's owner calls it once.
+	unregister(c *Conn)
+	// closeFd closes c's descriptor.
+	closeFd(c *Conn)
+	// stopAccepting stops accepting; s.lnMu is held and s.ln is closed
+	// right after.
+	stopAccepting()
+	// stop ends the engine's goroutines once connections are closed.
+	stop()
+}

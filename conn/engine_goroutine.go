@@ -1,0 +1,141 @@
+package conn
+
+import (
+	"errors"
+	"net"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// goroutineEngine is the classic design: per connection, a reader goroutine
+// with its own buffer, blocked in Go's netpoller, and a writer goroutine
+// that waits for the socket to drain. It runs the same framing and queues
+// as the epoll engine and exists to measure what epoll saves.
+type goroutineEngine struct {
+	s  *Server
+	wg sync.WaitGroup
+}
+
+// goroutineConn is the per-connection state only this engine needs.
+type goroutineConn struct {
+	nc   *net.TCPConn
+	raw  syscall.RawConn
+	wake chan struct{} // the writer waits on it; closed at teardown
+}
+
+// goroutineReadBuffer is each connection's own read buffer.
+const goroutineReadBuffer = 4 << 10
+
+func (e *goroutineEngine) start() error {
+	e.wg.Add(1)
+	go e.acceptLoop()
+	return nil
+}
+
+func (e *goroutineEngine) acceptLoop() {
+	defer e.wg.Done()
+	s := e.s
+	var backoff time.Duration
+	for {
+		nc, err := s.ln.AcceptTCP()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			backoff = min(max(2*backoff, 10*time.Millisecond), time.Second)
+			s.metrics.acceptErrors.Inc()
+			s.log.Warn().Err(err).Dur("backoff", backoff).Msg("accept paused")
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
+		if !s.admit() {
+			nc.Close()
+			continue
+		}
+		raw, err := nc.SyscallConn()
+		var fd int
+		if err == nil {
+			err = raw.Control(func(f uintptr) { fd = int(f) })
+		}
+		if err != nil {
+			nc.Close()
+			continue
+		}
+		c := &Conn{fd: fd, g: &goroutineConn{nc: nc, raw: raw, wake: make(chan struct{}, 1)}}
+		if ap, err := netip4or6(nc.RemoteAddr()); err == nil {
+			c.remote = ap
+		}
+		s.attach(c)
+	}
+}
+
+func (e *goroutineEngine) register(c *Conn) error {
+	e.wg.Add(2)
+	go e.readLoop(c)
+	go e.writeLoop(c)
+	return nil
+}
+
+func (e *goroutineEngine) readLoop(c *Conn) {
+	defer e.wg.Done()
+	buf := make([]byte, goroutineReadBuffer)
+	for {
+		var n int
+		var rerr error
+		err := c.g.raw.Read(func(fd uintptr) bool {
+			n, rerr = unix.Read(int(fd), buf)
+			return !errors.Is(rerr, unix.EAGAIN)
+		})
+		switch {
+		case n > 0:
+			c.onData(buf[:n])
+			continue
+		case err == nil && rerr == nil: // EOF
+			if c.setReason(ReasonClientClosed) {
+				c.srv.metrics.closing(ReasonClientClosed)
+			}
+		case errors.Is(rerr, unix.EINTR):
+			continue
+		default:
+			if c.setReason(ReasonIOError) {
+				c.srv.metrics.closing(ReasonIOError)
+			}
+		}
+		c.teardown()
+		return
+	}
+}
+
+// writeLoop waits until a write came back short, then until the socket
+// takes more.
+func (e *goroutineEngine) writeLoop(c *Conn) {
+	defer e.wg.Done()
+	for range c.g.wake {
+		_ = c.g.raw.Write(func(uintptr) bool {
+			c.onWritable()
+			return c.QueuedBytes() == 0
+		})
+	}
+}
+
+func (e *goroutineEngine) writeBlocked(c *Conn) {
+	select {
+	case c.g.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (e *goroutineEngine) unregister(c *Conn) {}
+
+func (e *goroutineEngine) closeFd(c *Conn) {
+	close(c.g.wake)
+	c.g.nc.Close()
+}
+
+func (e *goroutineEngine) stopAccepting() {}
+
+func (e *goroutineEngine) stop() { e.wg.Wait() }
