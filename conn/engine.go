@@ -11,7 +11,7 @@ const (
 // close handling are shared by both engines (Conn), so the two differ only
 // in what a connection costs while it waits.
 type engine interface {
-	// start begins accepting on s.ln.
+	// start begins accepting on s.ln, until s.ln is closed.
 	start() error
 	// register starts watching a new connection.
 	register(c *Conn) error
@@ -22,8 +22,7 @@ type engine interface {
 	unregister(c *Conn)
 	// closeFd closes c's descriptor.
 	closeFd(c *Conn)
-	// stopAccepting stops accepting; s.lnMu is held and s.ln is closed
-	// right after.
+	// stopAccepting ends accepting; s.ln is closed right after.
 	stopAccepting()
 	// stop ends the engine's goroutines once connections are closed.
 	stop()

@@ -8,22 +8,27 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// epollEngine keeps every socket in one epoll instance. An idle connection
-// is a few hundred bytes in the Server's table: no goroutine, no buffer.
+// epollEngine keeps every client socket in one epoll instance. An idle
+// connection is a few hundred bytes in the Server's table: no goroutine, no
+// buffer. Accepting has a goroutine and an epoll instance of its own, so
+// that a reconnect storm is accepted as fast as it arrives instead of
+// overflowing the listen queue while the client loop is busy with reads.
 type epollEngine struct {
 	s        *Server
-	poller   *poller
+	poller   *poller // client sockets
 	pool     *pool
-	listenFd int
-	backoff  time.Duration // owned by the poller goroutine
 	loopDone chan struct{}
+
+	listenFd     int
+	acceptPoller *poller       // the listening socket only
+	accepted     chan struct{} // closed when the accept loop ends
 }
 
 func (e *epollEngine) start() error {
-	// Accept ourselves on the listener's non-blocking fd through our epoll,
-	// so accepted sockets never enter Go's netpoller (taking them out again
-	// would need a dup: twice the descriptors). The fd stays valid until
-	// s.ln.Close, which happens only after it leaves our epoll.
+	// Accept ourselves on the listener's non-blocking fd, so accepted
+	// sockets never enter Go's netpoller (taking them out again would need
+	// a dup: twice the descriptors). The fd stays valid until s.ln.Close,
+	// which happens only after the accept loop has ended (stopAccepting).
 	raw, err := e.s.ln.SyscallConn()
 	if err == nil {
 		err = raw.Control(func(fd uintptr) { e.listenFd = int(fd) })
@@ -31,27 +36,75 @@ func (e *epollEngine) start() error {
 	if err != nil {
 		return fmt.Errorf("listener fd: %w", err)
 	}
-	if e.poller, err = newPoller(); err != nil {
+	if e.acceptPoller, err = newPoller(); err != nil {
 		return err
 	}
-	if err := e.poller.ctl(unix.EPOLL_CTL_ADD, e.listenFd, listenEvents); err != nil {
-		e.poller.close()
+	// Level-triggered: the loop accepts until EAGAIN, or is told again.
+	if err := e.acceptPoller.ctl(unix.EPOLL_CTL_ADD, e.listenFd, unix.EPOLLIN); err != nil {
+		e.acceptPoller.close()
+		return err
+	}
+	if e.poller, err = newPoller(); err != nil {
+		e.acceptPoller.close()
 		return err
 	}
 	e.pool = newPool(e.s.opts.Workers, e.s.opts.Workers*64)
 	e.loopDone = make(chan struct{})
+	e.accepted = make(chan struct{})
 	go e.loop()
+	go e.acceptLoop()
 	return nil
+}
+
+func (e *epollEngine) acceptLoop() {
+	defer close(e.accepted)
+	var backoff time.Duration
+	err := e.acceptPoller.wait(func(int, uint32) {
+		if err := e.acceptAll(); err != nil {
+			// Out of descriptors or memory: wait instead of spinning.
+			backoff = min(max(2*backoff, 10*time.Millisecond), time.Second)
+			e.s.metrics.acceptErrors.Inc()
+			e.s.log.Warn().Err(err).Dur("backoff", backoff).Msg("accept paused")
+			time.Sleep(backoff)
+			return
+		}
+		backoff = 0
+	})
+	if err != nil {
+		e.s.log.Error().Err(err).Msg("accept loop stopped")
+	}
+}
+
+// acceptAll accepts until the listen queue is empty. It returns an error
+// only when accepting must pause.
+func (e *epollEngine) acceptAll() error {
+	s := e.s
+	for {
+		fd, sa, err := unix.Accept4(e.listenFd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		switch {
+		case err == nil:
+			if !s.admit() {
+				unix.Close(fd)
+				continue
+			}
+			s.attach(&Conn{fd: fd, remote: addrPort(sa)})
+		case errors.Is(err, unix.EAGAIN):
+			return nil
+		case errors.Is(err, unix.EINTR), errors.Is(err, unix.ECONNABORTED):
+		case errors.Is(err, unix.EMFILE), errors.Is(err, unix.ENFILE),
+			errors.Is(err, unix.ENOBUFS), errors.Is(err, unix.ENOMEM):
+			return err
+		default:
+			s.log.Error().Err(err).Msg("accept failed")
+			return nil
+		}
+	}
 }
 
 func (e *epollEngine) loop() {
 	defer close(e.loopDone)
 	s := e.s
 	err := e.poller.wait(func(fd int, events uint32) {
-		if fd == e.listenFd {
-			e.accept()
-			return
-		}
 		s.mu.RLock()
 		c := s.conns[fd]
 		s.mu.RUnlock()
@@ -70,57 +123,6 @@ func (e *epollEngine) loop() {
 	}
 }
 
-// maxAcceptsPerEvent keeps a connection storm from starving other events;
-// the listener is level-triggered, so the rest are picked up next round.
-const maxAcceptsPerEvent = 128
-
-func (e *epollEngine) accept() {
-	s := e.s
-	s.lnMu.RLock()
-	defer s.lnMu.RUnlock()
-	if !s.accepting {
-		return
-	}
-	for range maxAcceptsPerEvent {
-		fd, sa, err := unix.Accept4(e.listenFd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
-		if err != nil {
-			switch {
-			case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EINTR),
-				errors.Is(err, unix.ECONNABORTED):
-			case errors.Is(err, unix.EMFILE), errors.Is(err, unix.ENFILE),
-				errors.Is(err, unix.ENOBUFS), errors.Is(err, unix.ENOMEM):
-				e.pauseAccepting(err)
-			default:
-				s.log.Error().Err(err).Msg("accept failed")
-			}
-			return
-		}
-		e.backoff = 0
-		if !s.admit() {
-			unix.Close(fd)
-			continue
-		}
-		s.attach(&Conn{fd: fd, remote: addrPort(sa)})
-	}
-}
-
-// pauseAccepting stops polling the listener for a while after running out
-// of descriptors or memory, instead of spinning on a level-triggered event.
-func (e *epollEngine) pauseAccepting(err error) {
-	s := e.s
-	e.backoff = min(max(2*e.backoff, 10*time.Millisecond), time.Second)
-	s.metrics.acceptErrors.Inc()
-	s.log.Warn().Err(err).Dur("backoff", e.backoff).Msg("accept paused")
-	_ = e.poller.ctl(unix.EPOLL_CTL_MOD, e.listenFd, 0)
-	time.AfterFunc(e.backoff, func() {
-		s.lnMu.RLock()
-		defer s.lnMu.RUnlock()
-		if s.accepting {
-			_ = e.poller.ctl(unix.EPOLL_CTL_MOD, e.listenFd, listenEvents)
-		}
-	})
-}
-
 func (e *epollEngine) register(c *Conn) error { return e.poller.add(c.fd) }
 
 // writeBlocked needs nothing: sockets are registered for EPOLLOUT,
@@ -131,7 +133,12 @@ func (e *epollEngine) unregister(c *Conn) { e.poller.remove(c.fd) }
 
 func (e *epollEngine) closeFd(c *Conn) { unix.Close(c.fd) }
 
-func (e *epollEngine) stopAccepting() { e.poller.remove(e.listenFd) }
+// stopAccepting ends the accept loop; the caller closes the listener.
+func (e *epollEngine) stopAccepting() {
+	e.acceptPoller.wake()
+	<-e.accepted
+	e.acceptPoller.close()
+}
 
 func (e *epollEngine) stop() {
 	e.poller.wake()

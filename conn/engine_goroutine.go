@@ -136,6 +136,7 @@ func (e *goroutineEngine) closeFd(c *Conn) {
 	c.g.nc.Close()
 }
 
+// stopAccepting needs nothing: closing the listener ends Accept.
 func (e *goroutineEngine) stopAccepting() {}
 
 func (e *goroutineEngine) stop() { e.wg.Wait() }

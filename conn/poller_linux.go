@@ -17,9 +17,8 @@ type poller struct {
 }
 
 const (
-	connEvents   = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
-	listenEvents = unix.EPOLLIN // level-triggered: accept until EAGAIN, or come back
-	readEvents   = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLHUP | unix.EPOLLERR
+	connEvents = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
+	readEvents = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLHUP | unix.EPOLLERR
 )
 
 func newPoller() (*poller, error) {

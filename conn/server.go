@@ -117,16 +117,12 @@ type Server struct {
 	conns  map[int]*Conn // by fd
 	nextID atomic.Uint64
 
-	// lnMu guards the listening socket: accepting runs under it, shared, so
-	// the fd is never closed (and its number reused) while an engine accepts
-	// on it.
-	lnMu      sync.RWMutex
-	accepting bool
+	accepting atomic.Bool
 	count     atomic.Int64
 
-	stopSweep     chan struct{}
-	done          sync.WaitGroup
-	stopOnce      sync.Once
+	stopSweep chan struct{}
+	done      sync.WaitGroup
+	stopOnce  sync.Once
 }
 
 // Listen binds the client port and starts serving.
@@ -140,8 +136,8 @@ func Listen(opts Options, h Handler) (*Server, error) {
 		upgrader:  newUpgrader(),
 		conns:     make(map[int]*Conn),
 		stopSweep: make(chan struct{}),
-		accepting: true,
 	}
+	s.accepting.Store(true)
 	switch opts.Engine {
 	case EngineEpoll:
 		s.engine = &epollEngine{s: s}
@@ -300,21 +296,14 @@ func (s *Server) checkDeadlines(c *Conn, now int64) {
 
 // StopAccepting closes the client port; open connections stay.
 func (s *Server) StopAccepting() {
-	s.lnMu.Lock()
-	defer s.lnMu.Unlock()
-	if s.accepting {
-		s.accepting = false
+	if s.accepting.CompareAndSwap(true, false) {
 		s.engine.stopAccepting()
 		s.ln.Close()
 	}
 }
 
 // Accepting reports whether the client port is open.
-func (s *Server) Accepting() bool {
-	s.lnMu.RLock()
-	defer s.lnMu.RUnlock()
-	return s.accepting
-}
+func (s *Server) Accepting() bool { return s.accepting.Load() }
 
 // Shutdown stops accepting, closes every connection gracefully with reason
 // (a WebSocket gets a close frame) and waits until they are gone or ctx ends;

@@ -40,8 +40,9 @@ type Store interface {
 	Close() error
 }
 
-// Sink receives committed changes, a batch at a time, from one goroutine,
-// in commit order per user. It must not block for long: it holds up the
+// Sink receives committed changes, a batch at a time. It is called from
+// several goroutines at once, but all changes of one user come from the same
+// goroutine, in commit order. It must not block for long: it holds up the
 // feed. changes is valid only until Sink returns.
 type Sink func(changes []Change)
 

@@ -1,20 +1,31 @@
 package feed
 
-import "sync"
+import (
+	"hash/maphash"
+	"runtime"
+	"sync"
+)
 
-// publisher hands committed changes to the Sink from one goroutine, in the
-// order they were published. A backend's committer waits only while the
-// bounded queue is full, never on fan-out itself.
+// publisher hands committed changes to the Sink. Fan-out is mostly socket
+// writes, which on a busy node take more than one core, so changes are
+// spread over one goroutine per CPU by user: each user's changes always go
+// through the same goroutine, in the order they were published. A
+// backend's committer waits only while a bounded queue is full.
 type publisher struct {
-	queue chan []Change
-	mu    sync.Mutex
-	sink  Sink
-	done  chan struct{}
+	seed   maphash.Seed
+	shards []chan []Change
+	mu     sync.Mutex
+	sink   Sink
+	wg     sync.WaitGroup
 }
 
 func newPublisher() *publisher {
-	p := &publisher{queue: make(chan []Change, 1024), done: make(chan struct{})}
-	go p.run()
+	p := &publisher{seed: maphash.MakeSeed(), shards: make([]chan []Change, runtime.GOMAXPROCS(0))}
+	for i := range p.shards {
+		p.shards[i] = make(chan []Change, 1024)
+		p.wg.Add(1)
+		go p.run(p.shards[i])
+	}
 	return p
 }
 
@@ -24,9 +35,9 @@ func (p *publisher) subscribe(s Sink) {
 	p.mu.Unlock()
 }
 
-func (p *publisher) run() {
-	defer close(p.done)
-	for changes := range p.queue {
+func (p *publisher) run(queue chan []Change) {
+	defer p.wg.Done()
+	for changes := range queue {
 		p.mu.Lock()
 		sink := p.sink
 		p.mu.Unlock()
@@ -36,15 +47,48 @@ func (p *publisher) run() {
 	}
 }
 
+func (p *publisher) shardOf(userID string) int {
+	return int(maphash.String(p.seed, userID) % uint64(len(p.shards)))
+}
+
 // publish queues a batch; the caller must not modify it afterwards.
 func (p *publisher) publish(changes []Change) {
-	if len(changes) > 0 {
-		p.queue <- changes
+	if len(changes) == 0 {
+		return
+	}
+	if len(p.shards) == 1 {
+		p.shards[0] <- changes
+		return
+	}
+	// Most batches hold one user's changes: send them whole.
+	first := p.shardOf(changes[0].UserID)
+	same := true
+	for i := range changes[1:] {
+		if changes[i+1].UserID != changes[0].UserID {
+			same = false
+			break
+		}
+	}
+	if same {
+		p.shards[first] <- changes
+		return
+	}
+	split := make([][]Change, len(p.shards))
+	for _, c := range changes {
+		i := p.shardOf(c.UserID)
+		split[i] = append(split[i], c)
+	}
+	for i, part := range split {
+		if len(part) > 0 {
+			p.shards[i] <- part
+		}
 	}
 }
 
 // close delivers what is queued and stops. No publish may follow.
 func (p *publisher) close() {
-	close(p.queue)
-	<-p.done
+	for _, q := range p.shards {
+		close(q)
+	}
+	p.wg.Wait()
 }

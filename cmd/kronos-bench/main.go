@@ -1,0 +1,181 @@
+// Command kronos-bench is a load generator for a running Kronos node.
+//
+// It opens connections over raw TCP and WebSocket, spread over several
+// loopback source addresses and several child processes (so that no process
+// passes ~19,000 descriptors), logs in users with several devices each,
+// holds them idle, drives writes at a given rate, and reports the server's
+// memory per idle connection, its goroutines, the end-to-end notification
+// latency (send → receipt on each other device), the notifications
+// delivered per second, and how long a reconnect storm takes. It writes the
+// results as JSON and as PNG charts.
+//
+//	kronos-bench --addr 127.0.0.1:5000 --admin 127.0.0.1:9090 --users 1900 --devices 10
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+type options struct {
+	addr, admin       string
+	users, devices    int
+	wsShare           float64
+	procs             int
+	maxConnsPerProc   int
+	sources           string
+	steps             int
+	idle              time.Duration
+	rate              float64
+	duration          time.Duration
+	storm             bool
+	out, label, image string
+	timeout           time.Duration
+	dialConc          int
+}
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "worker" {
+		if err := runWorker(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "kronos-bench worker:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	var o options
+	fs := flag.NewFlagSet("kronos-bench", flag.ExitOnError)
+	fs.StringVar(&o.addr, "addr", "127.0.0.1:5000", "the node's client address")
+	fs.StringVar(&o.admin, "admin", "127.0.0.1:9090", "the node's admin address (for /metrics)")
+	fs.IntVar(&o.users, "users", 100, "users")
+	fs.IntVar(&o.devices, "devices", 5, "devices (connections) per user")
+	fs.Float64Var(&o.wsShare, "ws", 0.5, "share of connections over WebSocket (the rest raw TCP)")
+	fs.IntVar(&o.procs, "procs", 0, "worker processes (0: enough for --max-conns-per-proc)")
+	fs.IntVar(&o.maxConnsPerProc, "max-conns-per-proc", 15000, "connections one worker process may hold")
+	fs.StringVar(&o.sources, "sources", "127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4", "local addresses to connect from")
+	fs.IntVar(&o.steps, "steps", 5, "steps of the connection ramp (memory is sampled after each)")
+	fs.DurationVar(&o.idle, "idle", 3*time.Second, "how long connections sit idle before memory is read")
+	fs.Float64Var(&o.rate, "rate", 1000, "writes per second in the load phase (each notifies every device of its user)")
+	fs.DurationVar(&o.duration, "duration", 10*time.Second, "length of the load phase")
+	fs.BoolVar(&o.storm, "storm", true, "drop all connections and log them in again at once")
+	fs.StringVar(&o.out, "out", "bench.json", "results file (JSON)")
+	fs.StringVar(&o.image, "png", "", "chart file prefix: writes PREFIX-latency.png and PREFIX-memory.png")
+	fs.StringVar(&o.label, "label", "", "a name for this run in the results")
+	fs.DurationVar(&o.timeout, "timeout", 30*time.Second, "timeout of one dial and login")
+	fs.IntVar(&o.dialConc, "dial-concurrency", 256, "logins in flight per worker while ramping")
+	fs.Parse(os.Args[1:])
+	res, err := run(o)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "kronos-bench:", err)
+		os.Exit(1)
+	}
+	if err := writeResults(o, res); err != nil {
+		fmt.Fprintln(os.Stderr, "kronos-bench:", err)
+		os.Exit(1)
+	}
+	fmt.Println(res.summary())
+	if res.Errors > 0 {
+		os.Exit(1)
+	}
+}
+
+func runWorker(args []string) error {
+	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
+	var cfg workerConfig
+	var sources string
+	fs.StringVar(&cfg.addr, "addr", "", "")
+	fs.IntVar(&cfg.users, "users", 0, "")
+	fs.IntVar(&cfg.devices, "devices", 0, "")
+	fs.Float64Var(&cfg.wsShare, "ws", 0, "")
+	fs.IntVar(&cfg.index, "index", 0, "")
+	fs.StringVar(&sources, "sources", "", "")
+	fs.DurationVar(&cfg.timeout, "timeout", 30*time.Second, "")
+	fs.IntVar(&cfg.dialConc, "dial-concurrency", 256, "")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	for _, s := range strings.Split(sources, ",") {
+		if ip := net.ParseIP(strings.TrimSpace(s)); ip != nil {
+			cfg.sources = append(cfg.sources, ip)
+		}
+	}
+	return newWorker(cfg).serve(os.Stdin, os.Stdout)
+}
+
+// child is one worker process.
+type child struct {
+	cmd   *exec.Cmd
+	in    io.WriteCloser
+	dec   *json.Decoder
+	conns int // devices it holds
+}
+
+func (c *child) do(cmd command) (reply, error) {
+	if err := json.NewEncoder(c.in).Encode(cmd); err != nil {
+		return reply{}, err
+	}
+	var r reply
+	err := c.dec.Decode(&r)
+	return r, err
+}
+
+// all sends a command to every worker at once and collects the replies.
+func all(children []*child, cmd func(*child) command) ([]reply, error) {
+	replies := make([]reply, len(children))
+	errs := make([]error, len(children))
+	var wg sync.WaitGroup
+	for i, c := range children {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			replies[i], errs[i] = c.do(cmd(c))
+		}()
+	}
+	wg.Wait()
+	return replies, errors.Join(errs...)
+}
+
+func spawn(o options) ([]*child, error) {
+	total := o.users * o.devices
+	procs := o.procs
+	if procs <= 0 {
+		procs = max(1, (total+o.maxConnsPerProc-1)/o.maxConnsPerProc)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	var children []*child
+	usersLeft := o.users
+	for i := range procs {
+		users := usersLeft / (procs - i)
+		usersLeft -= users
+		cmd := exec.Command(self, "worker", "--addr", o.addr, "--users", strconv.Itoa(users),
+			"--devices", strconv.Itoa(o.devices), "--ws", fmt.Sprint(o.wsShare), "--index", strconv.Itoa(i),
+			"--sources", o.sources, "--timeout", o.timeout.String(), "--dial-concurrency", strconv.Itoa(o.dialConc))
+		cmd.Stderr = os.Stderr
+		in, err := cmd.StdinPipe()
+		if err != nil {
+			return nil, err
+		}
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			return nil, err
+		}
+		if err := cmd.Start(); err != nil {
+			return nil, err
+		}
+		children = append(children, &child{cmd: cmd, in: in, dec: json.NewDecoder(bufio.NewReader(out)), conns: users * o.devices})
+	}
+	return children, nil
+}

@@ -1,0 +1,169 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"strings"
+	"time"
+)
+
+// Results is what one run measured.
+type Results struct {
+	Label       string    `json:"label"`
+	When        time.Time `json:"when"`
+	Machine     string    `json:"machine"`
+	Command     string    `json:"command"`
+	Users       int       `json:"users"`
+	Devices     int       `json:"devices_per_user"`
+	Conns       int       `json:"connections"`
+	WSShare     float64   `json:"websocket_share"`
+	WorkerProcs int       `json:"worker_processes"`
+
+	Baseline serverSample   `json:"server_before"`
+	Ramp     []serverSample `json:"server_during_ramp"`
+	Idle     serverSample   `json:"server_idle"`
+	// BytesPerConn is the server's RSS growth per idle logged-in
+	// connection, from no connection to all of them.
+	BytesPerConn float64 `json:"rss_bytes_per_idle_connection"`
+	RampSeconds  float64 `json:"ramp_seconds"`
+
+	Rate             float64 `json:"writes_per_second_asked"`
+	WritesSent       int64   `json:"writes_sent"`
+	Notifications    int64   `json:"notifications_received"`
+	NotificationsPS  float64 `json:"notifications_per_second"`
+	LoadSeconds      float64 `json:"load_seconds"`
+	LatencyP50MS     float64 `json:"latency_p50_ms"`
+	LatencyP90MS     float64 `json:"latency_p90_ms"`
+	LatencyP99MS     float64 `json:"latency_p99_ms"`
+	LatencyMaxMS     float64 `json:"latency_max_ms"`
+	LatencySamples   uint64  `json:"latency_samples"`
+	StormSeconds     float64 `json:"reconnect_storm_seconds,omitempty"`
+	StormReconnected int     `json:"reconnect_storm_connections,omitempty"`
+	Errors           int     `json:"errors"`
+	FirstError       string  `json:"first_error,omitempty"`
+
+	hist *Hist
+}
+
+func (r *Results) summary() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s: %d connections (%d users x %d devices, %.0f%% WebSocket) in %d worker processes\n",
+		r.Label, r.Conns, r.Users, r.Devices, r.WSShare*100, r.WorkerProcs)
+	fmt.Fprintf(&b, "  idle: server RSS %.1f MiB (+%.0f B per connection), %.0f goroutines, ramp %.1fs\n",
+		r.Idle.RSSBytes/(1<<20), r.BytesPerConn, r.Idle.Goroutines, r.RampSeconds)
+	fmt.Fprintf(&b, "  load: %d writes -> %d notifications in %.1fs = %.0f/s; latency p50 %.2fms p90 %.2fms p99 %.2fms max %.2fms\n",
+		r.WritesSent, r.Notifications, r.LoadSeconds, r.NotificationsPS, r.LatencyP50MS, r.LatencyP90MS, r.LatencyP99MS, r.LatencyMaxMS)
+	if r.StormSeconds > 0 {
+		fmt.Fprintf(&b, "  reconnect storm: %d connections back in %.2fs\n", r.StormReconnected, r.StormSeconds)
+	}
+	if r.Errors > 0 {
+		fmt.Fprintf(&b, "  %d errors, first: %s\n", r.Errors, r.FirstError)
+	}
+	return b.String()
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+func (r *Results) addErrors(replies []reply) {
+	for _, rep := range replies {
+		if rep.Errors > 0 && r.FirstError == "" {
+			r.FirstError = rep.FirstErr
+		}
+		r.Errors += rep.Errors
+	}
+}
+
+func run(o options) (*Results, error) {
+	host, _ := os.Hostname()
+	res := &Results{
+		Label: o.label, When: time.Now().UTC(), Users: o.users, Devices: o.devices,
+		Conns: o.users * o.devices, WSShare: o.wsShare, Rate: o.rate,
+		Machine: fmt.Sprintf("%s, %d CPUs, %s/%s", host, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH),
+		Command: strings.Join(os.Args, " "),
+	}
+	var err error
+	if res.Baseline, err = scrape(o.admin); err != nil {
+		return nil, err
+	}
+	children, err := spawn(o)
+	if err != nil {
+		return nil, err
+	}
+	res.WorkerProcs = len(children)
+	defer func() {
+		all(children, func(*child) command { return command{Cmd: "quit"} })
+		for _, c := range children {
+			c.in.Close()
+			c.cmd.Wait()
+		}
+	}()
+
+	// Ramp up in steps, sampling the server after each.
+	rampStart := time.Now()
+	for step := 1; step <= o.steps; step++ {
+		replies, err := all(children, func(c *child) command {
+			return command{Cmd: "connect", Count: c.conns * step / o.steps}
+		})
+		if err != nil {
+			return nil, err
+		}
+		res.addErrors(replies)
+		sample, err := scrape(o.admin)
+		if err != nil {
+			return nil, err
+		}
+		res.Ramp = append(res.Ramp, sample)
+		fmt.Fprintf(os.Stderr, "ramp %d/%d: %d connections, RSS %.1f MiB\n", step, o.steps, sample.Conns, sample.RSSBytes/(1<<20))
+	}
+	res.RampSeconds = time.Since(rampStart).Seconds()
+	time.Sleep(o.idle)
+	if res.Idle, err = scrape(o.admin); err != nil {
+		return nil, err
+	}
+	if n := res.Idle.Conns - res.Baseline.Conns; n > 0 {
+		res.BytesPerConn = (res.Idle.RSSBytes - res.Baseline.RSSBytes) / float64(n)
+	}
+
+	// Load: writes spread over the workers; every device of the writing
+	// user receives the notification.
+	fmt.Fprintf(os.Stderr, "load: %.0f writes/s for %v\n", o.rate, o.duration)
+	loadStart := time.Now()
+	replies, err := all(children, func(c *child) command {
+		return command{Cmd: "load", Rate: o.rate * float64(c.conns) / float64(res.Conns), Duration: o.duration}
+	})
+	if err != nil {
+		return nil, err
+	}
+	res.addErrors(replies)
+	res.hist = NewHist()
+	for _, rep := range replies {
+		res.WritesSent += rep.Sent
+		res.Notifications += rep.Received
+		if rep.Hist != nil {
+			res.hist.Merge(rep.Hist)
+		}
+	}
+	// The workers wait for a quiet second after the last notification.
+	res.LoadSeconds = max(time.Since(loadStart).Seconds()-1, o.duration.Seconds())
+	res.NotificationsPS = float64(res.Notifications) / res.LoadSeconds
+	res.LatencyP50MS = ms(res.hist.Quantile(0.50))
+	res.LatencyP90MS = ms(res.hist.Quantile(0.90))
+	res.LatencyP99MS = ms(res.hist.Quantile(0.99))
+	res.LatencyMaxMS = res.hist.MaxUS / 1000
+	res.LatencySamples = res.hist.Count
+
+	if o.storm {
+		fmt.Fprintln(os.Stderr, "reconnect storm")
+		replies, err := all(children, func(*child) command { return command{Cmd: "storm"} })
+		if err != nil {
+			return nil, err
+		}
+		res.addErrors(replies)
+		for _, rep := range replies {
+			res.StormSeconds = max(res.StormSeconds, rep.StormMS/1000)
+			res.StormReconnected += rep.Conns
+		}
+	}
+	return res, nil
+}

@@ -1,0 +1,339 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"kronos/node/client"
+)
+
+// A worker is a child process holding a share of the connections. The
+// parent sends it one command per line on stdin and reads one reply per
+// line on stdout.
+
+type command struct {
+	Cmd      string        `json:"cmd"`
+	Count    int           `json:"count,omitempty"`    // connect: devices to have connected
+	Rate     float64       `json:"rate,omitempty"`     // load: writes per second
+	Duration time.Duration `json:"duration,omitempty"` // load
+}
+
+type reply struct {
+	Conns    int     `json:"conns"`
+	Errors   int     `json:"errors"`
+	FirstErr string  `json:"first_error,omitempty"`
+	Sent     int64   `json:"sent,omitempty"`
+	Received int64   `json:"received,omitempty"`
+	Hist     *Hist   `json:"hist,omitempty"`
+	StormMS  float64 `json:"storm_ms,omitempty"`
+}
+
+type workerConfig struct {
+	addr     string
+	users    int
+	devices  int
+	wsShare  float64
+	sources  []net.IP
+	index    int // this worker's number, to spread source addresses
+	timeout  time.Duration
+	dialConc int
+}
+
+type benchUser struct {
+	id      string
+	devices []*benchDevice
+	version atomic.Int64
+}
+
+type benchDevice struct {
+	user     *benchUser
+	index    int
+	global   int
+	tr       client.Transport
+	deviceID string
+	c        atomic.Pointer[client.Client]
+}
+
+type worker struct {
+	cfg      workerConfig
+	users    []*benchUser
+	order    []*benchDevice // connection order: user by user
+	received atomic.Int64
+	measure  atomic.Bool
+	histMu   sync.Mutex
+	hist     *Hist
+	errMu    sync.Mutex
+	errs     int
+	firstErr string
+}
+
+func newWorker(cfg workerConfig) *worker {
+	w := &worker{cfg: cfg, hist: NewHist()}
+	for u := range cfg.users {
+		user := &benchUser{}
+		for d := range cfg.devices {
+			global := (cfg.index*cfg.users+u)*cfg.devices + d
+			tr := client.TCP
+			if float64(global%100) < cfg.wsShare*100 {
+				tr = client.WebSocket
+			}
+			dev := &benchDevice{user: user, index: d, global: global, tr: tr}
+			user.devices = append(user.devices, dev)
+			w.order = append(w.order, dev)
+		}
+		w.users = append(w.users, user)
+	}
+	return w
+}
+
+func (w *worker) fail(err error) {
+	w.errMu.Lock()
+	defer w.errMu.Unlock()
+	if w.errs == 0 {
+		w.firstErr = err.Error()
+	}
+	w.errs++
+}
+
+func (w *worker) takeErrors() (int, string) {
+	w.errMu.Lock()
+	defer w.errMu.Unlock()
+	n, first := w.errs, w.firstErr
+	w.errs, w.firstErr = 0, ""
+	return n, first
+}
+
+func (w *worker) connected() int {
+	n := 0
+	for _, d := range w.order {
+		if d.c.Load() != nil {
+			n++
+		}
+	}
+	return n
+}
+
+// serve runs commands until quit or EOF.
+func (w *worker) serve(in io.Reader, out io.Writer) error {
+	dec := json.NewDecoder(in)
+	enc := json.NewEncoder(out)
+	for {
+		var cmd command
+		if err := dec.Decode(&cmd); err != nil {
+			if err == io.EOF {
+				return nil
+			}
+			return err
+		}
+		var r reply
+		switch cmd.Cmd {
+		case "connect":
+			w.connectUpTo(cmd.Count)
+		case "load":
+			r.Sent, r.Received, r.Hist = w.load(cmd.Rate, cmd.Duration)
+		case "storm":
+			r.StormMS = float64(w.storm()) / float64(time.Millisecond)
+		case "quit":
+			w.closeAll()
+			return enc.Encode(reply{})
+		default:
+			return fmt.Errorf("unknown command %q", cmd.Cmd)
+		}
+		r.Conns = w.connected()
+		r.Errors, r.FirstErr = w.takeErrors()
+		if err := enc.Encode(r); err != nil {
+			return err
+		}
+	}
+}
+
+func (w *worker) dial(d *benchDevice) (*client.Client, error) {
+	var local *net.TCPAddr
+	if n := len(w.cfg.sources); n > 0 {
+		local = &net.TCPAddr{IP: w.cfg.sources[d.global%n]}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), w.cfg.timeout)
+	defer cancel()
+	return client.DialFrom(ctx, d.tr, w.cfg.addr, local)
+}
+
+// login connects one device. The first device of a user creates the user
+// and its one task; the others join it.
+func (w *worker) login(d *benchDevice) error {
+	c, err := w.dial(d)
+	if err != nil {
+		return err
+	}
+	m, err := c.Login(d.user.id, d.deviceID, w.cfg.timeout)
+	if err != nil {
+		c.Close()
+		return err
+	}
+	if d.user.id == "" {
+		d.user.id = m.Str("user_id")
+		if err := c.SendRaw([]byte(`{"type":"create","task":{"id":1,"desc":"bench"},"version":0}`)); err != nil {
+			c.Close()
+			return err
+		}
+	}
+	d.deviceID = m.Str("device_id")
+	d.c.Store(c)
+	go w.read(d, c)
+	return nil
+}
+
+// connectUpTo connects devices, in order, until count are connected. The
+// first device of each user logs in before the others, which join it.
+func (w *worker) connectUpTo(count int) {
+	count = min(count, len(w.order))
+	sem := make(chan struct{}, w.cfg.dialConc)
+	var wg sync.WaitGroup
+	for _, u := range w.users {
+		first := u.devices[0]
+		if first.global-w.order[0].global >= count {
+			break
+		}
+		if first.c.Load() == nil {
+			if err := w.login(first); err != nil {
+				w.fail(err)
+				continue
+			}
+		}
+		for _, d := range u.devices[1:] {
+			if d.global-w.order[0].global >= count || d.c.Load() != nil {
+				continue
+			}
+			sem <- struct{}{}
+			wg.Add(1)
+			go func() {
+				defer func() { <-sem; wg.Done() }()
+				if err := w.login(d); err != nil {
+					w.fail(err)
+				}
+			}()
+		}
+	}
+	wg.Wait()
+}
+
+var sentKey = []byte(`"sent":`)
+
+// read counts notifications; for updates from another device it records
+// the latency from the writer's send time in the task.
+func (w *worker) read(d *benchDevice, c *client.Client) {
+	for {
+		msg, err := c.NextRaw(time.Hour)
+		if err != nil {
+			return
+		}
+		if !w.measure.Load() {
+			continue
+		}
+		w.received.Add(1)
+		i := bytes.Index(msg, sentKey)
+		if i < 0 || bytes.Contains(msg, []byte(d.deviceID)) {
+			continue // not a bench update, or this device's own
+		}
+		rest := msg[i+len(sentKey):]
+		end := bytes.IndexAny(rest, ",}")
+		sent, err := strconv.ParseInt(string(rest[:max(end, 0)]), 10, 64)
+		if err != nil {
+			continue
+		}
+		lat := time.Duration(time.Now().UnixNano() - sent)
+		w.histMu.Lock()
+		w.hist.Add(lat)
+		w.histMu.Unlock()
+	}
+}
+
+// load sends updates at rate per second, round robin over the users whose
+// first device is connected, for d; then waits for the tail to arrive.
+func (w *worker) load(rate float64, d time.Duration) (sent, received int64, h *Hist) {
+	w.histMu.Lock()
+	w.hist = NewHist()
+	w.histMu.Unlock()
+	w.received.Store(0)
+	w.measure.Store(true)
+	var writers []*benchDevice
+	for _, u := range w.users {
+		if u.devices[0].c.Load() != nil {
+			writers = append(writers, u.devices[0])
+		}
+	}
+	if len(writers) > 0 && rate > 0 {
+		start := time.Now()
+		tick := time.NewTicker(time.Millisecond)
+		next := 0
+		for now := range tick.C {
+			elapsed := now.Sub(start)
+			if elapsed >= d {
+				break
+			}
+			due := int64(rate * elapsed.Seconds())
+			for ; sent < due; sent++ {
+				dev := writers[next%len(writers)]
+				next++
+				v := dev.user.version.Add(1)
+				req := fmt.Appendf(nil, `{"type":"update","task":{"id":1,"sent":%d},"version":%d}`, time.Now().UnixNano(), v)
+				if c := dev.c.Load(); c == nil || c.SendRaw(req) != nil {
+					w.fail(fmt.Errorf("write on a closed connection"))
+				}
+			}
+		}
+		tick.Stop()
+	}
+	// Let the last notifications arrive: stop when nothing came for 1s.
+	for last := int64(-1); last != w.received.Load(); {
+		last = w.received.Load()
+		time.Sleep(time.Second)
+	}
+	w.measure.Store(false)
+	w.histMu.Lock()
+	h = w.hist
+	w.histMu.Unlock()
+	return sent, w.received.Load(), h
+}
+
+// storm drops every connection at once, then logs every device in again at
+// once, and returns how long until the last one was back.
+func (w *worker) storm() time.Duration {
+	w.closeAll()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for _, d := range w.order {
+		if d.deviceID == "" {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var err error
+			for attempt := range 5 { // a loaded listener may refuse a few
+				if err = w.login(d); err == nil {
+					return
+				}
+				time.Sleep(time.Duration(attempt+1) * 50 * time.Millisecond)
+			}
+			w.fail(err)
+		}()
+	}
+	wg.Wait()
+	return time.Since(start)
+}
+
+func (w *worker) closeAll() {
+	for _, d := range w.order {
+		if c := d.c.Swap(nil); c != nil {
+			c.Close()
+		}
+	}
+}
