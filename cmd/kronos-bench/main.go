@@ -62,7 +62,7 @@ func main() {
 	fs.Float64Var(&o.wsShare, "ws", 0.5, "share of connections over WebSocket (the rest raw TCP)")
 	fs.IntVar(&o.procs, "procs", 0, "worker processes (0: enough for --max-conns-per-proc)")
 	fs.IntVar(&o.maxConnsPerProc, "max-conns-per-proc", 15000, "connections one worker process may hold")
-	fs.StringVar(&o.sources, "sources", "127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4", "local addresses to connect from")
+	fs.StringVar(&o.sources, "sources", "127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5,127.0.0.6,127.0.0.7,127.0.0.8", "local addresses to connect from")
 	fs.IntVar(&o.steps, "steps", 5, "steps of the connection ramp (memory is sampled after each)")
 	fs.DurationVar(&o.idle, "idle", 3*time.Second, "how long connections sit idle before memory is read")
 	fs.Float64Var(&o.rate, "rate", 1000, "writes per second in the load phase (each notifies every device of its user)")

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"time"
@@ -63,6 +64,20 @@ func (r *Results) summary() string {
 	return b.String()
 }
 
+// cpuModel is the processor's name, for the record of a run.
+func cpuModel() string {
+	data, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return "unknown CPU"
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if name, value, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(name) == "model name" {
+			return strings.TrimSpace(value)
+		}
+	}
+	return "unknown CPU"
+}
+
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 func (r *Results) addErrors(replies []reply) {
@@ -75,12 +90,11 @@ func (r *Results) addErrors(replies []reply) {
 }
 
 func run(o options) (*Results, error) {
-	host, _ := os.Hostname()
 	res := &Results{
 		Label: o.label, When: time.Now().UTC(), Users: o.users, Devices: o.devices,
 		Conns: o.users * o.devices, WSShare: o.wsShare, Rate: o.rate,
-		Machine: fmt.Sprintf("%s, %d CPUs, %s/%s", host, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH),
-		Command: strings.Join(os.Args, " "),
+		Machine: fmt.Sprintf("%s, %d CPUs, %s/%s", cpuModel(), runtime.NumCPU(), runtime.GOOS, runtime.GOARCH),
+		Command: strings.Join(append([]string{filepath.Base(os.Args[0])}, os.Args[1:]...), " "),
 	}
 	var err error
 	if res.Baseline, err = scrape(o.admin); err != nil {

@@ -1,0 +1,113 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func build(t *testing.T, dir, name, pkg string) string {
+	t.Helper()
+	out := filepath.Join(dir, name)
+	if msg, err := exec.Command("go", "build", "-o", out, pkg).CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, msg)
+	}
+	return out
+}
+
+// The load tool, end to end in a small configuration (CI runs it so that it
+// cannot rot): a real server, worker processes, every phase, the reports.
+// It checks what was delivered, never how fast.
+func TestBenchSmallRun(t *testing.T) {
+	dir := t.TempDir()
+	server := build(t, dir, "kronos", "kronos/cmd/kronos")
+	bench := build(t, dir, "kronos-bench", ".")
+	for _, engine := range []string{"epoll", "goroutine"} {
+		t.Run(engine, func(t *testing.T) {
+			cmd := exec.Command(server, "serve", "--engine", engine, "--listen", "127.0.0.1:0",
+				"--admin-listen", "127.0.0.1:0", "--store", "bolt:"+filepath.Join(t.TempDir(), "k.db"))
+			stderr, _ := cmd.StderrPipe()
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			defer func() { cmd.Process.Kill(); cmd.Wait() }()
+			var addr, admin string
+			sc := bufio.NewScanner(stderr)
+			for (addr == "" || admin == "") && sc.Scan() {
+				var ev map[string]any
+				json.Unmarshal(sc.Bytes(), &ev)
+				if a, ok := ev["addr"].(string); ok {
+					addr = a
+				}
+				if a, ok := ev["admin"].(string); ok {
+					admin = a
+				}
+			}
+			go func() {
+				for sc.Scan() {
+				}
+			}()
+			out := filepath.Join(t.TempDir(), "r.json")
+			run := exec.Command(bench, "--addr", addr, "--admin", admin, "--users", "100", "--devices", "5",
+				"--procs", "2", "--steps", "2", "--idle", "500ms", "--rate", "200", "--duration", "2s",
+				"--out", out, "--png", strings.TrimSuffix(out, ".json"), "--label", engine)
+			run.Stderr = os.Stderr
+			summary, err := run.Output()
+			if err != nil {
+				t.Fatalf("kronos-bench: %v\n%s", err, summary)
+			}
+			t.Logf("%s", summary)
+			data, err := os.ReadFile(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var r Results
+			if err := json.Unmarshal(data, &r); err != nil {
+				t.Fatal(err)
+			}
+			if r.Errors != 0 || r.WorkerProcs != 2 || r.Idle.Conns != 500 || r.StormReconnected != 500 {
+				t.Fatalf("results: %+v", r)
+			}
+			if r.WritesSent == 0 || r.Notifications != r.WritesSent*5 {
+				t.Fatalf("%d writes gave %d notifications, want 5 each", r.WritesSent, r.Notifications)
+			}
+			if r.LatencySamples != uint64(r.WritesSent*4) || r.LatencyP99MS <= 0 || r.BytesPerConn == 0 {
+				t.Fatalf("latency samples %d for %d writes (want 4 other devices each), p99 %v",
+					r.LatencySamples, r.WritesSent, r.LatencyP99MS)
+			}
+			for _, chart := range []string{"-latency.png", "-memory.png"} {
+				info, err := os.Stat(strings.TrimSuffix(out, ".json") + chart)
+				if err != nil || info.Size() < 1000 {
+					t.Fatalf("chart %s: %v", chart, err)
+				}
+			}
+		})
+	}
+}
+
+func TestHistQuantiles(t *testing.T) {
+	h := NewHist()
+	for i := 1; i <= 1000; i++ {
+		h.Add(time.Duration(i) * time.Millisecond)
+	}
+	for _, c := range []struct {
+		q    float64
+		want time.Duration
+	}{{0.5, 500 * time.Millisecond}, {0.99, 990 * time.Millisecond}, {1, time.Second}} {
+		got := h.Quantile(c.q)
+		if got < c.want*98/100 || got > c.want*102/100 {
+			t.Errorf("q%.2f = %v, want %v within 2%%", c.q, got, c.want)
+		}
+	}
+	o := NewHist()
+	o.Add(5 * time.Second)
+	h.Merge(o)
+	if h.Count != 1001 || h.Quantile(1) != 5*time.Second {
+		t.Fatalf("merge: count %d max %v", h.Count, h.Quantile(1))
+	}
+}
