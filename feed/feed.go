@@ -201,7 +201,7 @@ func (o *Options) setFeedDefaults() {
 }
 
 // Open opens the backend named by a store URL: "bolt:PATH" (the default
-// embedded file) or "postgres://…" (a libpq URL).
+// embedded file), "postgres://…" (a libpq URL) or "rethinkdb://…".
 func Open(ctx context.Context, url string, opts Options) (Store, error) {
 	opts.Limits.SetDefaults()
 	scheme, rest, _ := strings.Cut(url, ":")
@@ -210,8 +210,10 @@ func Open(ctx context.Context, url string, opts Options) (Store, error) {
 		return OpenBolt(strings.TrimPrefix(rest, "//"), opts)
 	case "postgres", "postgresql":
 		return OpenPostgres(ctx, url, opts)
+	case "rethinkdb":
+		return OpenRethink(ctx, url, opts)
 	}
-	return nil, fmt.Errorf("store %q: unknown scheme %q (want bolt:PATH or postgres://…)", redactURL(url), scheme)
+	return nil, fmt.Errorf("store %q: unknown scheme %q (want bolt:PATH, postgres://… or rethinkdb://…)", redactURL(url), scheme)
 }
 
 // redactURL hides a password in a store URL for error messages and logs.

@@ -39,7 +39,7 @@ func parseServeFlags(args []string, stderr io.Writer) (*config, error) {
 	o := &cfg.node
 	fs.StringVar(&o.Conn.Listen, "listen", ":5000", "client address: raw TCP and WebSocket on one port")
 	fs.StringVar(&cfg.adminListen, "admin-listen", "127.0.0.1:9090", "admin HTTP address: /healthz, /readyz, /metrics")
-	fs.StringVar(&cfg.store, "store", "bolt:kronos-data/kronos.db", "store URL: bolt:PATH or postgres://…")
+	fs.StringVar(&cfg.store, "store", "bolt:kronos-data/kronos.db", "store URL: bolt:PATH, postgres://… or rethinkdb://…")
 	fs.DurationVar(&cfg.storeOpts.ChangeLogRetention, "changelog-retention", 24*time.Hour, "shared stores: how long the change log is kept")
 	fs.IntVar(&cfg.storeOpts.ChangeLogMaxRows, "changelog-max-rows", 1_000_000, "shared stores: most change log rows kept")
 	fs.StringVar(&cfg.logLevel, "log-level", "info", "log level: debug, info, warn, error")
