@@ -1,0 +1,59 @@
+package node
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"kronos/feed"
+	"kronos/node/client"
+)
+
+// When a feed lost changes of a user, the node closes that user's
+// connections (they log in again and re-sync) and no one else's.
+func TestResyncClosesTheUsersConnections(t *testing.T) {
+	store, err := feed.OpenBolt(filepath.Join(t.TempDir(), "k.db"), feed.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	opts := Options{Logger: zerolog.Nop()}
+	opts.Conn.Listen = "127.0.0.1:0"
+	n := New(store, opts)
+	if err := n.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer n.Shutdown(context.Background())
+	dial := func(tr client.Transport, user string) (*client.Client, string) {
+		c, err := client.Dial(context.Background(), tr, n.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		m, err := c.Login(user, "", 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c, m.Str("user_id")
+	}
+	a1, user := dial(client.TCP, "")
+	a2, _ := dial(client.WebSocket, user)
+	other, _ := dial(client.TCP, "")
+	n.deliver([]feed.Change{{UserID: user, Kind: feed.ChangeResync}})
+	for _, c := range []*client.Client{a1, a2} {
+		for {
+			if _, err := c.NextRaw(5 * time.Second); err != nil {
+				break // closed (a WebSocket gets its close frame first)
+			}
+		}
+	}
+	if err := other.Send(map[string]any{"type": "read-all"}); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := other.Next(5 * time.Second); err != nil || m.Type() != "read-all" {
+		t.Fatalf("another user's connection was disturbed: %v %v", m, err)
+	}
+}
