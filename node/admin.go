@@ -12,7 +12,8 @@ import (
 
 // AdminHandler serves the operator's endpoints: /healthz (the process is
 // alive), /readyz (200 only while the node accepts clients and its store
-// answers), /metrics (Prometheus) and /debug/pprof.
+// answers), /cluster (the members, as JSON), /metrics (Prometheus) and
+// /debug/pprof.
 func (n *Node) AdminHandler(gatherer prometheus.Gatherer) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -27,6 +28,7 @@ func (n *Node) AdminHandler(gatherer prometheus.Gatherer) http.Handler {
 		}
 		w.Write([]byte("ready\n"))
 	})
+	mux.HandleFunc("GET /cluster", n.clusterHandler)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)

@@ -7,6 +7,7 @@ type metrics struct {
 	requests      *prometheus.CounterVec
 	latency       *prometheus.HistogramVec
 	notifications prometheus.Counter
+	rebalanced    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, h *hub) *metrics {
@@ -28,13 +29,17 @@ func newMetrics(reg prometheus.Registerer, h *hub) *metrics {
 			Name: "kronos_notifications_sent_total",
 			Help: "Notifications queued to devices.",
 		}),
+		rebalanced: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kronos_rebalance_closed_total",
+			Help: "Connections closed to move them to less loaded nodes.",
+		}),
 	}
 	if reg != nil {
 		users := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "kronos_users_connected",
 			Help: "Users with at least one logged-in device on this node.",
 		}, func() float64 { return float64(h.users()) })
-		reg.MustRegister(m.logins, m.requests, m.latency, m.notifications, users)
+		reg.MustRegister(m.logins, m.requests, m.latency, m.notifications, m.rebalanced, users)
 	}
 	return m
 }

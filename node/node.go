@@ -8,12 +8,14 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
+	"kronos/cluster"
 	"kronos/conn"
 	"kronos/feed"
 )
@@ -30,6 +32,15 @@ type Options struct {
 	RateBurst int
 	// StoreTimeout bounds one store call. Default 10s.
 	StoreTimeout time.Duration
+	// DrainPeriod spreads the closing of clients on a clustered stop, so
+	// they reconnect across the other nodes without a storm. Default 30s.
+	DrainPeriod time.Duration
+	// RebalanceThreshold: a node above the cluster's mean connection
+	// count by more than this fraction sheds connections. Default 0.2;
+	// negative turns rebalancing off.
+	RebalanceThreshold float64
+	// RebalanceRate bounds the connections shed per second. Default 50.
+	RebalanceRate int
 
 	Logger     zerolog.Logger
 	Registerer prometheus.Registerer
@@ -46,6 +57,15 @@ func (o *Options) setDefaults() {
 	if o.StoreTimeout <= 0 {
 		o.StoreTimeout = 10 * time.Second
 	}
+	if o.DrainPeriod <= 0 {
+		o.DrainPeriod = 30 * time.Second
+	}
+	if o.RebalanceThreshold == 0 {
+		o.RebalanceThreshold = 0.2
+	}
+	if o.RebalanceRate <= 0 {
+		o.RebalanceRate = 50
+	}
 }
 
 // Node is one Kronos server node.
@@ -57,6 +77,12 @@ type Node struct {
 	metrics *metrics
 	srv     *conn.Server
 	ready   atomic.Bool
+
+	devices  sync.Map // device id → *session: this node's live login of each device
+	cluster  *cluster.Cluster
+	draining atomic.Bool
+	stop     chan struct{}
+	loops    sync.WaitGroup
 }
 
 // New makes a node on a store. The store must not be shared with another
@@ -70,6 +96,7 @@ func New(store feed.Store, opts Options) *Node {
 		log:   opts.Logger,
 		store: store,
 		hub:   newHub(),
+		stop:  make(chan struct{}),
 	}
 	n.metrics = newMetrics(opts.Registerer, n.hub)
 	store.Subscribe(n.deliver)
@@ -110,6 +137,7 @@ func (n *Node) Ready(ctx context.Context) error {
 // all are closed or ctx ends.
 func (n *Node) Shutdown(ctx context.Context) error {
 	n.ready.Store(false)
+	n.stopLoops()
 	if n.srv == nil {
 		return nil
 	}
@@ -200,15 +228,31 @@ func (n *Node) OnClose(c *conn.Conn, reason conn.CloseReason) {
 	s.unregister()
 	if s.loggedIn {
 		s.active.Store(false)
+		n.devices.CompareAndDelete(s.deviceID, s)
 	}
 	s.logger(zerolog.DebugLevel).Str("reason", reason.String()).Msg("connection closed")
 }
 
-// takeOver closes older connections of the device that just logged in on s.
+// takeOver closes older connections of the device that just logged in on
+// s, on this node and, through the cluster, on the others.
 func (n *Node) takeOver(s *session) {
 	for _, other := range n.hub.sessions(s.userID, nil) {
 		if other != s && other.active.Load() && other.deviceID == s.deviceID {
 			other.conn.Close(conn.ReasonTakeover)
+		}
+	}
+	n.devices.Store(s.deviceID, s)
+	if n.cluster != nil {
+		n.cluster.BroadcastTakeover(s.deviceID, s.loginAt)
+	}
+}
+
+// TakeOver closes this node's connection of a device that logged in on
+// another node after it. It implements cluster.Handler.
+func (n *Node) TakeOver(device string, loggedInAt int64) {
+	if v, ok := n.devices.Load(device); ok {
+		if s := v.(*session); s.loginAt < loggedInAt {
+			s.conn.Close(conn.ReasonTakeover)
 		}
 	}
 }

@@ -30,6 +30,7 @@ type session struct {
 	deviceID string
 	userKey  string // a short hash of userID, for logs: user ids are secrets
 	loggedIn bool
+	loginAt  int64 // unix nanos; orders logins of one device across nodes
 	inHub    bool
 	active   atomic.Bool // logged in: deviceID is final
 
@@ -154,6 +155,7 @@ func (s *session) login(ctx context.Context, req *request) {
 		s.register()
 	}
 	s.loggedIn = true
+	s.loginAt = time.Now().UnixNano()
 	s.active.Store(true)
 	s.node.takeOver(s)
 	s.answer(sess.Seq, encodeLogin(sess))

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -9,11 +10,15 @@ import (
 	"strings"
 	"time"
 
+	"kronos/cluster"
 	"kronos/feed"
 	"kronos/node"
 )
 
 type config struct {
+	cluster         cluster.Options
+	join            string
+	clusterKey      string
 	store           string
 	storeOpts       feed.Options
 	adminListen     string
@@ -44,7 +49,15 @@ func parseServeFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&cfg.storeOpts.ChangeLogMaxRows, "changelog-max-rows", 1_000_000, "shared stores: most change log rows kept")
 	fs.StringVar(&cfg.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&cfg.logFormat, "log-format", "json", "log format: json or console")
-	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 25*time.Second, "how long a stop may take")
+	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 45*time.Second, "how long a stop may take (more than --drain-period)")
+	fs.StringVar(&cfg.join, "join", "", "cluster: comma-separated host:port or DNS names of nodes to join (turns clustering on)")
+	fs.StringVar(&cfg.cluster.Bind, "cluster-bind", ":7946", "cluster: gossip address, UDP and TCP")
+	fs.StringVar(&cfg.cluster.Advertise, "cluster-advertise", "", "cluster: address other nodes reach this one at (default: from --cluster-bind)")
+	fs.StringVar(&cfg.cluster.NodeName, "node-name", "", "cluster: unique node name (default: hostname and a random suffix)")
+	fs.StringVar(&cfg.clusterKey, "cluster-key", "", "cluster: gossip encryption key, base64 of 16, 24 or 32 bytes")
+	fs.DurationVar(&o.DrainPeriod, "drain-period", 30*time.Second, "cluster: spread the closing of clients over this on a stop")
+	fs.Float64Var(&o.RebalanceThreshold, "rebalance-threshold", 0.2, "cluster: shed connections when above the mean by this fraction (0 or negative: off)")
+	fs.IntVar(&o.RebalanceRate, "rebalance-rate", 50, "cluster: most connections shed per second")
 	fs.StringVar(&o.Conn.Engine, "engine", "epoll", "connection engine: epoll, or goroutine (one reader and writer goroutine per connection; a baseline)")
 	fs.IntVar(&o.Conn.Workers, "workers", 64, "goroutines that read sockets and run requests")
 	fs.IntVar(&o.Conn.MaxConns, "max-conns", 0, "refuse connections past this count (0: no limit)")
@@ -85,6 +98,24 @@ func parseServeFlags(args []string, stderr io.Writer) (*config, error) {
 		if v <= 0 {
 			problems = append(problems, fmt.Sprintf("%s %d: must be at least 1", name, v))
 		}
+	}
+	for _, j := range strings.Split(cfg.join, ",") {
+		if j = strings.TrimSpace(j); j != "" {
+			cfg.cluster.Join = append(cfg.cluster.Join, j)
+		}
+	}
+	if cfg.clusterKey != "" {
+		key, err := base64.StdEncoding.DecodeString(cfg.clusterKey)
+		if err != nil || (len(key) != 16 && len(key) != 24 && len(key) != 32) {
+			problems = append(problems, "--cluster-key: want base64 of 16, 24 or 32 bytes")
+		}
+		cfg.cluster.Key = key
+	}
+	if o.RebalanceThreshold == 0 {
+		o.RebalanceThreshold = -1 // 0 means "no margin": treat as off rather than default
+	}
+	if cfg.shutdownTimeout <= o.DrainPeriod {
+		problems = append(problems, fmt.Sprintf("--shutdown-timeout %v: must be longer than --drain-period %v", cfg.shutdownTimeout, o.DrainPeriod))
 	}
 	if cfg.storeOpts.ChangeLogRetention <= 0 {
 		problems = append(problems, fmt.Sprintf("--changelog-retention %v: must be above 0", cfg.storeOpts.ChangeLogRetention))

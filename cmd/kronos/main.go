@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/rs/zerolog"
 
+	"kronos/cluster"
 	"kronos/feed"
 	"kronos/node"
 )
@@ -109,15 +110,28 @@ func serve(cfg *config, stderr io.Writer) error {
 			log.Error().Err(err).Msg("admin server stopped")
 		}
 	}()
+	var members *cluster.Cluster
+	if len(cfg.cluster.Join) > 0 {
+		cfg.cluster.Version, cfg.cluster.Logger, cfg.cluster.Registerer = version, log, reg
+		if members, err = n.JoinCluster(cfg.cluster); err != nil {
+			n.Shutdown(context.Background())
+			return err
+		}
+	}
 	log.Info().Str("version", version).Str("admin", adminLn.Addr().String()).Msg("kronos started")
 
 	<-ctx.Done()
 	stop() // a second signal kills the process the default way
-	log.Info().Msg("signal received: stopping")
+	log.Info().Msg("signal received: draining")
 	shutCtx, cancel := context.WithTimeout(context.Background(), cfg.shutdownTimeout)
 	defer cancel()
-	if err := n.Shutdown(shutCtx); err != nil {
+	if err := n.Drain(shutCtx); err != nil {
 		log.Warn().Err(err).Msg("shutdown incomplete")
+	}
+	if members != nil {
+		if err := members.Leave(5 * time.Second); err != nil {
+			log.Warn().Err(err).Msg("leaving the cluster")
+		}
 	}
 	if err := store.Close(); err != nil {
 		log.Error().Err(err).Msg("closing store")

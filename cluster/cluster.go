@@ -1,0 +1,460 @@
+// Package cluster lets the nodes of a Kronos deployment know each other,
+// over memberlist gossip (UDP and TCP on one port): who is up, each node's
+// client address, open connections and state, and a way to tell every node
+// that a device logged in elsewhere.
+package cluster
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+)
+
+// Node states gossiped in the metadata.
+const (
+	StateReady    = "ready"
+	StateDraining = "draining"
+)
+
+// Options configure a Cluster. Zero fields take their defaults.
+type Options struct {
+	// Bind is the gossip address, UDP and TCP. Default ":7946".
+	Bind string
+	// Advertise is the address other nodes reach this one at. Default:
+	// memberlist's choice from Bind (the first private address).
+	Advertise string
+	// Join lists host:port or DNS names of other nodes; a name stands for
+	// all its addresses (a Kubernetes headless Service) and is resolved
+	// again every RejoinInterval, so nodes that start later are found.
+	Join []string
+	// NodeName must be unique. Default: the hostname and a random suffix,
+	// so a restarted pod never collides with its old entry.
+	NodeName string
+	// Key encrypts gossip: 16, 24 or 32 bytes. Default: none.
+	Key []byte
+	// ClientAddr is this node's client address, gossiped to the others.
+	ClientAddr string
+	// Version is the software version, gossiped.
+	Version string
+	// RejoinInterval is how often Join is resolved and joined again.
+	// Default 30s.
+	RejoinInterval time.Duration
+	// Fast shortens memberlist's timers for tests on one host: a dead node
+	// is declared within about a second instead of several.
+	Fast bool
+
+	Logger     zerolog.Logger
+	Registerer prometheus.Registerer
+}
+
+// Meta is what a node gossips about itself. It must stay under
+// memberlist's 512-byte metadata limit (checked in NodeMeta).
+type Meta struct {
+	Client  string `json:"a,omitempty"`
+	Conns   int    `json:"c"`
+	State   string `json:"s"`
+	Version string `json:"v,omitempty"`
+}
+
+// Member is one node as this node sees it.
+type Member struct {
+	Name   string `json:"name"`
+	Gossip string `json:"gossip"`
+	Status string `json:"status"` // alive, suspect, dead, left
+	Meta
+}
+
+// Handler is the node's side: what to gossip, and what to do when a device
+// logs in elsewhere. Its methods may be called from memberlist goroutines
+// and must not block.
+type Handler interface {
+	// Local returns the node's open connections and state.
+	Local() (conns int, state string)
+	// TakeOver closes this node's connections of device that logged in
+	// before loggedInAt (unix nanoseconds).
+	TakeOver(device string, loggedInAt int64)
+}
+
+// Cluster is this node's membership.
+type Cluster struct {
+	opts    Options
+	log     zerolog.Logger
+	list    *memberlist.Memberlist
+	handler Handler
+	metrics *metrics
+
+	mu   sync.Mutex
+	meta Meta
+
+	stop chan struct{}
+	done sync.WaitGroup
+}
+
+// Message kinds sent between nodes. Only append.
+const msgTakeover byte = 1
+
+// Start creates the local member, joins the others and keeps rejoining.
+func Start(opts Options, h Handler) (*Cluster, error) {
+	if opts.Bind == "" {
+		opts.Bind = ":7946"
+	}
+	if opts.RejoinInterval <= 0 {
+		opts.RejoinInterval = 30 * time.Second
+	}
+	if opts.NodeName == "" {
+		opts.NodeName = DefaultNodeName()
+	}
+	c := &Cluster{opts: opts, log: opts.Logger.With().Str("component", "cluster").Logger(), handler: h,
+		metrics: newMetrics(opts.Registerer), stop: make(chan struct{})}
+	c.meta = Meta{Client: opts.ClientAddr, State: StateReady, Version: opts.Version}
+	if err := c.checkMetaSize(); err != nil {
+		return nil, err
+	}
+
+	conf := memberlist.DefaultLANConfig()
+	if opts.Fast {
+		conf = memberlist.DefaultLocalConfig()
+		conf.ProbeInterval = 200 * time.Millisecond
+		conf.ProbeTimeout = 100 * time.Millisecond
+		conf.SuspicionMult = 2
+		conf.GossipInterval = 50 * time.Millisecond
+		conf.PushPullInterval = time.Second
+	}
+	conf.Name = opts.NodeName
+	host, port, err := splitHostPort(opts.Bind, 7946)
+	if err != nil {
+		return nil, fmt.Errorf("--cluster-bind %q: %w", opts.Bind, err)
+	}
+	conf.BindAddr, conf.BindPort = host, port
+	if opts.Advertise != "" {
+		ahost, aport, err := splitHostPort(opts.Advertise, port)
+		if err != nil {
+			return nil, fmt.Errorf("--cluster-advertise %q: %w", opts.Advertise, err)
+		}
+		conf.AdvertiseAddr, conf.AdvertisePort = ahost, aport
+	}
+	if len(opts.Key) > 0 {
+		conf.SecretKey = opts.Key
+	}
+	conf.Delegate = &delegate{c}
+	conf.Events = &events{c}
+	conf.Logger = nil
+	conf.LogOutput = &logWriter{log: c.log}
+	if c.list, err = memberlist.Create(conf); err != nil {
+		return nil, fmt.Errorf("cluster: %w", err)
+	}
+	c.log.Info().Str("node", opts.NodeName).Str("gossip", c.list.LocalNode().Address()).Msg("cluster member started")
+	c.join()
+	c.done.Add(1)
+	go c.rejoinLoop()
+	return c, nil
+}
+
+// DefaultNodeName is the hostname with a random suffix.
+func DefaultNodeName() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "kronos"
+	}
+	var b [4]byte
+	rand.Read(b[:])
+	return host + "-" + hex.EncodeToString(b[:])
+}
+
+func splitHostPort(addr string, defPort int) (string, int, error) {
+	host, portStr, err := net.SplitHostPort(addr)
+	if err != nil {
+		if strings.Contains(err.Error(), "missing port") {
+			return addr, defPort, nil
+		}
+		return "", 0, err
+	}
+	if host == "" {
+		host = "0.0.0.0"
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil || port < 0 || port > 65535 {
+		return "", 0, fmt.Errorf("bad port %q", portStr)
+	}
+	return host, port, nil
+}
+
+// Name is this node's name.
+func (c *Cluster) Name() string { return c.opts.NodeName }
+
+// Addr is the gossip address other nodes join.
+func (c *Cluster) Addr() string { return c.list.LocalNode().Address() }
+
+// resolveJoin turns Join into addresses: a DNS name gives all of its.
+func (c *Cluster) resolveJoin() []string {
+	var out []string
+	for _, j := range c.opts.Join {
+		host, port, err := splitHostPort(j, 7946)
+		if err != nil {
+			c.log.Warn().Str("join", j).Err(err).Msg("bad --join entry")
+			continue
+		}
+		if net.ParseIP(host) != nil {
+			out = append(out, net.JoinHostPort(host, strconv.Itoa(port)))
+			continue
+		}
+		ips, err := net.LookupHost(host)
+		if err != nil {
+			c.log.Debug().Str("join", j).Err(err).Msg("resolving a --join name failed")
+			continue
+		}
+		for _, ip := range ips {
+			out = append(out, net.JoinHostPort(ip, strconv.Itoa(port)))
+		}
+	}
+	return out
+}
+
+func (c *Cluster) join() {
+	addrs := c.resolveJoin()
+	if len(addrs) == 0 {
+		return
+	}
+	n, err := c.list.Join(addrs)
+	if err != nil && n == 0 {
+		c.log.Warn().Err(err).Int("addresses", len(addrs)).Msg("joining the cluster failed; will retry")
+		return
+	}
+	c.log.Debug().Int("reached", n).Msg("joined")
+}
+
+func (c *Cluster) rejoinLoop() {
+	defer c.done.Done()
+	t := time.NewTicker(c.opts.RejoinInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-t.C:
+			c.join()
+		}
+	}
+}
+
+// Update gossips the node's current connections and state, and refreshes
+// the membership metrics. Call it periodically, not from a Handler method.
+func (c *Cluster) Update(conns int, state string) {
+	c.metrics.update(c.Members())
+	c.mu.Lock()
+	changed := c.meta.Conns != conns || c.meta.State != state
+	c.meta.Conns, c.meta.State = conns, state
+	c.mu.Unlock()
+	if changed {
+		if err := c.list.UpdateNode(time.Second); err != nil {
+			c.log.Debug().Err(err).Msg("metadata update")
+		}
+	}
+}
+
+func (c *Cluster) encodeMeta() []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	b, _ := json.Marshal(c.meta)
+	return b
+}
+
+func (c *Cluster) checkMetaSize() error {
+	if n := len(c.encodeMeta()); n > memberlist.MetaMaxSize {
+		return fmt.Errorf("cluster metadata is %d bytes, over memberlist's %d (client address or version too long)", n, memberlist.MetaMaxSize)
+	}
+	return nil
+}
+
+// Members lists the nodes this one knows, itself included, by name.
+func (c *Cluster) Members() []Member {
+	nodes := c.list.Members()
+	out := make([]Member, 0, len(nodes))
+	for _, n := range nodes {
+		m := Member{Name: n.Name, Gossip: n.Address(), Status: stateName(n.State)}
+		_ = json.Unmarshal(n.Meta, &m.Meta)
+		out = append(out, m)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+func stateName(s memberlist.NodeStateType) string {
+	switch s {
+	case memberlist.StateAlive:
+		return "alive"
+	case memberlist.StateSuspect:
+		return "suspect"
+	case memberlist.StateDead:
+		return "dead"
+	case memberlist.StateLeft:
+		return "left"
+	}
+	return "unknown"
+}
+
+// Peers reports whether another node is alive and ready.
+func (c *Cluster) Peers() bool {
+	for _, m := range c.Members() {
+		if m.Name != c.opts.NodeName && m.Status == "alive" && m.State == StateReady {
+			return true
+		}
+	}
+	return false
+}
+
+// BroadcastTakeover tells every other node that device logged in here at
+// loggedInAt, so that they close its older connections.
+func (c *Cluster) BroadcastTakeover(device string, loggedInAt int64) {
+	msg := make([]byte, 0, 9+len(device))
+	msg = append(msg, msgTakeover)
+	msg = strconv.AppendInt(msg, loggedInAt, 10)
+	msg = append(msg, ' ')
+	msg = append(msg, device...)
+	self := c.list.LocalNode().Name
+	for _, n := range c.list.Members() {
+		if n.Name == self || n.State != memberlist.StateAlive {
+			continue
+		}
+		go func() {
+			if err := c.list.SendReliable(n, msg); err != nil {
+				c.log.Debug().Err(err).Str("to", n.Name).Msg("takeover message not sent")
+			}
+		}()
+	}
+}
+
+func (c *Cluster) receive(msg []byte) {
+	if len(msg) < 2 || msg[0] != msgTakeover {
+		return
+	}
+	at, device, ok := bytes.Cut(msg[1:], []byte(" "))
+	if !ok {
+		return
+	}
+	nanos, err := strconv.ParseInt(string(at), 10, 64)
+	if err != nil {
+		return
+	}
+	c.handler.TakeOver(string(device), nanos)
+}
+
+// Leave tells the others this node is going, then stops gossiping.
+func (c *Cluster) Leave(timeout time.Duration) error {
+	select {
+	case <-c.stop:
+		return nil
+	default:
+	}
+	close(c.stop)
+	c.done.Wait()
+	err := c.list.Leave(timeout)
+	if serr := c.list.Shutdown(); err == nil {
+		err = serr
+	}
+	return err
+}
+
+// Kill stops gossiping without leaving, as a crash would (tests).
+func (c *Cluster) Kill() error {
+	select {
+	case <-c.stop:
+	default:
+		close(c.stop)
+	}
+	c.done.Wait()
+	return c.list.Shutdown()
+}
+
+type delegate struct{ c *Cluster }
+
+func (d *delegate) NodeMeta(limit int) []byte {
+	conns, state := d.c.handler.Local()
+	d.c.mu.Lock()
+	d.c.meta.Conns, d.c.meta.State = conns, state
+	d.c.mu.Unlock()
+	b := d.c.encodeMeta()
+	if len(b) > limit { // never hand memberlist more: it panics
+		b, _ = json.Marshal(Meta{Conns: conns, State: state})
+	}
+	return b
+}
+func (d *delegate) NotifyMsg(msg []byte)                     { d.c.receive(msg) }
+func (d *delegate) GetBroadcasts(int, int) [][]byte          { return nil }
+func (d *delegate) LocalState(bool) []byte                   { return nil }
+func (d *delegate) MergeRemoteState(state []byte, join bool) {}
+
+type events struct{ c *Cluster }
+
+func (e *events) NotifyJoin(n *memberlist.Node) {
+	e.c.log.Info().Str("node", n.Name).Str("gossip", n.Address()).Msg("node joined")
+	e.c.metrics.changes.WithLabelValues("join").Inc()
+}
+func (e *events) NotifyLeave(n *memberlist.Node) {
+	e.c.log.Info().Str("node", n.Name).Str("state", stateName(n.State)).Msg("node left or died")
+	e.c.metrics.changes.WithLabelValues("leave").Inc()
+}
+func (e *events) NotifyUpdate(n *memberlist.Node) {}
+
+// logWriter routes memberlist's log lines ("[WARN] memberlist: …") into
+// zerolog at the level they name.
+type logWriter struct{ log zerolog.Logger }
+
+func (w *logWriter) Write(p []byte) (int, error) {
+	line := strings.TrimSpace(string(p))
+	if i := strings.Index(line, "["); i >= 0 {
+		line = line[i:]
+	}
+	level := zerolog.InfoLevel
+	for prefix, l := range map[string]zerolog.Level{"[DEBUG]": zerolog.DebugLevel, "[INFO]": zerolog.DebugLevel,
+		"[WARN]": zerolog.WarnLevel, "[ERR]": zerolog.ErrorLevel} {
+		if strings.HasPrefix(line, prefix) {
+			level, line = l, strings.TrimSpace(strings.TrimPrefix(line, prefix))
+			break
+		}
+	}
+	w.log.WithLevel(level).Msg(strings.TrimPrefix(line, "memberlist: "))
+	return len(p), nil
+}
+
+type metrics struct {
+	members *prometheus.GaugeVec
+	changes *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		members: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kronos_cluster_members",
+			Help: "Cluster members this node knows, by gossip status and node state.",
+		}, []string{"status", "state"}),
+		changes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kronos_cluster_membership_changes_total",
+			Help: "Nodes that joined, or left or died.",
+		}, []string{"event"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.members, m.changes)
+	}
+	return m
+}
+
+func (m *metrics) update(members []Member) {
+	m.members.Reset()
+	for _, mem := range members {
+		m.members.WithLabelValues(mem.Status, mem.State).Inc()
+	}
+}

@@ -1,0 +1,293 @@
+package node_test
+
+import (
+	"context"
+	"io"
+	"net"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"kronos/cluster"
+	"kronos/feed"
+	"kronos/internal/pgtest"
+	"kronos/node"
+	"kronos/node/client"
+)
+
+// member is one node of an in-process cluster on loopback.
+type member struct {
+	node    *node.Node
+	cluster *cluster.Cluster
+	store   feed.Store
+	addr    string
+}
+
+func startMember(t *testing.T, store feed.Store, opts node.Options, join ...string) *member {
+	t.Helper()
+	opts.Conn.Listen = "127.0.0.1:0"
+	if opts.Logger.GetLevel() == zerolog.TraceLevel {
+		opts.Logger = zerolog.New(io.Discard)
+	}
+	n := node.New(store, opts)
+	if err := n.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c, err := n.JoinCluster(cluster.Options{Bind: "127.0.0.1:0", Join: join, Fast: true, Logger: zerolog.New(io.Discard)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &member{node: n, cluster: c, store: store, addr: n.Addr().String()}
+	t.Cleanup(func() {
+		c.Leave(time.Second)
+		n.Shutdown(context.Background())
+	})
+	return m
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t *testing.T, within time.Duration, what string, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Since(start) > within {
+			t.Fatalf("%s: not after %v", what, within)
+		}
+		<-tick.C
+	}
+	return time.Since(start)
+}
+
+func statusOf(m *member, name string) (string, string) {
+	for _, mem := range m.cluster.Members() {
+		if mem.Name == name {
+			return mem.Status, mem.State
+		}
+	}
+	return "gone", ""
+}
+
+func TestClusterMembershipTakeoverAndDrain(t *testing.T) {
+	url := pgtest.URL(t)
+	open := func() feed.Store {
+		s, err := feed.OpenPostgres(context.Background(), url, feed.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	opts := node.Options{DrainPeriod: time.Second}
+	a := startMember(t, open(), opts)
+	b := startMember(t, open(), opts, a.cluster.Addr())
+	c := startMember(t, open(), opts, a.cluster.Addr())
+	// Three nodes join through one seed, and see each other's metadata.
+	eventually(t, 10*time.Second, "three members on every node", func() bool {
+		for _, m := range []*member{a, b, c} {
+			alive := 0
+			for _, mem := range m.cluster.Members() {
+				if mem.Status == "alive" && mem.State == cluster.StateReady && mem.Client != "" {
+					alive++
+				}
+			}
+			if alive != 3 {
+				return false
+			}
+		}
+		return true
+	})
+
+	// Takeover: the same device logs in on another node; its older
+	// connection, on the first node, is closed.
+	old, err := client.Dial(context.Background(), client.TCP, a.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	login, err := old.Login("", "", wait)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	fresh, err := client.Dial(context.Background(), client.WebSocket, b.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fresh.Close()
+	if _, err := fresh.Login(login.Str("user_id"), login.Str("device_id"), wait); err != nil {
+		t.Fatal(err)
+	}
+	expectClosed(t, old)
+	t.Logf("takeover across nodes closed the old connection after %v", time.Since(start))
+
+	// A node that dies without leaving is declared dead by the others.
+	cName := c.cluster.Name()
+	c.cluster.Kill()
+	took := eventually(t, 10*time.Second, "the killed node declared dead", func() bool {
+		s, _ := statusOf(a, cName)
+		return s == "dead" || s == "gone"
+	})
+	t.Logf("dead node detected after %v", took)
+
+	// Drain: b's clients are closed (and may reconnect to a), b gossips
+	// draining, then leaves.
+	clients := make([]*client.Client, 5)
+	for i := range clients {
+		cl, err := client.Dial(context.Background(), client.TCP, b.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cl.Close()
+		if _, err := cl.Login("", "", wait); err != nil {
+			t.Fatal(err)
+		}
+		clients[i] = cl
+	}
+	bName := b.cluster.Name()
+	drained := make(chan error, 1)
+	go func() { drained <- b.node.Drain(context.Background()) }()
+	eventually(t, 5*time.Second, "b seen draining", func() bool {
+		_, state := statusOf(a, bName)
+		return state == cluster.StateDraining
+	})
+	for _, cl := range append(clients, fresh) {
+		expectClosed(t, cl)
+	}
+	if err := <-drained; err != nil {
+		t.Fatal(err)
+	}
+	b.cluster.Leave(time.Second)
+	eventually(t, 5*time.Second, "b seen leaving", func() bool {
+		s, _ := statusOf(a, bName)
+		return s == "left" || s == "gone"
+	})
+}
+
+// roundRobin is a TCP load balancer for tests: each new connection goes to
+// the next backend.
+type roundRobin struct {
+	ln       net.Listener
+	mu       sync.Mutex
+	backends []string
+	next     int
+}
+
+func newRoundRobin(t *testing.T, backends ...string) *roundRobin {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lb := &roundRobin{ln: ln, backends: backends}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			lb.mu.Lock()
+			backend := lb.backends[lb.next%len(lb.backends)]
+			lb.next++
+			lb.mu.Unlock()
+			go func() {
+				defer c.Close()
+				b, err := net.Dial("tcp", backend)
+				if err != nil {
+					return
+				}
+				defer b.Close()
+				// Plain copies: io.Copy between two TCP sockets would splice
+				// through a pipe pair each, and 6,000 copies would exhaust
+				// this process's 20,000 descriptors.
+				go func() { io.Copy(struct{ io.Writer }{b}, struct{ io.Reader }{c}); b.(*net.TCPConn).CloseWrite() }()
+				io.Copy(struct{ io.Writer }{c}, struct{ io.Reader }{b})
+			}()
+		}
+	}()
+	return lb
+}
+
+func (lb *roundRobin) add(backend string) {
+	lb.mu.Lock()
+	lb.backends = append(lb.backends, backend)
+	lb.mu.Unlock()
+}
+
+// One node holds 3,000 clients; two nodes are added behind the same load
+// balancer. The loaded node sheds connections at a bounded rate, the
+// clients reconnect, and all three end within 20% of the mean.
+func TestRebalanceAfterScaleOut(t *testing.T) {
+	const clients = 3000
+	bolt := func(name string) feed.Store {
+		s, err := feed.OpenBolt(filepath.Join(t.TempDir(), name), feed.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	opts := node.Options{RebalanceThreshold: 0.2, RebalanceRate: 300}
+	a := startMember(t, bolt("a.db"), opts)
+	lb := newRoundRobin(t, a.addr)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var connected atomic.Int64
+	var wg sync.WaitGroup
+	for i := range clients {
+		wg.Add(1)
+		go func() { // a client that logs in again whenever it is dropped
+			defer wg.Done()
+			tr := client.TCP
+			if i%2 == 1 {
+				tr = client.WebSocket
+			}
+			for ctx.Err() == nil {
+				c, err := client.Dial(ctx, tr, lb.ln.Addr().String())
+				if err != nil {
+					time.Sleep(50 * time.Millisecond)
+					continue
+				}
+				if _, err := c.Login("", "", 10*time.Second); err == nil {
+					connected.Add(1)
+					for ctx.Err() == nil {
+						if _, err := c.NextRaw(time.Second); err != nil {
+							if ne, ok := err.(net.Error); ok && ne.Timeout() {
+								continue
+							}
+							break
+						}
+					}
+					connected.Add(-1)
+				}
+				c.Close()
+			}
+		}()
+	}
+	eventually(t, 60*time.Second, "3000 clients on the first node", func() bool {
+		return a.node.Connections() == clients
+	})
+	b := startMember(t, bolt("b.db"), opts, a.cluster.Addr())
+	c := startMember(t, bolt("c.db"), opts, a.cluster.Addr())
+	lb.add(b.addr)
+	lb.add(c.addr)
+	took := eventually(t, 60*time.Second, "three nodes within 20% of the mean", func() bool {
+		counts := []int{a.node.Connections(), b.node.Connections(), c.node.Connections()}
+		total := counts[0] + counts[1] + counts[2]
+		mean := float64(total) / 3
+		for _, n := range counts {
+			if float64(n) > mean*1.2 || float64(n) < mean*0.8 {
+				return false
+			}
+		}
+		return total >= clients*9/10
+	})
+	t.Logf("balanced after %v: %d %d %d", took, a.node.Connections(), b.node.Connections(), c.node.Connections())
+	cancel()
+}
