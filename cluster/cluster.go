@@ -73,7 +73,7 @@ type Meta struct {
 type Member struct {
 	Name   string `json:"name"`
 	Gossip string `json:"gossip"`
-	Status string `json:"status"` // alive, suspect, dead, left
+	Status string `json:"status"` // alive (nodes that left or died are dropped)
 	Meta
 }
 
@@ -98,6 +98,11 @@ type Cluster struct {
 
 	mu   sync.Mutex
 	meta Meta
+	// view is this node's copy of the membership, kept from memberlist's
+	// events: memberlist.Members returns pointers into its own table,
+	// which its goroutines go on changing, so they cannot be read later.
+	view map[string]member
+	addr string // own gossip address
 
 	stop chan struct{}
 	done sync.WaitGroup
@@ -120,6 +125,7 @@ func Start(opts Options, h Handler) (*Cluster, error) {
 	c := &Cluster{opts: opts, log: opts.Logger.With().Str("component", "cluster").Logger(), handler: h,
 		metrics: newMetrics(opts.Registerer), stop: make(chan struct{})}
 	c.meta = Meta{Client: opts.ClientAddr, State: StateReady, Version: opts.Version}
+	c.view = map[string]member{}
 	if err := c.checkMetaSize(); err != nil {
 		return nil, err
 	}
@@ -156,7 +162,10 @@ func Start(opts Options, h Handler) (*Cluster, error) {
 	if c.list, err = memberlist.Create(conf); err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)
 	}
-	c.log.Info().Str("node", opts.NodeName).Str("gossip", c.list.LocalNode().Address()).Msg("cluster member started")
+	c.mu.Lock()
+	c.addr = c.view[opts.NodeName].Gossip
+	c.mu.Unlock()
+	c.log.Info().Str("node", opts.NodeName).Str("gossip", c.addr).Msg("cluster member started")
 	c.join()
 	c.done.Add(1)
 	go c.rejoinLoop()
@@ -196,7 +205,7 @@ func splitHostPort(addr string, defPort int) (string, int, error) {
 func (c *Cluster) Name() string { return c.opts.NodeName }
 
 // Addr is the gossip address other nodes join.
-func (c *Cluster) Addr() string { return c.list.LocalNode().Address() }
+func (c *Cluster) Addr() string { return c.addr }
 
 // resolveJoin turns Join into addresses: a DNS name gives all of its.
 func (c *Cluster) resolveJoin() []string {
@@ -279,31 +288,38 @@ func (c *Cluster) checkMetaSize() error {
 	return nil
 }
 
-// Members lists the nodes this one knows, itself included, by name.
-func (c *Cluster) Members() []Member {
-	nodes := c.list.Members()
-	out := make([]Member, 0, len(nodes))
-	for _, n := range nodes {
-		m := Member{Name: n.Name, Gossip: n.Address(), Status: stateName(n.State)}
-		_ = json.Unmarshal(n.Meta, &m.Meta)
-		out = append(out, m)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out
+// member is a Member with what is needed to send it a message.
+type member struct {
+	Member
+	node memberlist.Node // a copy: Name, Addr, Port
 }
 
-func stateName(s memberlist.NodeStateType) string {
-	switch s {
-	case memberlist.StateAlive:
-		return "alive"
-	case memberlist.StateSuspect:
-		return "suspect"
-	case memberlist.StateDead:
-		return "dead"
-	case memberlist.StateLeft:
-		return "left"
+// record copies a node from an event (memberlist holds its lock while it
+// calls, so the node can be read here and only here). Its State field is
+// not kept up to date by memberlist: a node in the view is alive, and a
+// node that left or died is removed, as memberlist.Members does.
+func (c *Cluster) record(n *memberlist.Node) {
+	m := member{Member: Member{Name: n.Name, Gossip: n.Address(), Status: "alive"},
+		node: memberlist.Node{Name: n.Name, Addr: append(net.IP(nil), n.Addr...), Port: n.Port}}
+	_ = json.Unmarshal(n.Meta, &m.Meta)
+	c.mu.Lock()
+	c.view[n.Name] = m
+	c.mu.Unlock()
+}
+
+// Members lists the nodes this one knows, itself included, by name.
+func (c *Cluster) Members() []Member {
+	c.mu.Lock()
+	out := make([]Member, 0, len(c.view))
+	for _, m := range c.view {
+		if m.Name == c.opts.NodeName {
+			m.Meta = c.meta // our own is always current
+		}
+		out = append(out, m.Member)
 	}
-	return "unknown"
+	c.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
 }
 
 // Peers reports whether another node is alive and ready.
@@ -324,13 +340,17 @@ func (c *Cluster) BroadcastTakeover(device string, loggedInAt int64) {
 	msg = strconv.AppendInt(msg, loggedInAt, 10)
 	msg = append(msg, ' ')
 	msg = append(msg, device...)
-	self := c.list.LocalNode().Name
-	for _, n := range c.list.Members() {
-		if n.Name == self || n.State != memberlist.StateAlive {
-			continue
+	c.mu.Lock()
+	var targets []memberlist.Node
+	for _, m := range c.view {
+		if m.Name != c.opts.NodeName && m.Status == "alive" {
+			targets = append(targets, m.node)
 		}
+	}
+	c.mu.Unlock()
+	for _, n := range targets {
 		go func() {
-			if err := c.list.SendReliable(n, msg); err != nil {
+			if err := c.list.SendReliable(&n, msg); err != nil {
 				c.log.Debug().Err(err).Str("to", n.Name).Msg("takeover message not sent")
 			}
 		}()
@@ -390,6 +410,9 @@ func (d *delegate) NodeMeta(limit int) []byte {
 	if len(b) > limit { // never hand memberlist more: it panics
 		b, _ = json.Marshal(Meta{Conns: conns, State: state})
 	}
+	if len(b) > limit {
+		return nil
+	}
 	return b
 }
 func (d *delegate) NotifyMsg(msg []byte)                     { d.c.receive(msg) }
@@ -400,14 +423,18 @@ func (d *delegate) MergeRemoteState(state []byte, join bool) {}
 type events struct{ c *Cluster }
 
 func (e *events) NotifyJoin(n *memberlist.Node) {
+	e.c.record(n)
 	e.c.log.Info().Str("node", n.Name).Str("gossip", n.Address()).Msg("node joined")
 	e.c.metrics.changes.WithLabelValues("join").Inc()
 }
 func (e *events) NotifyLeave(n *memberlist.Node) {
-	e.c.log.Info().Str("node", n.Name).Str("state", stateName(n.State)).Msg("node left or died")
+	e.c.mu.Lock()
+	delete(e.c.view, n.Name)
+	e.c.mu.Unlock()
+	e.c.log.Info().Str("node", n.Name).Msg("node left or died")
 	e.c.metrics.changes.WithLabelValues("leave").Inc()
 }
-func (e *events) NotifyUpdate(n *memberlist.Node) {}
+func (e *events) NotifyUpdate(n *memberlist.Node) { e.c.record(n) }
 
 // logWriter routes memberlist's log lines ("[WARN] memberlist: …") into
 // zerolog at the level they name.
