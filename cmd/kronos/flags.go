@@ -55,6 +55,7 @@ func parseServeFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&cfg.cluster.Advertise, "cluster-advertise", "", "cluster: address other nodes reach this one at (default: from --cluster-bind)")
 	fs.StringVar(&cfg.cluster.NodeName, "node-name", "", "cluster: unique node name (default: hostname and a random suffix)")
 	fs.StringVar(&cfg.clusterKey, "cluster-key", "", "cluster: gossip encryption key, base64 of 16, 24 or 32 bytes")
+	fs.DurationVar(&cfg.cluster.RejoinInterval, "rejoin-interval", 30*time.Second, "cluster: how often --join names are resolved and joined again")
 	fs.DurationVar(&o.DrainPeriod, "drain-period", 30*time.Second, "cluster: spread the closing of clients over this on a stop")
 	fs.Float64Var(&o.RebalanceThreshold, "rebalance-threshold", 0.2, "cluster: shed connections when above the mean by this fraction (0 or negative: off)")
 	fs.IntVar(&o.RebalanceRate, "rebalance-rate", 50, "cluster: most connections shed per second")

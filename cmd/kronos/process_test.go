@@ -100,7 +100,13 @@ func (l *logTail) String() string {
 func startServer(t *testing.T, args ...string) *server {
 	t.Helper()
 	args = append([]string{"serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"}, args...)
-	cmd := exec.Command(kronosBinary(t), args...)
+	return startCommand(t, exec.Command(kronosBinary(t), args...))
+}
+
+// startCommand runs a prepared `kronos serve` command and waits until it
+// accepts clients.
+func startCommand(t *testing.T, cmd *exec.Cmd) *server {
+	t.Helper()
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
