@@ -1,0 +1,52 @@
+{{- define "kronos.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "kronos.fullname" -}}
+{{- if contains .Chart.Name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{- define "kronos.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{ include "kronos.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "kronos.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kronos.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Clustered: a shared store, so several stateless nodes that gossip. */}}
+{{- define "kronos.clustered" -}}
+{{- if ne .Values.store.type "bolt" }}true{{ end }}
+{{- end }}
+
+{{- define "kronos.secretName" -}}
+{{- include "kronos.fullname" . }}
+{{- end }}
+
+{{/* Refuse value sets that cannot work. */}}
+{{- define "kronos.validate" -}}
+{{- if eq .Values.store.type "bolt" }}
+{{- if gt (int .Values.replicaCount) 1 }}
+{{- fail "store.type bolt (the embedded store) runs one replica only: set replicaCount to 1, or use store.type postgres or rethinkdb" }}
+{{- end }}
+{{- if .Values.autoscaling.enabled }}
+{{- fail "store.type bolt (the embedded store) cannot autoscale: use store.type postgres or rethinkdb" }}
+{{- end }}
+{{- else }}
+{{- if and (not .Values.store.url) (not .Values.store.existingSecret) }}
+{{- fail (printf "store.type %s needs store.url or store.existingSecret" .Values.store.type) }}
+{{- end }}
+{{- end }}
+{{- $drain := int .Values.cluster.drainPeriodSeconds }}
+{{- if le (int .Values.terminationGracePeriodSeconds) (add $drain (int .Values.preStopSleepSeconds) 5) }}
+{{- fail (printf "terminationGracePeriodSeconds %d must exceed preStopSleepSeconds + cluster.drainPeriodSeconds + 5 (%d)" (int .Values.terminationGracePeriodSeconds) (add $drain (int .Values.preStopSleepSeconds) 5)) }}
+{{- end }}
+{{- end }}
