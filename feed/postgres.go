@@ -254,19 +254,19 @@ func (s *pgStore) ReadAll(ctx context.Context, userID string) (Snapshot, error) 
 func (s *pgStore) Write(ctx context.Context, w *Write) error {
 	start := time.Now()
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		u := &pgUserTx{ctx: ctx, tx: tx, userID: w.UserID, known: map[int64]bool{},
-			puts: map[int64]json.RawMessage{}, deletes: map[int64]bool{}}
 		var version string
+		var count int
 		var lastSeq int64
 		err := tx.QueryRow(ctx, `SELECT version, task_count, last_seq FROM kronos_users
-			WHERE user_id = $1 FOR UPDATE`, w.UserID).Scan(&version, &u.count, &lastSeq)
+			WHERE user_id = $1 FOR UPDATE`, w.UserID).Scan(&version, &count, &lastSeq)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return errUserNotFound()
 		}
 		if err != nil {
 			return err
 		}
-		u.version = json.RawMessage(version)
+		u := &pgUserTx{ctx: ctx, tx: tx, userID: w.UserID, version: json.RawMessage(version),
+			taskCount: newTaskCount(count), puts: map[int64]json.RawMessage{}, deletes: map[int64]bool{}}
 		changes, err := apply(u, w, s.limits)
 		if err != nil {
 			return err
@@ -327,14 +327,12 @@ type pgUserTx struct {
 	tx      pgx.Tx
 	userID  string
 	version json.RawMessage
-	count   int
-	known   map[int64]bool // existence of the ids read so far
+	taskCount
 	puts    map[int64]json.RawMessage
 	deletes map[int64]bool
 }
 
 func (u *pgUserTx) Version() json.RawMessage { return u.version }
-func (u *pgUserTx) TaskCount() int           { return u.count }
 
 func (u *pgUserTx) Get(id int64) (json.RawMessage, bool, error) {
 	if raw, ok := u.puts[id]; ok {
@@ -346,13 +344,13 @@ func (u *pgUserTx) Get(id int64) (json.RawMessage, bool, error) {
 	var task string
 	err := u.tx.QueryRow(u.ctx, `SELECT task FROM kronos_tasks WHERE user_id = $1 AND task_id = $2`, u.userID, id).Scan(&task)
 	if errors.Is(err, pgx.ErrNoRows) {
-		u.known[id] = false
+		u.seen(id, false)
 		return nil, false, nil
 	}
 	if err != nil {
 		return nil, false, err
 	}
-	u.known[id] = true
+	u.seen(id, true)
 	return json.RawMessage(task), true, nil
 }
 
@@ -369,26 +367,20 @@ func (u *pgUserTx) All() ([]Task, error) {
 		return t, err
 	})
 	for _, t := range all {
-		u.known[t.ID] = true
+		u.seen(t.ID, true)
 	}
 	return all, err
 }
 
 func (u *pgUserTx) Put(id int64, raw json.RawMessage) error {
-	if !u.known[id] {
-		u.count++
-		u.known[id] = true
-	}
+	u.put(id)
 	u.puts[id] = raw
 	delete(u.deletes, id)
 	return nil
 }
 
 func (u *pgUserTx) Delete(id int64) error {
-	if u.known[id] {
-		u.count--
-		u.known[id] = false
-	}
+	u.del(id)
 	u.deletes[id] = true
 	delete(u.puts, id)
 	return nil

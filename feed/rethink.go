@@ -405,8 +405,8 @@ func (s *rdbStore) write(ctx context.Context, w *Write) error {
 	} else if !found {
 		return errUserNotFound()
 	}
-	u := &rdbUserTx{s: s, ctx: ctx, userID: w.UserID, version: json.RawMessage(user.Version), count: user.Tasks,
-		known: map[int64]bool{}}
+	u := &rdbUserTx{s: s, ctx: ctx, userID: w.UserID, version: json.RawMessage(user.Version),
+		taskCount: newTaskCount(user.Tasks)}
 	changes, err := apply(u, w, s.limits)
 	if err != nil {
 		return err
@@ -444,12 +444,10 @@ type rdbUserTx struct {
 	ctx     context.Context
 	userID  string
 	version json.RawMessage
-	count   int
-	known   map[int64]bool // whether each id read so far is live
+	taskCount
 }
 
 func (u *rdbUserTx) Version() json.RawMessage { return u.version }
-func (u *rdbUserTx) TaskCount() int           { return u.count }
 
 func (u *rdbUserTx) Get(id int64) (json.RawMessage, bool, error) {
 	var doc rdbTask
@@ -458,7 +456,7 @@ func (u *rdbUserTx) Get(id int64) (json.RawMessage, bool, error) {
 		return nil, false, err
 	}
 	live := found && !doc.Deleted
-	u.known[id] = live
+	u.seen(id, live)
 	if !live {
 		return nil, false, nil
 	}
@@ -473,24 +471,18 @@ func (u *rdbUserTx) All() ([]Task, error) {
 	all := make([]Task, len(docs))
 	for i, d := range docs {
 		all[i] = Task{ID: d.TaskID, Raw: json.RawMessage(d.Task)}
-		u.known[d.TaskID] = true
+		u.seen(d.TaskID, true)
 	}
 	return all, nil
 }
 
 func (u *rdbUserTx) Put(id int64, _ json.RawMessage) error {
-	if !u.known[id] {
-		u.count++
-		u.known[id] = true
-	}
+	u.put(id)
 	return nil
 }
 
 func (u *rdbUserTx) Delete(id int64) error {
-	if u.known[id] {
-		u.count--
-		u.known[id] = false
-	}
+	u.del(id)
 	return nil
 }
 

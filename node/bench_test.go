@@ -4,10 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"path/filepath"
 	"testing"
-
-	"github.com/rs/zerolog"
 
 	"kronos/feed"
 	"kronos/node/client"
@@ -32,18 +29,7 @@ func BenchmarkEncodeNotification(b *testing.B) {
 // user (real sockets, half of them WebSocket), from the hub lookup to the
 // socket writes.
 func BenchmarkFanOut(b *testing.B) {
-	store, err := feed.OpenBolt(filepath.Join(b.TempDir(), "k.db"), feed.Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer store.Close()
-	opts := Options{Logger: zerolog.Nop()}
-	opts.Conn.Listen = "127.0.0.1:0"
-	n := New(store, opts)
-	if err := n.Start(); err != nil {
-		b.Fatal(err)
-	}
-	defer n.Shutdown(context.Background())
+	n := startNode(b)
 	var user string
 	for i := range 10 {
 		tr := client.TCP

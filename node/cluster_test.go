@@ -15,6 +15,7 @@ import (
 	"kronos/cluster"
 	"kronos/feed"
 	"kronos/internal/pgtest"
+	"kronos/internal/tcppipe"
 	"kronos/node"
 	"kronos/node/client"
 )
@@ -196,17 +197,12 @@ func newRoundRobin(t *testing.T, backends ...string) *roundRobin {
 			lb.next++
 			lb.mu.Unlock()
 			go func() {
-				defer c.Close()
 				b, err := net.Dial("tcp", backend)
 				if err != nil {
+					c.Close()
 					return
 				}
-				defer b.Close()
-				// Plain copies: io.Copy between two TCP sockets would splice
-				// through a pipe pair each, and 6,000 copies would exhaust
-				// this process's 20,000 descriptors.
-				go func() { io.Copy(struct{ io.Writer }{b}, struct{ io.Reader }{c}); b.(*net.TCPConn).CloseWrite() }()
-				io.Copy(struct{ io.Writer }{c}, struct{ io.Reader }{b})
+				tcppipe.Join(c, b)
 			}()
 		}
 	}()

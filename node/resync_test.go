@@ -2,11 +2,8 @@ package node
 
 import (
 	"context"
-	"path/filepath"
 	"testing"
 	"time"
-
-	"github.com/rs/zerolog"
 
 	"kronos/feed"
 	"kronos/node/client"
@@ -15,18 +12,7 @@ import (
 // When a feed lost changes of a user, the node closes that user's
 // connections (they log in again and re-sync) and no one else's.
 func TestResyncClosesTheUsersConnections(t *testing.T) {
-	store, err := feed.OpenBolt(filepath.Join(t.TempDir(), "k.db"), feed.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
-	opts := Options{Logger: zerolog.Nop()}
-	opts.Conn.Listen = "127.0.0.1:0"
-	n := New(store, opts)
-	if err := n.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer n.Shutdown(context.Background())
+	n := startNode(t)
 	dial := func(tr client.Transport, user string) (*client.Client, string) {
 		c, err := client.Dial(context.Background(), tr, n.Addr().String())
 		if err != nil {

@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"kronos/internal/pgtest"
+	"kronos/internal/tcppipe"
 	"kronos/node/client"
 )
 
@@ -93,14 +93,12 @@ func forward(t *testing.T, addr, target string) {
 				return
 			}
 			go func() {
-				defer c.Close()
 				d, err := net.Dial("tcp", target)
 				if err != nil {
+					c.Close()
 					return
 				}
-				defer d.Close()
-				go func() { io.Copy(d, c); d.(*net.TCPConn).CloseWrite() }()
-				io.Copy(c, d)
+				tcppipe.Join(c, d)
 			}()
 		}
 	}()
