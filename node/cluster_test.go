@@ -186,26 +186,12 @@ func newRoundRobin(t *testing.T, backends ...string) *roundRobin {
 	}
 	lb := &roundRobin{ln: ln, backends: backends}
 	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			lb.mu.Lock()
-			backend := lb.backends[lb.next%len(lb.backends)]
-			lb.next++
-			lb.mu.Unlock()
-			go func() {
-				b, err := net.Dial("tcp", backend)
-				if err != nil {
-					c.Close()
-					return
-				}
-				tcppipe.Join(c, b)
-			}()
-		}
-	}()
+	go tcppipe.Forward(ln, func() string {
+		lb.mu.Lock()
+		defer lb.mu.Unlock()
+		lb.next++
+		return lb.backends[(lb.next-1)%len(lb.backends)]
+	})
 	return lb
 }
 

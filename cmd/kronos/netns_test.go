@@ -86,22 +86,7 @@ func forward(t *testing.T, addr, target string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				d, err := net.Dial("tcp", target)
-				if err != nil {
-					c.Close()
-					return
-				}
-				tcppipe.Join(c, d)
-			}()
-		}
-	}()
+	go tcppipe.Forward(ln, func() string { return target })
 }
 
 // startInNetns runs a node in host h's namespace.

@@ -30,3 +30,24 @@ func closeWrite(c net.Conn) {
 		tc.CloseWrite()
 	}
 }
+
+// Forward accepts on ln until it is closed and joins each connection to
+// the address target names at that moment (a fixed one for a port
+// forward, the next backend for a round-robin balancer).
+func Forward(ln net.Listener, target func() string) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		to := target()
+		go func() {
+			d, err := net.Dial("tcp", to)
+			if err != nil {
+				c.Close()
+				return
+			}
+			Join(c, d)
+		}()
+	}
+}
