@@ -56,6 +56,7 @@ type Conn struct {
 	discardIn bool // closing: read and drop whatever the peer still sends
 
 	// Deadlines watched by the sweeper (unix nanos, 0 = none).
+	active    atomic.Int64 // last byte read or written, or last ping sent
 	inSince   atomic.Int64 // when c.in became non-empty
 	shutWrAt  atomic.Int64 // when the write side was shut (lingering close)
 	closingAt atomic.Int64 // when a graceful close was asked for

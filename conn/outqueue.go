@@ -98,6 +98,7 @@ func (c *Conn) flushLocked() {
 		written, err := unix.Writev(c.fd, iovs[:n])
 		if written > 0 {
 			c.advance(written)
+			c.active.Store(nowNano())
 		}
 		if err == nil || errors.Is(err, unix.EINTR) {
 			continue

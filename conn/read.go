@@ -104,6 +104,7 @@ func (c *Conn) readAvailable(buf []byte) readStatus {
 // straight from the worker's buffer; only an incomplete tail is copied into
 // c.in, and c.in is released as soon as it is consumed.
 func (c *Conn) onData(p []byte) {
+	c.active.Store(nowNano())
 	if c.discardIn {
 		return
 	}

@@ -67,6 +67,10 @@ type Options struct {
 	LingerTimeout time.Duration
 	// KeepAlive is the TCP keepalive idle time. Default 30s.
 	KeepAlive time.Duration
+	// PingInterval: a WebSocket with no traffic for this long gets a ping,
+	// so proxies and load balancers that drop idle connections keep it.
+	// Default 30s; negative: no pings.
+	PingInterval time.Duration
 
 	Logger     zerolog.Logger
 	Registerer prometheus.Registerer // nil: metrics are not registered
@@ -99,6 +103,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.KeepAlive <= 0 {
 		o.KeepAlive = 30 * time.Second
+	}
+	if o.PingInterval == 0 {
+		o.PingInterval = 30 * time.Second
 	}
 }
 
@@ -291,6 +298,10 @@ func (s *Server) checkDeadlines(c *Conn, now int64) {
 			s.handler.OnFramingError(c, ErrIncompleteTimeout)
 		}
 		c.Close(ReasonTimeout)
+	case s.opts.PingInterval > 0 && c.Transport() == TransportWebSocket && !c.Closing() &&
+		expired(max(c.active.Load(), c.created), s.opts.PingInterval):
+		c.active.Store(now)
+		c.sendRaw(wsPing)
 	}
 }
 

@@ -47,6 +47,10 @@ func wsControlFrame(op ws.OpCode, payload []byte) []byte {
 	return b.Bytes()
 }
 
+// wsPing is the server's keepalive ping, the same bytes for every
+// connection (outItems never modify their data).
+var wsPing = wsControlFrame(ws.OpPing, nil)
+
 func wsCloseFrame(code ws.StatusCode, reason string) []byte {
 	return wsControlFrame(ws.OpClose, ws.NewCloseFrameBody(code, reason))
 }

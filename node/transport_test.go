@@ -220,3 +220,29 @@ func TestShutdownClosesClientsCleanly(t *testing.T) {
 		t.Fatal("the port still accepts after shutdown")
 	}
 }
+
+// An idle WebSocket is pinged, so that proxies keep it; the client's pong
+// is not an error.
+func TestIdleWebSocketIsPinged(t *testing.T) {
+	opts := node.Options{}
+	opts.Conn.PingInterval = time.Second
+	h := start(t, opts)
+	c, _ := h.login(client.WebSocket, "", "")
+	f, err := c.ReadFrame(wait)
+	if err != nil || f.Header.OpCode != ws.OpPing {
+		t.Fatalf("want a ping: %+v, %v", f.Header, err)
+	}
+	if err := ws.WriteFrame(c.Conn, ws.MaskFrameInPlace(ws.NewPongFrame(f.Payload))); err != nil {
+		t.Fatal(err)
+	}
+	send(t, c, map[string]any{"type": "read-all"})
+	for {
+		m, err := c.Next(wait) // skips further pings
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Type() == "read-all" {
+			return
+		}
+	}
+}

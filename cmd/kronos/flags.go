@@ -65,6 +65,7 @@ func parseServeFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&o.Conn.MaxMessageBytes, "max-message-bytes", 4<<20, "largest request")
 	fs.IntVar(&o.Conn.MaxQueueBytes, "max-queue-bytes", 8<<20, "largest unsent output per connection before it is dropped")
 	fs.DurationVar(&o.Conn.ReadTimeout, "read-timeout", 30*time.Second, "time allowed to finish a started message")
+	fs.DurationVar(&o.Conn.PingInterval, "ws-ping-interval", 30*time.Second, "ping a WebSocket idle this long, for proxies that drop idle connections (negative: never)")
 	fs.IntVar(&o.Limits.MaxTasksPerUser, "max-tasks-per-user", 10000, "most tasks one user may store")
 	fs.IntVar(&o.Limits.MaxDevicesPerUser, "max-devices-per-user", 50, "most devices one user may register")
 	fs.IntVar(&o.Limits.MaxTaskBytes, "max-task-bytes", 64<<10, "largest task, as compact JSON")
