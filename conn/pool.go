@@ -2,9 +2,12 @@ package conn
 
 import "sync"
 
-// readBufferSize is each worker's read buffer. Only workers own one; an idle
-// connection owns none.
-const readBufferSize = 32 << 10
+// readBufferSize is the buffer a worker reads into. A worker takes one for
+// each read turn and gives it back after, so neither idle connections nor
+// idle workers hold one.
+const readBufferSize = 16 << 10
+
+var readBuffers = sync.Pool{New: func() any { b := make([]byte, readBufferSize); return &b }}
 
 // pool is a fixed set of workers that run connections' read turns. Its queue
 // is bounded: when it is full the poller waits, which stops reading from the
@@ -26,16 +29,14 @@ func newPool(workers, queueLen int) *pool {
 
 func (p *pool) work() {
 	defer p.wg.Done()
-	var buf []byte
 	for {
 		select {
 		case <-p.quit:
 			return
 		case c := <-p.queue:
-			if buf == nil {
-				buf = make([]byte, readBufferSize)
-			}
-			c.readTurn(buf, p)
+			buf := readBuffers.Get().(*[]byte)
+			c.readTurn(*buf, p)
+			readBuffers.Put(buf)
 		}
 	}
 }

@@ -18,7 +18,6 @@ type wsReader struct {
 	msgOp      ws.OpCode // its opcode; 0 when no message is open
 	discard    int64     // payload bytes of the current frame still to skip
 	discardMsg bool      // skip continuation frames until the one with FIN
-	hdrReader  bytes.Reader
 }
 
 // putWSTextHeader writes the header of an unmasked final text frame carrying
@@ -95,8 +94,7 @@ func (c *Conn) consumeWS(p []byte) int {
 		if hsize == 0 || len(rest) < hsize {
 			return used
 		}
-		r.hdrReader.Reset(rest[:hsize])
-		h, err := ws.ReadHeader(&r.hdrReader)
+		h, err := ws.ReadHeader(bytes.NewReader(rest[:hsize]))
 		if err != nil {
 			c.wsFail(ws.StatusProtocolError, "bad frame header")
 			return len(p)

@@ -10,8 +10,9 @@ const hubShards = 64
 // hub maps a user to the sessions of that user on this node. It is sharded
 // so that logins and fan-out of different users rarely share a lock.
 type hub struct {
-	seed   maphash.Seed
-	shards [hubShards]hubShard
+	seed    maphash.Seed
+	shards  [hubShards]hubShard
+	devices [hubShards]deviceShard
 }
 
 type hubShard struct {
@@ -19,12 +20,50 @@ type hubShard struct {
 	users map[string][]*session
 }
 
+// deviceShard indexes this node's live login of each device, for takeovers
+// announced by other nodes. Plain maps: a sync.Map entry per connection
+// costs several times more memory.
+type deviceShard struct {
+	mu sync.Mutex
+	m  map[string]*session
+}
+
 func newHub() *hub {
 	h := &hub{seed: maphash.MakeSeed()}
 	for i := range h.shards {
 		h.shards[i].users = make(map[string][]*session)
+		h.devices[i].m = make(map[string]*session)
 	}
 	return h
+}
+
+func (h *hub) deviceShard(device string) *deviceShard {
+	return &h.devices[maphash.String(h.seed, device)%hubShards]
+}
+
+// setDevice records s as the device's current login here.
+func (h *hub) setDevice(s *session) {
+	ds := h.deviceShard(s.deviceID)
+	ds.mu.Lock()
+	ds.m[s.deviceID] = s
+	ds.mu.Unlock()
+}
+
+// clearDevice forgets s, unless a newer login of the device replaced it.
+func (h *hub) clearDevice(s *session) {
+	ds := h.deviceShard(s.deviceID)
+	ds.mu.Lock()
+	if ds.m[s.deviceID] == s {
+		delete(ds.m, s.deviceID)
+	}
+	ds.mu.Unlock()
+}
+
+func (h *hub) device(id string) *session {
+	ds := h.deviceShard(id)
+	ds.mu.Lock()
+	defer ds.mu.Unlock()
+	return ds.m[id]
 }
 
 func (h *hub) shard(userID string) *hubShard {

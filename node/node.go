@@ -78,7 +78,6 @@ type Node struct {
 	srv     *conn.Server
 	ready   atomic.Bool
 
-	devices  sync.Map // device id → *session: this node's live login of each device
 	cluster  *cluster.Cluster
 	draining atomic.Bool
 	stop     chan struct{}
@@ -228,7 +227,7 @@ func (n *Node) OnClose(c *conn.Conn, reason conn.CloseReason) {
 	s.unregister()
 	if s.loggedIn {
 		s.active.Store(false)
-		n.devices.CompareAndDelete(s.deviceID, s)
+		n.hub.clearDevice(s)
 	}
 	s.logger(zerolog.DebugLevel).Str("reason", reason.String()).Msg("connection closed")
 }
@@ -241,7 +240,7 @@ func (n *Node) takeOver(s *session) {
 			other.conn.Close(conn.ReasonTakeover)
 		}
 	}
-	n.devices.Store(s.deviceID, s)
+	n.hub.setDevice(s)
 	if n.cluster != nil {
 		n.cluster.BroadcastTakeover(s.deviceID, s.loginAt)
 	}
@@ -250,10 +249,8 @@ func (n *Node) takeOver(s *session) {
 // TakeOver closes this node's connection of a device that logged in on
 // another node after it. It implements cluster.Handler.
 func (n *Node) TakeOver(device string, loggedInAt int64) {
-	if v, ok := n.devices.Load(device); ok {
-		if s := v.(*session); s.loginAt < loggedInAt {
-			s.conn.Close(conn.ReasonTakeover)
-		}
+	if s := n.hub.device(device); s != nil && s.loginAt < loggedInAt {
+		s.conn.Close(conn.ReasonTakeover)
 	}
 }
 

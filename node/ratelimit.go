@@ -6,16 +6,17 @@ import "time"
 // It belongs to one connection's read side and needs no lock.
 type rateLimiter struct {
 	tokens float64
-	last   time.Time
+	last   int64 // unix nanos of the last request; 0 before the first
 }
 
 func (r *rateLimiter) allow(now time.Time, rate, burst float64) bool {
-	if r.last.IsZero() {
+	t := now.UnixNano()
+	if r.last == 0 {
 		r.tokens = burst
 	} else {
-		r.tokens = min(burst, r.tokens+now.Sub(r.last).Seconds()*rate)
+		r.tokens = min(burst, r.tokens+float64(t-r.last)/1e9*rate)
 	}
-	r.last = now
+	r.last = t
 	if r.tokens < 1 {
 		return false
 	}

@@ -28,7 +28,6 @@ type session struct {
 
 	userID   string
 	deviceID string
-	userKey  string // a short hash of userID, for logs: user ids are secrets
 	loggedIn bool
 	loginAt  int64 // unix nanos; orders logins of one device across nodes
 	inHub    bool
@@ -56,8 +55,8 @@ func (s *session) logger(level zerolog.Level) *zerolog.Event {
 		return ev
 	}
 	ev = ev.Uint64("conn", s.conn.ID()).Str("transport", s.conn.Transport().String())
-	if s.userKey != "" {
-		ev = ev.Str("user", s.userKey)
+	if s.loggedIn {
+		ev = ev.Str("user", userKey(s.userID)) // user ids are secrets: a short hash
 	}
 	return ev
 }
@@ -150,7 +149,7 @@ func (s *session) login(ctx context.Context, req *request) {
 		s.storeError(typeLogin, err)
 		return
 	}
-	s.userID, s.deviceID, s.userKey = sess.UserID, sess.DeviceID, userKey(sess.UserID)
+	s.userID, s.deviceID = sess.UserID, sess.DeviceID
 	if !s.inHub {
 		s.register()
 	}
