@@ -17,6 +17,12 @@ type publisher struct {
 	mu     sync.Mutex
 	sink   Sink
 	wg     sync.WaitGroup
+
+	// closing guards the queues: a feed goroutine that outlives its
+	// store's Close (a cursor that would not close in time) must find
+	// them closed, not send on them.
+	closing sync.RWMutex
+	closed  bool
 }
 
 func newPublisher() *publisher {
@@ -56,6 +62,11 @@ func (p *publisher) publish(changes []Change) {
 	if len(changes) == 0 {
 		return
 	}
+	p.closing.RLock()
+	defer p.closing.RUnlock()
+	if p.closed {
+		return
+	}
 	if len(p.shards) == 1 {
 		p.shards[0] <- changes
 		return
@@ -85,10 +96,17 @@ func (p *publisher) publish(changes []Change) {
 	}
 }
 
-// close delivers what is queued and stops. No publish may follow.
+// close delivers what is queued and stops; later publishes are dropped.
 func (p *publisher) close() {
+	p.closing.Lock()
+	if p.closed {
+		p.closing.Unlock()
+		return
+	}
+	p.closed = true
 	for _, q := range p.shards {
 		close(q)
 	}
+	p.closing.Unlock()
 	p.wg.Wait()
 }

@@ -198,6 +198,10 @@ func (f *rdbFeeds) rebuild(sh *rdbShard) {
 		clear(sh.lastRev) // no overlap: nothing to deduplicate against
 	}
 	f.mu.Unlock()
+	if old != nil {
+		// Before anything else: the old feed's end is not a failure.
+		close(old.stopping)
+	}
 	// The new feed is open: logins waiting for it go on now.
 	for _, w := range waiters {
 		close(w)
@@ -207,7 +211,6 @@ func (f *rdbFeeds) rebuild(sh *rdbShard) {
 		f.resync(sh, users)
 	}
 	if old != nil {
-		close(old.stopping)
 		f.wg.Add(1)
 		go func() { // closing waits for the server; the overlap is harmless
 			defer f.wg.Done()

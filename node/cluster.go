@@ -20,7 +20,7 @@ func (n *Node) JoinCluster(opts cluster.Options) (*cluster.Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	n.cluster = c
+	n.cluster.Store(c)
 	n.loops.Add(1)
 	go n.clusterLoop()
 	return c, nil
@@ -51,9 +51,10 @@ func (n *Node) clusterLoop() {
 		case <-t.C:
 		}
 		conns, state := n.Local()
-		n.cluster.Update(conns, state)
+		c := n.cluster.Load()
+		c.Update(conns, state)
 		if n.opts.RebalanceThreshold > 0 && state == cluster.StateReady {
-			n.rebalance(conns)
+			n.rebalance(c, conns)
 		}
 	}
 }
@@ -61,9 +62,9 @@ func (n *Node) clusterLoop() {
 // rebalance closes connections, at most RebalanceRate a second, while this
 // node holds more than the mean of the ready nodes by the threshold. The
 // clients reconnect through the load balancer, which spreads them.
-func (n *Node) rebalance(conns int) {
+func (n *Node) rebalance(c *cluster.Cluster, conns int) {
 	total, ready := 0, 0
-	for _, m := range n.cluster.Members() {
+	for _, m := range c.Members() {
 		if m.Status == "alive" && m.State == cluster.StateReady {
 			total += m.Conns
 			ready++
@@ -100,14 +101,15 @@ func (n *Node) rebalance(conns int) {
 func (n *Node) Drain(ctx context.Context) error {
 	n.ready.Store(false)
 	n.draining.Store(true)
-	if n.cluster != nil {
-		n.cluster.Update(n.Local())
+	members := n.cluster.Load()
+	if members != nil {
+		members.Update(n.Local())
 	}
 	if n.srv == nil {
 		return nil
 	}
 	n.srv.StopAccepting()
-	if n.cluster != nil && n.cluster.Peers() {
+	if members != nil && members.Peers() {
 		const step = 100 * time.Millisecond
 		steps := max(int(n.opts.DrainPeriod/step), 1)
 		batch := max(n.srv.Count()/steps, 1)
@@ -147,13 +149,14 @@ func (n *Node) stopLoops() {
 // clusterHandler serves /cluster: this node and the members it knows.
 func (n *Node) clusterHandler(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
-	if n.cluster == nil {
+	c := n.cluster.Load()
+	if c == nil {
 		json.NewEncoder(w).Encode(map[string]any{"enabled": false})
 		return
 	}
 	json.NewEncoder(w).Encode(map[string]any{
 		"enabled": true,
-		"self":    n.cluster.Name(),
-		"members": n.cluster.Members(),
+		"self":    c.Name(),
+		"members": c.Members(),
 	})
 }

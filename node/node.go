@@ -78,7 +78,7 @@ type Node struct {
 	srv     *conn.Server
 	ready   atomic.Bool
 
-	cluster  *cluster.Cluster
+	cluster  atomic.Pointer[cluster.Cluster] // set once the node joins
 	draining atomic.Bool
 	stop     chan struct{}
 	loops    sync.WaitGroup
@@ -241,8 +241,8 @@ func (n *Node) takeOver(s *session) {
 		}
 	}
 	n.hub.setDevice(s)
-	if n.cluster != nil {
-		n.cluster.BroadcastTakeover(s.deviceID, s.loginAt)
+	if c := n.cluster.Load(); c != nil {
+		c.BroadcastTakeover(s.deviceID, s.loginAt)
 	}
 }
 
