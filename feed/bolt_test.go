@@ -5,8 +5,8 @@ import (
 	"strings"
 	"testing"
 
-	"kronos/feed"
-	"kronos/feed/storetest"
+	"github.com/kronos-sync/kronos-server/feed"
+	"github.com/kronos-sync/kronos-server/feed/storetest"
 )
 
 func TestBoltConformance(t *testing.T) {

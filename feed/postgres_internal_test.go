@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"kronos/internal/pgtest"
+	"github.com/kronos-sync/kronos-server/internal/pgtest"
 )
 
 // A node that fell behind past the pruned part of the log must not skip

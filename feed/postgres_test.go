@@ -7,9 +7,9 @@ import (
 	"strconv"
 	"testing"
 
-	"kronos/feed"
-	"kronos/feed/storetest"
-	"kronos/internal/pgtest"
+	"github.com/kronos-sync/kronos-server/feed"
+	"github.com/kronos-sync/kronos-server/feed/storetest"
+	"github.com/kronos-sync/kronos-server/internal/pgtest"
 )
 
 func openPostgres(t *testing.T, url string, opts feed.Options) feed.Store {

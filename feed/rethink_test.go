@@ -11,8 +11,8 @@ import (
 
 	r "gopkg.in/rethinkdb/rethinkdb-go.v6"
 
-	"kronos/feed"
-	"kronos/feed/storetest"
+	"github.com/kronos-sync/kronos-server/feed"
+	"github.com/kronos-sync/kronos-server/feed/storetest"
 )
 
 // TestRethinkConformance runs the store suite against a real RethinkDB

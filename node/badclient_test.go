@@ -7,9 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"kronos/conn"
-	"kronos/node"
-	"kronos/node/client"
+	"github.com/kronos-sync/kronos-server/conn"
+	"github.com/kronos-sync/kronos-server/node"
+	"github.com/kronos-sync/kronos-server/node/client"
 )
 
 // A client that floods requests is refused past its rate; others are served.
@@ -42,9 +42,10 @@ func TestFloodIsRateLimited(t *testing.T) {
 			expectType(t, other, "read-all")
 		}
 	}
-	// The burst (100) passes, plus what the rate refills while the flood is
-	// read; the rest is refused.
-	if answered < 100 || limited < n/2 {
+	// The burst (100, less the token the login spent) passes, plus what the
+	// rate refills while the flood is read; the rest is refused. The exact
+	// arithmetic is tested with a fixed clock in ratelimit_test.go.
+	if answered < 99 || limited < n/2 {
 		t.Fatalf("%d answered, %d refused: the limit did not hold", answered, limited)
 	}
 }

@@ -6,8 +6,8 @@ import (
 	"io"
 	"testing"
 
-	"kronos/feed"
-	"kronos/node/client"
+	"github.com/kronos-sync/kronos-server/feed"
+	"github.com/kronos-sync/kronos-server/node/client"
 )
 
 var benchChange = feed.Change{

@@ -7,8 +7,8 @@ import (
 	"net/http"
 	"time"
 
-	"kronos/cluster"
-	"kronos/conn"
+	"github.com/kronos-sync/kronos-server/cluster"
+	"github.com/kronos-sync/kronos-server/conn"
 )
 
 // JoinCluster makes the node a cluster member: it gossips its connections

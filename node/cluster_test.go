@@ -12,12 +12,12 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"kronos/cluster"
-	"kronos/feed"
-	"kronos/internal/pgtest"
-	"kronos/internal/tcppipe"
-	"kronos/node"
-	"kronos/node/client"
+	"github.com/kronos-sync/kronos-server/cluster"
+	"github.com/kronos-sync/kronos-server/feed"
+	"github.com/kronos-sync/kronos-server/internal/pgtest"
+	"github.com/kronos-sync/kronos-server/internal/tcppipe"
+	"github.com/kronos-sync/kronos-server/node"
+	"github.com/kronos-sync/kronos-server/node/client"
 )
 
 // member is one node of an in-process cluster on loopback.

@@ -12,9 +12,9 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"kronos/feed"
-	"kronos/node"
-	"kronos/node/client"
+	"github.com/kronos-sync/kronos-server/feed"
+	"github.com/kronos-sync/kronos-server/node"
+	"github.com/kronos-sync/kronos-server/node/client"
 )
 
 // wait bounds every read in these tests: a message that is due arrives in

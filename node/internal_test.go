@@ -7,7 +7,7 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"kronos/feed"
+	"github.com/kronos-sync/kronos-server/feed"
 )
 
 // startNode runs a node on a fresh bbolt file and a random loopback port,

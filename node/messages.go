@@ -4,7 +4,7 @@ import (
 	"encoding/json"
 	"strconv"
 
-	"kronos/feed"
+	"github.com/kronos-sync/kronos-server/feed"
 )
 
 // The encoders below write the server's messages by hand: each is a fixed

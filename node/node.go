@@ -15,9 +15,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
-	"kronos/cluster"
-	"kronos/conn"
-	"kronos/feed"
+	"github.com/kronos-sync/kronos-server/cluster"
+	"github.com/kronos-sync/kronos-server/conn"
+	"github.com/kronos-sync/kronos-server/feed"
 )
 
 // Options configure a Node. Zero fields take their defaults.

@@ -7,10 +7,10 @@ import (
 	"strings"
 	"testing"
 
-	"kronos/conn"
-	"kronos/feed"
-	"kronos/node"
-	"kronos/node/client"
+	"github.com/kronos-sync/kronos-server/conn"
+	"github.com/kronos-sync/kronos-server/feed"
+	"github.com/kronos-sync/kronos-server/node"
+	"github.com/kronos-sync/kronos-server/node/client"
 )
 
 var uuidV4 = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"strconv"
 
-	"kronos/feed"
+	"github.com/kronos-sync/kronos-server/feed"
 )
 
 // Request types. Only append: they are wire names and metric labels.

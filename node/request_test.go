@@ -3,7 +3,7 @@ package node
 import (
 	"testing"
 
-	"kronos/feed"
+	"github.com/kronos-sync/kronos-server/feed"
 )
 
 var requestSeeds = []string{

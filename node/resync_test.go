@@ -5,8 +5,8 @@ import (
 	"testing"
 	"time"
 
-	"kronos/feed"
-	"kronos/node/client"
+	"github.com/kronos-sync/kronos-server/feed"
+	"github.com/kronos-sync/kronos-server/node/client"
 )
 
 // When a feed lost changes of a user, the node closes that user's

@@ -11,8 +11,8 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"kronos/conn"
-	"kronos/feed"
+	"github.com/kronos-sync/kronos-server/conn"
+	"github.com/kronos-sync/kronos-server/feed"
 )
 
 // session is the protocol state of one connection.

@@ -13,8 +13,8 @@ import (
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
 
-	"kronos/node"
-	"kronos/node/client"
+	"github.com/kronos-sync/kronos-server/node"
+	"github.com/kronos-sync/kronos-server/node/client"
 )
 
 // The Vim client writes requests with no separator, several in one write,

@@ -25,7 +25,7 @@ func build(t *testing.T, dir, name, pkg string) string {
 // It checks what was delivered, never how fast.
 func TestBenchSmallRun(t *testing.T) {
 	dir := t.TempDir()
-	server := build(t, dir, "kronos", "kronos/cmd/kronos")
+	server := build(t, dir, "kronos", "github.com/kronos-sync/kronos-server/cmd/kronos")
 	bench := build(t, dir, "kronos-bench", ".")
 	for _, engine := range []string{"epoll", "goroutine"} {
 		t.Run(engine, func(t *testing.T) {

@@ -12,7 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"kronos/node/client"
+	"github.com/kronos-sync/kronos-server/node/client"
 )
 
 // A worker is a child process holding a share of the connections. The

@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"kronos/internal/pgtest"
-	"kronos/node/client"
+	"github.com/kronos-sync/kronos-server/internal/pgtest"
+	"github.com/kronos-sync/kronos-server/node/client"
 )
 
 // Three nodes on one PostgreSQL database; one user with devices on every

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"kronos/node/client"
+	"github.com/kronos-sync/kronos-server/node/client"
 )
 
 // Writes whose notifications a device received survive kill -9 of the

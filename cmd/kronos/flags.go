@@ -10,9 +10,9 @@ import (
 	"strings"
 	"time"
 
-	"kronos/cluster"
-	"kronos/feed"
-	"kronos/node"
+	"github.com/kronos-sync/kronos-server/cluster"
+	"github.com/kronos-sync/kronos-server/feed"
+	"github.com/kronos-sync/kronos-server/node"
 )
 
 type config struct {

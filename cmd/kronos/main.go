@@ -20,9 +20,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/rs/zerolog"
 
-	"kronos/cluster"
-	"kronos/feed"
-	"kronos/node"
+	"github.com/kronos-sync/kronos-server/cluster"
+	"github.com/kronos-sync/kronos-server/feed"
+	"github.com/kronos-sync/kronos-server/node"
 )
 
 // version is set at build time: -ldflags "-X main.version=v1.2.3".

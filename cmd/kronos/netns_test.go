@@ -14,9 +14,9 @@ import (
 	"testing"
 	"time"
 
-	"kronos/internal/pgtest"
-	"kronos/internal/tcppipe"
-	"kronos/node/client"
+	"github.com/kronos-sync/kronos-server/internal/pgtest"
+	"github.com/kronos-sync/kronos-server/internal/tcppipe"
+	"github.com/kronos-sync/kronos-server/node/client"
 )
 
 // A multi-host cluster on one machine: each node is a `kronos serve`

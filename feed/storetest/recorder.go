@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"kronos/feed"
+	"github.com/kronos-sync/kronos-server/feed"
 )
 
 // Recorder is a feed.Sink that keeps every change, by user, for tests.

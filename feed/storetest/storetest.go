@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"kronos/feed"
+	"github.com/kronos-sync/kronos-server/feed"
 )
 
 // Open returns a new, empty store with the given limits. The suite closes it.
