@@ -21,6 +21,8 @@ import (
 	"github.com/hashicorp/memberlist"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
+
+	"github.com/kronos-sync/kronos-server/internal/check"
 )
 
 // Node states gossiped in the metadata.
@@ -111,12 +113,33 @@ type Cluster struct {
 // Message kinds sent between nodes. Only append.
 const msgTakeover byte = 1
 
+// Validate reports every field that is neither zero (its default) nor
+// valid, in declaration order.
+func (o *Options) Validate() error {
+	var c check.List
+	if o.Bind != "" {
+		_, _, err := splitHostPort(o.Bind, 7946)
+		c.Add(err != nil, "Bind", o.Bind, "must be host:port")
+	}
+	if o.Advertise != "" {
+		_, _, err := splitHostPort(o.Advertise, 7946)
+		c.Add(err != nil, "Advertise", o.Advertise, "must be host:port")
+	}
+	c.Add(len(o.Key) != 0 && len(o.Key) != 16 && len(o.Key) != 24 && len(o.Key) != 32, "Key",
+		fmt.Sprintf("(%d bytes)", len(o.Key)), "must be 16, 24 or 32 bytes")
+	c.Add(o.RejoinInterval < 0, "RejoinInterval", o.RejoinInterval, "must be 0 (default 30s) or more")
+	return c.Err()
+}
+
 // Start creates the local member, joins the others and keeps rejoining.
 func Start(opts Options, h Handler) (*Cluster, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
 	if opts.Bind == "" {
 		opts.Bind = ":7946"
 	}
-	if opts.RejoinInterval <= 0 {
+	if opts.RejoinInterval == 0 {
 		opts.RejoinInterval = 30 * time.Second
 	}
 	if opts.NodeName == "" {
@@ -140,17 +163,10 @@ func Start(opts Options, h Handler) (*Cluster, error) {
 		conf.PushPullInterval = time.Second
 	}
 	conf.Name = opts.NodeName
-	host, port, err := splitHostPort(opts.Bind, 7946)
-	if err != nil {
-		return nil, fmt.Errorf("--cluster-bind %q: %w", opts.Bind, err)
-	}
+	host, port, _ := splitHostPort(opts.Bind, 7946) // checked by Validate
 	conf.BindAddr, conf.BindPort = host, port
 	if opts.Advertise != "" {
-		ahost, aport, err := splitHostPort(opts.Advertise, port)
-		if err != nil {
-			return nil, fmt.Errorf("--cluster-advertise %q: %w", opts.Advertise, err)
-		}
-		conf.AdvertiseAddr, conf.AdvertisePort = ahost, aport
+		conf.AdvertiseAddr, conf.AdvertisePort, _ = splitHostPort(opts.Advertise, port)
 	}
 	if len(opts.Key) > 0 {
 		conf.SecretKey = opts.Key
@@ -159,6 +175,7 @@ func Start(opts Options, h Handler) (*Cluster, error) {
 	conf.Events = &events{c}
 	conf.Logger = nil
 	conf.LogOutput = &logWriter{log: c.log}
+	var err error
 	if c.list, err = memberlist.Create(conf); err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)
 	}

@@ -1,13 +1,14 @@
 package feed
 
 import (
+	"cmp"
 	"encoding/json"
 	"slices"
 )
 
-// userTx is one user's data inside a backend transaction. apply runs the
+// UserTx is one user's data inside a backend transaction. Apply runs the
 // protocol's write semantics on it, so every backend shares them.
-type userTx interface {
+type UserTx interface {
 	Version() json.RawMessage
 	TaskCount() int
 	Get(id int64) (json.RawMessage, bool, error)
@@ -17,10 +18,11 @@ type userTx interface {
 	SetVersion(v json.RawMessage) error
 }
 
-// apply performs w on tx and returns its changes. Every check happens
-// before the first mutation, so a refused write changes nothing even where
-// a backend cannot roll back.
-func apply(tx userTx, w *Write, limits Limits) ([]Change, error) {
+// Apply performs w on tx and returns its changes, without Seq (the backend
+// numbers them as it commits). Every check happens before the first
+// mutation, so a refused write changes nothing even where a backend cannot
+// roll back; a refusal is an *Error.
+func Apply(tx UserTx, w *Write, limits Limits) ([]Change, error) {
 	version := w.Version
 	if version == nil {
 		version = tx.Version()
@@ -137,7 +139,7 @@ func diff(old, new []Task, change func(ChangeKind, int64, json.RawMessage) Chang
 	}
 	newIDs := make(map[int64]bool, len(new))
 	sorted := slices.Clone(new)
-	slices.SortFunc(sorted, func(a, b Task) int { return cmpInt(a.ID, b.ID) })
+	slices.SortFunc(sorted, func(a, b Task) int { return cmp.Compare(a.ID, b.ID) })
 	var deletes, updates, creates []Change
 	for _, t := range sorted {
 		newIDs[t.ID] = true
@@ -155,14 +157,4 @@ func diff(old, new []Task, change func(ChangeKind, int64, json.RawMessage) Chang
 		}
 	}
 	return slices.Concat(deletes, updates, creates)
-}
-
-func cmpInt(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }

@@ -30,21 +30,31 @@ type Error struct {
 
 func (e *Error) Error() string { return e.Msg }
 
+// IsRefusal reports whether err is a refusal (*Error): the request was
+// wrong, not the store.
+func IsRefusal(err error) bool {
+	var fe *Error
+	return errors.As(err, &fe)
+}
+
 // IsCode reports whether err is an *Error with the given code.
 func IsCode(err error, code ErrorCode) bool {
 	var fe *Error
 	return errors.As(err, &fe) && fe.Code == code
 }
 
-func errUserNotFound() error {
+// ErrUserNotFound refuses a login or request of an unknown user.
+func ErrUserNotFound() error {
 	return &Error{CodeUserNotFound, "unknown user_id"}
 }
 
-func errDeviceNotFound(device string) error {
+// ErrDeviceNotFound refuses a device id the user has not registered.
+func ErrDeviceNotFound(device string) error {
 	return &Error{CodeDeviceNotFound, fmt.Sprintf("device %q is not registered for this user", device)}
 }
 
-func errDeviceTaken(device string) error {
+// ErrDeviceTaken refuses a device id another user owns.
+func ErrDeviceTaken(device string) error {
 	return &Error{CodeDeviceTaken, fmt.Sprintf("device %q belongs to another user", device)}
 }
 
@@ -69,7 +79,8 @@ func errTooManyTasks(limit int) error {
 	return &Error{CodeTooManyTasks, fmt.Sprintf("too many tasks: at most %d per user", limit)}
 }
 
-func errTooManyDevices(limit int) error {
+// ErrTooManyDevices refuses a device past the per-user limit.
+func ErrTooManyDevices(limit int) error {
 	return &Error{CodeTooManyDevices, fmt.Sprintf("too many devices: at most %d per user", limit)}
 }
 

@@ -1,54 +1,78 @@
-// Package feed holds users' tasks and emits the change feed: every committed
-// write becomes per-task changes delivered, in commit order per user, to the
-// node's Sink. Backends: the embedded bbolt file (one node), PostgreSQL and
-// RethinkDB (clusters). Every backend passes the suite in feed/storetest.
+// Package feed defines the storage side of a Kronos node: the Store that
+// holds users' devices and tasks, and the Feed that delivers every committed
+// change, in commit order per user, to the node's Sink. The write semantics
+// every backend shares (Apply) and the task checks are here too.
+//
+// Backends live in sub-packages: bolt (the embedded file, one node),
+// postgres and rethinkdb (clusters); feed/stores opens one from a URL. Every
+// backend passes the suite in feed/storetest.
 package feed
 
 import (
 	"context"
 	"encoding/json"
-	"fmt"
-	"strings"
-	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/rs/zerolog"
 )
 
-// Store is a backend. All methods are safe for concurrent use.
+// Store holds the data. All methods are safe for concurrent use; each may
+// block on I/O until ctx ends.
 type Store interface {
 	// Login resolves or creates the user and device of a login request.
 	// An empty userID creates a user (version -1); an empty deviceID
 	// registers a new device for the user.
 	Login(ctx context.Context, userID, deviceID string) (Session, error)
 	// ReadAll returns the user's tasks in id order and the user's version.
+	// It includes every change the Feed has delivered for the user.
 	ReadAll(ctx context.Context, userID string) (Snapshot, error)
 	// Write applies one write atomically and returns once it is durable.
-	// Its changes reach the Sink afterwards, in commit order per user.
+	// Its changes reach the Feed's Sink afterwards. A *Error means the
+	// write was refused and changed nothing.
 	Write(ctx context.Context, w *Write) error
-	// Subscribe sets the Sink. Call it once, before the first write.
-	Subscribe(sink Sink)
-	// Watch and Unwatch tell the feed which users have devices connected to
-	// this node; a shared backend delivers changes of watched users only.
-	// Calls are counted: a user is watched while Watch calls outnumber
-	// Unwatch calls.
-	Watch(userID string)
-	Unwatch(userID string)
-	// Ready reports whether the store can serve requests now.
+	// Ready reports whether the store can serve requests and its feed is
+	// delivering now.
 	Ready(ctx context.Context) error
-	// Close waits for writes in flight, delivers their changes and closes.
+	// Close waits for writes in flight, delivers their changes, stops the
+	// Feed and releases the store. Calls after the first return nil.
 	Close() error
 }
 
-// Sink receives committed changes, a batch at a time. It is called from
-// several goroutines at once, but all changes of one user come from the same
-// goroutine, in commit order. It must not block for long: it holds up the
-// feed. changes is valid only until Sink returns.
+// Feed delivers this node's share of the committed changes: those of the
+// users it watches (the embedded store, which serves one node, delivers
+// every user's). Its methods are safe for concurrent use.
+type Feed interface {
+	// Subscribe sets the Sink. Call it once, before the first Watch or
+	// Write.
+	Subscribe(sink Sink)
+	// Watch makes the feed deliver the user's changes whose Seq is above
+	// afterSeq (a Session.Seq), each once, in Seq order; where it cannot
+	// (they were pruned, or a feed broke), it delivers a ChangeResync
+	// instead. It blocks until the feed covers the user, at most until ctx
+	// ends, and returns why it could not. Calls are counted: the user
+	// stays watched while Watch calls that returned nil outnumber Unwatch
+	// calls. Changes already delivered for another watch of the user are
+	// not delivered again.
+	Watch(ctx context.Context, userID string, afterSeq uint64) error
+	// Unwatch ends one Watch. It never blocks.
+	Unwatch(userID string)
+}
+
+// Backend is an open store and this node's feed on it (one object in every
+// backend). Closing the Store stops the Feed.
+type Backend struct {
+	Store Store
+	Feed  Feed
+}
+
+// Sink receives committed changes, a batch at a time. It is called from the
+// backend's feed goroutines; all changes of one user come from one goroutine
+// at a time, in Seq order. It must not block for long: it holds up the feed.
+// The Sink owns the batch: the backend never touches the slice, or the byte
+// slices in it, again.
 type Sink func(changes []Change)
 
 // Session is the result of a successful login.
 type Session struct {
-	// Seq is the user's commit sequence the login read (see Change.Seq).
+	// Seq is the user's last change sequence number the login read: the
+	// login's Version includes every change up to it, and none after.
 	Seq       uint64
 	UserID    string
 	DeviceID  string
@@ -61,6 +85,7 @@ type Session struct {
 type Snapshot struct {
 	Tasks   []json.RawMessage // in id order, each stored verbatim
 	Version json.RawMessage
+	Seq     uint64 // the last change the snapshot includes
 }
 
 // ChangeKind is the kind of a task change. Only append: wire names.
@@ -92,8 +117,8 @@ func (k ChangeKind) String() string {
 
 // Change is one committed change to one task.
 type Change struct {
-	// Seq grows with commit order, at least per user; 0 when the backend
-	// cannot tell. Changes of one write may share a Seq.
+	// Seq numbers the user's changes in commit order: 1, 2, 3… with no
+	// gaps, in every backend. A write's changes take consecutive numbers.
 	Seq      uint64
 	UserID   string
 	Kind     ChangeKind
@@ -150,82 +175,4 @@ type Write struct {
 type Task struct {
 	ID  int64
 	Raw json.RawMessage
-}
-
-// Limits bound what one user may store.
-type Limits struct {
-	MaxTasksPerUser   int // default 10000
-	MaxDevicesPerUser int // default 50
-	MaxTaskBytes      int // one task, compact JSON; default 64 KiB
-}
-
-// SetDefaults fills zero fields with their defaults.
-func (l *Limits) SetDefaults() {
-	if l.MaxTasksPerUser <= 0 {
-		l.MaxTasksPerUser = 10000
-	}
-	if l.MaxDevicesPerUser <= 0 {
-		l.MaxDevicesPerUser = 50
-	}
-	if l.MaxTaskBytes <= 0 {
-		l.MaxTaskBytes = 64 << 10
-	}
-}
-
-// Options configure a backend.
-type Options struct {
-	Limits Limits
-	// ChangeLogRetention is how long a shared backend keeps its change
-	// log (a node whose feed is down longer re-syncs its devices).
-	// Default 24h.
-	ChangeLogRetention time.Duration
-	// ChangeLogMaxRows caps the change log. Default 1,000,000.
-	ChangeLogMaxRows int
-	// PruneInterval is how often the change log is pruned. Default 1m.
-	PruneInterval time.Duration
-
-	Logger     zerolog.Logger
-	Registerer prometheus.Registerer // nil: metrics are not registered
-}
-
-func (o *Options) setFeedDefaults() {
-	if o.ChangeLogRetention <= 0 {
-		o.ChangeLogRetention = 24 * time.Hour
-	}
-	if o.ChangeLogMaxRows <= 0 {
-		o.ChangeLogMaxRows = 1_000_000
-	}
-	if o.PruneInterval <= 0 {
-		o.PruneInterval = time.Minute
-	}
-}
-
-// Open opens the backend named by a store URL: "bolt:PATH" (the default
-// embedded file), "postgres://…" (a libpq URL) or "rethinkdb://…".
-func Open(ctx context.Context, url string, opts Options) (Store, error) {
-	opts.Limits.SetDefaults()
-	scheme, rest, _ := strings.Cut(url, ":")
-	switch scheme {
-	case "bolt":
-		return OpenBolt(strings.TrimPrefix(rest, "//"), opts)
-	case "postgres", "postgresql":
-		return OpenPostgres(ctx, url, opts)
-	case "rethinkdb":
-		return OpenRethink(ctx, url, opts)
-	}
-	return nil, fmt.Errorf("store %q: unknown scheme %q (want bolt:PATH, postgres://… or rethinkdb://…)", redactURL(url), scheme)
-}
-
-// redactURL hides a password in a store URL for error messages and logs.
-func redactURL(url string) string {
-	scheme, rest, ok := strings.Cut(url, "://")
-	if !ok {
-		return url
-	}
-	at := strings.LastIndex(rest, "@")
-	if at < 0 {
-		return url
-	}
-	user, _, _ := strings.Cut(rest[:at], ":")
-	return scheme + "://" + user + ":xxxxx@" + rest[at+1:]
 }

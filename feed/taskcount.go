@@ -1,29 +1,36 @@
 package feed
 
-// taskCount keeps a user's task count through a write from what the
-// write's reads saw: apply always reads a task before it puts or deletes
-// it, so whether a put adds a task is known without another query.
-type taskCount struct {
-	count int
+// TaskCounter keeps a user's task count through a write from what the
+// write's reads saw: Apply always reads a task before it puts or deletes it,
+// so whether a put adds a task is known without another query. A backend's
+// UserTx embeds it, calls Seen from Get and All, and Added and Removed from
+// Put and Delete.
+type TaskCounter struct {
+	Count int
 	known map[int64]bool // whether each id read so far exists
 }
 
-func newTaskCount(n int) taskCount { return taskCount{count: n, known: map[int64]bool{}} }
+// NewTaskCounter starts from the user's stored count.
+func NewTaskCounter(n int) TaskCounter { return TaskCounter{Count: n, known: map[int64]bool{}} }
 
-func (c *taskCount) TaskCount() int { return c.count }
+// TaskCount implements UserTx.
+func (c *TaskCounter) TaskCount() int { return c.Count }
 
-func (c *taskCount) seen(id int64, exists bool) { c.known[id] = exists }
+// Seen records whether a task that was read exists.
+func (c *TaskCounter) Seen(id int64, exists bool) { c.known[id] = exists }
 
-func (c *taskCount) put(id int64) {
+// Added counts a put.
+func (c *TaskCounter) Added(id int64) {
 	if !c.known[id] {
-		c.count++
+		c.Count++
 		c.known[id] = true
 	}
 }
 
-func (c *taskCount) del(id int64) {
+// Removed counts a delete.
+func (c *TaskCounter) Removed(id int64) {
 	if c.known[id] {
-		c.count--
+		c.Count--
 		c.known[id] = false
 	}
 }

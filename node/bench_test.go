@@ -1,13 +1,10 @@
 package node
 
 import (
-	"context"
 	"encoding/json"
-	"io"
 	"testing"
 
 	"github.com/kronos-sync/kronos-server/feed"
-	"github.com/kronos-sync/kronos-server/node/client"
 )
 
 var benchChange = feed.Change{
@@ -23,37 +20,4 @@ func BenchmarkEncodeNotification(b *testing.B) {
 	for b.Loop() {
 		encodeNotification(&benchChange)
 	}
-}
-
-// BenchmarkFanOut: one change delivered to the ten connected devices of its
-// user (real sockets, half of them WebSocket), from the hub lookup to the
-// socket writes.
-func BenchmarkFanOut(b *testing.B) {
-	n := startNode(b)
-	var user string
-	for i := range 10 {
-		tr := client.TCP
-		if i%2 == 1 {
-			tr = client.WebSocket
-		}
-		c, err := client.Dial(context.Background(), tr, n.Addr().String())
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer c.Close()
-		m, err := c.Login(user, "", 5e9)
-		if err != nil {
-			b.Fatal(err)
-		}
-		user = m.Str("user_id")
-		go io.Copy(io.Discard, c.Conn)
-	}
-	change := benchChange
-	change.UserID = user
-	batch := []feed.Change{change}
-	b.ReportAllocs()
-	for b.Loop() {
-		n.deliver(batch)
-	}
-	b.ReportMetric(float64(b.N*10)/b.Elapsed().Seconds(), "notifications/s")
 }

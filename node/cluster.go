@@ -97,7 +97,10 @@ func (n *Node) rebalance(c *cluster.Cluster, conns int) {
 // Drain stops the node without a reconnect storm: readiness fails, the
 // cluster hears "draining", the port closes, and clients are closed in
 // batches over the drain period (at once when no other node is up), so
-// they reconnect across the other nodes. Writes in progress finish.
+// they reconnect across the other nodes. Writes in progress finish. The
+// node then shuts down and leaves the cluster. All of it fits in ctx: the
+// drain period is shortened to leave a fifth of the time that remains for
+// the rest.
 func (n *Node) Drain(ctx context.Context) error {
 	n.ready.Store(false)
 	n.draining.Store(true)
@@ -105,44 +108,69 @@ func (n *Node) Drain(ctx context.Context) error {
 	if members != nil {
 		members.Update(n.Local())
 	}
-	if n.srv == nil {
-		return nil
-	}
-	n.srv.StopAccepting()
-	if members != nil && members.Peers() {
-		const step = 100 * time.Millisecond
-		steps := max(int(n.opts.DrainPeriod/step), 1)
-		batch := max(n.srv.Count()/steps, 1)
-		t := time.NewTicker(step)
-		defer t.Stop()
-		for n.srv.Count() > 0 {
-			left := batch
-			n.srv.Each(func(c *conn.Conn) bool {
-				if !c.Closing() {
-					c.Close(conn.ReasonShutdown)
-					left--
-				}
-				return left > 0
-			})
-			select {
-			case <-ctx.Done():
-				return n.Shutdown(context.Background())
-			case <-t.C:
-			}
-			if left == batch { // all are closing: wait for them below
-				break
-			}
+	if n.srv != nil {
+		n.srv.StopAccepting()
+		if members != nil && members.Peers() {
+			n.closeGradually(ctx, drainWindow(ctx, n.opts.DrainPeriod))
 		}
 	}
 	return n.Shutdown(ctx)
 }
 
-func (n *Node) stopLoops() {
-	select {
-	case <-n.stop:
-	default:
-		close(n.stop)
+// drainWindow is the time clients are spread over: the drain period, or
+// four fifths of what ctx leaves, whichever is shorter.
+func drainWindow(ctx context.Context, period time.Duration) time.Duration {
+	if deadline, ok := ctx.Deadline(); ok {
+		period = min(period, time.Until(deadline)*4/5)
 	}
+	return max(period, 0)
+}
+
+// closeGradually closes the clients in batches over window.
+func (n *Node) closeGradually(ctx context.Context, window time.Duration) {
+	const step = 100 * time.Millisecond
+	steps := max(int(window/step), 1)
+	batch := max(n.srv.Count()/steps, 1)
+	t := time.NewTicker(step)
+	defer t.Stop()
+	for n.srv.Count() > 0 {
+		left := batch
+		n.srv.Each(func(c *conn.Conn) bool {
+			if !c.Closing() {
+				c.Close(conn.ReasonShutdown)
+				left--
+			}
+			return left > 0
+		})
+		if left == batch { // all are closing already
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// leaveCluster tells the others this node is going, within what ctx leaves
+// (at most 5s), then stops gossiping.
+func (n *Node) leaveCluster(ctx context.Context) {
+	c := n.cluster.Load()
+	if c == nil {
+		return
+	}
+	timeout := 5 * time.Second
+	if deadline, ok := ctx.Deadline(); ok {
+		timeout = max(min(timeout, time.Until(deadline)), 100*time.Millisecond)
+	}
+	if err := c.Leave(timeout); err != nil {
+		n.log.Warn().Err(err).Msg("leaving the cluster")
+	}
+}
+
+func (n *Node) stopLoops() {
+	n.stopOnce.Do(func() { close(n.stop) })
 	n.loops.Wait()
 }
 

@@ -2,7 +2,6 @@ package node_test
 
 import (
 	"context"
-	"io"
 	"net"
 	"path/filepath"
 	"sync"
@@ -10,10 +9,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
-
 	"github.com/kronos-sync/kronos-server/cluster"
 	"github.com/kronos-sync/kronos-server/feed"
+	"github.com/kronos-sync/kronos-server/feed/bolt"
+	"github.com/kronos-sync/kronos-server/feed/postgres"
+	"github.com/kronos-sync/kronos-server/internal/nodetest"
 	"github.com/kronos-sync/kronos-server/internal/pgtest"
 	"github.com/kronos-sync/kronos-server/internal/tcppipe"
 	"github.com/kronos-sync/kronos-server/node"
@@ -24,30 +24,16 @@ import (
 type member struct {
 	node    *node.Node
 	cluster *cluster.Cluster
-	store   feed.Store
 	addr    string
 }
 
-func startMember(t *testing.T, store feed.Store, opts node.Options, join ...string) *member {
+func startMember(t *testing.T, store feed.Backend, opts node.Options, join ...string) *member {
 	t.Helper()
-	opts.Conn.Listen = "127.0.0.1:0"
-	if opts.Logger.GetLevel() == zerolog.TraceLevel {
-		opts.Logger = zerolog.New(io.Discard)
+	if join == nil {
+		join = []string{}
 	}
-	n := node.New(store, opts)
-	if err := n.Start(); err != nil {
-		t.Fatal(err)
-	}
-	c, err := n.JoinCluster(cluster.Options{Bind: "127.0.0.1:0", Join: join, Fast: true, Logger: zerolog.New(io.Discard)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := &member{node: n, cluster: c, store: store, addr: n.Addr().String()}
-	t.Cleanup(func() {
-		c.Leave(time.Second)
-		n.Shutdown(context.Background())
-	})
-	return m
+	n := nodetest.Start(t, nodetest.Options{Node: opts, Backend: &store, Join: join})
+	return &member{node: n.Node, cluster: n.Cluster, addr: n.Addr}
 }
 
 // eventually polls cond until it holds or the deadline passes.
@@ -76,13 +62,13 @@ func statusOf(m *member, name string) (string, string) {
 
 func TestClusterMembershipTakeoverAndDrain(t *testing.T) {
 	url := pgtest.URL(t)
-	open := func() feed.Store {
-		s, err := feed.OpenPostgres(context.Background(), url, feed.Options{})
+	open := func() feed.Backend {
+		s, err := postgres.Open(context.Background(), url, feed.Options{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { s.Close() })
-		return s
+		return feed.Backend{Store: s, Feed: s}
 	}
 	opts := node.Options{DrainPeriod: time.Second}
 	a := startMember(t, open(), opts)
@@ -206,16 +192,16 @@ func (lb *roundRobin) add(backend string) {
 // clients reconnect, and all three end within 20% of the mean.
 func TestRebalanceAfterScaleOut(t *testing.T) {
 	const clients = 3000
-	bolt := func(name string) feed.Store {
-		s, err := feed.OpenBolt(filepath.Join(t.TempDir(), name), feed.Options{})
+	openBolt := func(name string) feed.Backend {
+		s, err := bolt.Open(filepath.Join(t.TempDir(), name), feed.Options{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { s.Close() })
-		return s
+		return feed.Backend{Store: s, Feed: s}
 	}
 	opts := node.Options{RebalanceThreshold: 0.2, RebalanceRate: 300}
-	a := startMember(t, bolt("a.db"), opts)
+	a := startMember(t, openBolt("a.db"), opts)
 	lb := newRoundRobin(t, a.addr)
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -255,8 +241,8 @@ func TestRebalanceAfterScaleOut(t *testing.T) {
 	eventually(t, 60*time.Second, "3000 clients on the first node", func() bool {
 		return a.node.Connections() == clients
 	})
-	b := startMember(t, bolt("b.db"), opts, a.cluster.Addr())
-	c := startMember(t, bolt("c.db"), opts, a.cluster.Addr())
+	b := startMember(t, openBolt("b.db"), opts, a.cluster.Addr())
+	c := startMember(t, openBolt("c.db"), opts, a.cluster.Addr())
 	lb.add(b.addr)
 	lb.add(c.addr)
 	took := eventually(t, 60*time.Second, "three nodes within 20% of the mean", func() bool {

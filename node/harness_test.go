@@ -4,15 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
-
-	"github.com/kronos-sync/kronos-server/feed"
+	"github.com/kronos-sync/kronos-server/internal/nodetest"
 	"github.com/kronos-sync/kronos-server/node"
 	"github.com/kronos-sync/kronos-server/node/client"
 )
@@ -24,37 +20,16 @@ const wait = 5 * time.Second
 var transports = []client.Transport{client.TCP, client.WebSocket}
 
 type harness struct {
-	t     *testing.T
-	node  *node.Node
-	store feed.Store
-	addr  string
+	t    *testing.T
+	node *nodetest.Node
+	addr string
 }
 
 // start runs a node with a fresh bbolt file on a random loopback port.
 func start(t *testing.T, opts node.Options) *harness {
 	t.Helper()
-	store, err := feed.OpenBolt(filepath.Join(t.TempDir(), "kronos.db"), feed.Options{Limits: opts.Limits})
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts.Conn.Listen = "127.0.0.1:0"
-	if opts.Logger.GetLevel() == zerolog.TraceLevel { // the zero Logger: keep tests quiet
-		opts.Logger = zerolog.New(io.Discard)
-	}
-	n := node.New(store, opts)
-	if err := n.Start(); err != nil {
-		t.Fatal(err)
-	}
-	h := &harness{t: t, node: n, store: store, addr: n.Addr().String()}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := n.Shutdown(ctx); err != nil {
-			t.Errorf("shutdown: %v", err)
-		}
-		store.Close()
-	})
-	return h
+	n := nodetest.Start(t, nodetest.Options{Node: opts})
+	return &harness{t: t, node: n, addr: n.Addr}
 }
 
 func (h *harness) dial(tr client.Transport) *client.Client {

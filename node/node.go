@@ -1,12 +1,13 @@
 // Package node speaks the Kronos protocol: it keeps a session per
 // connection, checks and dispatches requests to the store, and fans the
-// store's change feed out to the devices connected to this node.
+// feed's changes out to the devices connected to this node.
 package node
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -18,9 +19,11 @@ import (
 	"github.com/kronos-sync/kronos-server/cluster"
 	"github.com/kronos-sync/kronos-server/conn"
 	"github.com/kronos-sync/kronos-server/feed"
+	"github.com/kronos-sync/kronos-server/internal/check"
 )
 
-// Options configure a Node. Zero fields take their defaults.
+// Options configure a Node. Zero fields take their defaults; Validate
+// refuses values that are neither zero nor valid.
 type Options struct {
 	Conn   conn.Options // listener, framing and queue limits
 	Limits feed.Limits  // per-user limits, shared with the store
@@ -43,29 +46,45 @@ type Options struct {
 	RebalanceRate int
 
 	Logger     zerolog.Logger
-	Registerer prometheus.Registerer
+	Registerer prometheus.Registerer // nil: metrics are not registered
 }
 
 func (o *Options) setDefaults() {
 	o.Limits.SetDefaults()
-	if o.RateLimit <= 0 {
+	if o.RateLimit == 0 {
 		o.RateLimit = 100
 	}
-	if o.RateBurst <= 0 {
+	if o.RateBurst == 0 {
 		o.RateBurst = 200
 	}
-	if o.StoreTimeout <= 0 {
+	if o.StoreTimeout == 0 {
 		o.StoreTimeout = 10 * time.Second
 	}
-	if o.DrainPeriod <= 0 {
+	if o.DrainPeriod == 0 {
 		o.DrainPeriod = 30 * time.Second
 	}
 	if o.RebalanceThreshold == 0 {
 		o.RebalanceThreshold = 0.2
 	}
-	if o.RebalanceRate <= 0 {
+	if o.RebalanceRate == 0 {
 		o.RebalanceRate = 50
 	}
+}
+
+// Validate reports every field that is neither zero (its default) nor
+// valid, in declaration order.
+func (o *Options) Validate() error {
+	var c check.List
+	c.Merge("Conn.", o.Conn.Validate())
+	c.Merge("Limits.", o.Limits.Validate())
+	c.Add(o.RateLimit < 0 || math.IsNaN(o.RateLimit) || math.IsInf(o.RateLimit, 0), "RateLimit", o.RateLimit, "must be 0 (default 100) or a positive number")
+	c.Add(o.RateBurst < 0, "RateBurst", o.RateBurst, "must be 0 (default 200) or more")
+	c.Add(o.StoreTimeout < 0, "StoreTimeout", o.StoreTimeout, "must be 0 (default 10s) or more")
+	c.Add(o.DrainPeriod < 0, "DrainPeriod", o.DrainPeriod, "must be 0 (default 30s) or more")
+	c.Add(math.IsNaN(o.RebalanceThreshold) || math.IsInf(o.RebalanceThreshold, 0), "RebalanceThreshold", o.RebalanceThreshold,
+		"must be 0 (default 0.2), a positive fraction, or negative (off)")
+	c.Add(o.RebalanceRate < 0, "RebalanceRate", o.RebalanceRate, "must be 0 (default 50) or more")
+	return c.Err()
 }
 
 // Node is one Kronos server node.
@@ -73,7 +92,9 @@ type Node struct {
 	opts    Options
 	log     zerolog.Logger
 	store   feed.Store
+	feed    feed.Feed
 	hub     *hub
+	fanout  *fanout
 	metrics *metrics
 	srv     *conn.Server
 	ready   atomic.Bool
@@ -81,25 +102,34 @@ type Node struct {
 	cluster  atomic.Pointer[cluster.Cluster] // set once the node joins
 	draining atomic.Bool
 	stop     chan struct{}
+	stopOnce sync.Once
 	loops    sync.WaitGroup
 }
 
-// New makes a node on a store. The store must not be shared with another
-// Node in this process; the caller closes it after Shutdown.
-func New(store feed.Store, opts Options) *Node {
+// New makes a node on a backend. The backend must not be shared with
+// another Node in this process; the caller closes it after Shutdown.
+func New(b feed.Backend, opts Options) (*Node, error) {
+	if b.Store == nil || b.Feed == nil {
+		return nil, errors.New("node: a store and a feed are required")
+	}
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
 	opts.setDefaults()
 	opts.Conn.Logger = opts.Logger
 	opts.Conn.Registerer = opts.Registerer
 	n := &Node{
 		opts:  opts,
 		log:   opts.Logger,
-		store: store,
+		store: b.Store,
+		feed:  b.Feed,
 		hub:   newHub(),
 		stop:  make(chan struct{}),
 	}
 	n.metrics = newMetrics(opts.Registerer, n.hub)
-	store.Subscribe(n.deliver)
-	return n
+	n.fanout = newFanout(n.deliver)
+	b.Feed.Subscribe(n.fanout.publish)
+	return n, nil
 }
 
 // Start opens the client port.
@@ -131,17 +161,21 @@ func (n *Node) Ready(ctx context.Context) error {
 	return nil
 }
 
-// Shutdown stops accepting, lets requests in progress finish (their writes
-// commit and are notified), closes every client cleanly, and returns when
-// all are closed or ctx ends.
+// Shutdown stops the node at once: it stops accepting, lets requests in
+// progress finish (their writes commit and are notified), closes every
+// client cleanly, leaves the cluster, and returns when all is done or ctx
+// ends. Drain is the gentler stop for a cluster.
 func (n *Node) Shutdown(ctx context.Context) error {
 	n.ready.Store(false)
 	n.stopLoops()
-	if n.srv == nil {
-		return nil
+	var err error
+	if n.srv != nil {
+		n.log.Info().Int("connections", n.srv.Count()).Msg("shutting down")
+		err = n.srv.Shutdown(ctx, conn.ReasonShutdown)
 	}
-	n.log.Info().Int("connections", n.srv.Count()).Msg("shutting down")
-	return n.srv.Shutdown(ctx, conn.ReasonShutdown)
+	n.fanout.close()
+	n.leaveCluster(ctx)
+	return err
 }
 
 // OnMessage handles one request. It runs on a pool worker; requests of one
@@ -254,8 +288,8 @@ func (n *Node) TakeOver(device string, loggedInAt int64) {
 	}
 }
 
-// deliver is the store's Sink: each change is encoded once and queued to
-// every device of its user connected here.
+// deliver runs on a fan-out goroutine: each change is encoded once and
+// queued to every device of its user connected here.
 func (n *Node) deliver(changes []feed.Change) {
 	var targets []*session
 	for i := range changes {

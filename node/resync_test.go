@@ -1,20 +1,36 @@
-package node
+package node_test
 
 import (
 	"context"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/kronos-sync/kronos-server/feed"
+	"github.com/kronos-sync/kronos-server/feed/bolt"
+	"github.com/kronos-sync/kronos-server/internal/nodetest"
+	"github.com/kronos-sync/kronos-server/node"
 	"github.com/kronos-sync/kronos-server/node/client"
 )
+
+// startTapped runs a node whose feed the test can also speak for.
+func startTapped(tb testing.TB) (*nodetest.Node, *nodetest.SinkTap) {
+	tb.Helper()
+	s, err := bolt.Open(filepath.Join(tb.TempDir(), "k.db"), feed.Options{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { s.Close() })
+	tap := &nodetest.SinkTap{Feed: s}
+	return nodetest.Start(tb, nodetest.Options{Node: node.Options{}, Backend: &feed.Backend{Store: s, Feed: tap}}), tap
+}
 
 // When a feed lost changes of a user, the node closes that user's
 // connections (they log in again and re-sync) and no one else's.
 func TestResyncClosesTheUsersConnections(t *testing.T) {
-	n := startNode(t)
+	n, tap := startTapped(t)
 	dial := func(tr client.Transport, user string) (*client.Client, string) {
-		c, err := client.Dial(context.Background(), tr, n.Addr().String())
+		c, err := client.Dial(context.Background(), tr, n.Addr)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -28,7 +44,7 @@ func TestResyncClosesTheUsersConnections(t *testing.T) {
 	a1, user := dial(client.TCP, "")
 	a2, _ := dial(client.WebSocket, user)
 	other, _ := dial(client.TCP, "")
-	n.deliver([]feed.Change{{UserID: user, Kind: feed.ChangeResync}})
+	tap.Deliver([]feed.Change{{UserID: user, Kind: feed.ChangeResync}})
 	for _, c := range []*client.Client{a1, a2} {
 		for {
 			if _, err := c.NextRaw(5 * time.Second); err != nil {

@@ -20,7 +20,8 @@ import (
 // The read side (login, requests) runs on one worker at a time, so its
 // fields need no lock. userID and deviceID are written before the session
 // is published (hub.add, active), and read by others only after that.
-// mu orders notifications against the login and read-all answers.
+// mu orders notifications against the login answer (lock order: session.mu
+// before the Conn's own lock, see LOCKS.md).
 type session struct {
 	node    *Node
 	conn    *conn.Conn
@@ -30,13 +31,14 @@ type session struct {
 	deviceID string
 	loggedIn bool
 	loginAt  int64 // unix nanos; orders logins of one device across nodes
-	inHub    bool
+	inHub    bool        // in the hub: receives the user's notifications
+	watching bool        // a Watch of the feed succeeded for this session
 	active   atomic.Bool // logged in: deviceID is final
 
-	mu       sync.Mutex
-	pending  bool      // login in flight: notifications wait in backlog
-	backlog  []pending // notifications that arrived while pending
-	skipUpTo uint64    // changes at or below this Seq predate the login
+	mu      sync.Mutex
+	pending bool      // login in flight: notifications wait in backlog
+	backlog []pending // notifications that arrived while pending
+	lastSeq uint64    // the last change this device has (login or notification)
 }
 
 type pending struct {
@@ -68,7 +70,7 @@ func (s *session) sendError(reqType, msg string) {
 	s.send(encodeError(reqType, msg))
 }
 
-// deliver sends one notification unless the client already has it.
+// deliver sends one notification unless the device already has it.
 func (s *session) deliver(seq uint64, payload []byte) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -76,8 +78,18 @@ func (s *session) deliver(seq uint64, payload []byte) bool {
 		s.backlog = append(s.backlog, pending{seq, payload})
 		return false
 	}
-	if seq != 0 && seq <= s.skipUpTo {
-		return false
+	return s.sendNewLocked(seq, payload)
+}
+
+// sendNewLocked sends a notification newer than what the device has. A
+// backend that cannot number its changes gives Seq 0: always sent. s.mu
+// must be held.
+func (s *session) sendNewLocked(seq uint64, payload []byte) bool {
+	if seq != 0 {
+		if seq <= s.lastSeq {
+			return false
+		}
+		s.lastSeq = seq
 	}
 	return s.conn.Send(payload)
 }
@@ -88,35 +100,44 @@ func (s *session) deliver(seq uint64, payload []byte) bool {
 func (s *session) answer(seq uint64, payload []byte) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.skipUpTo = max(s.skipUpTo, seq)
+	s.lastSeq = max(s.lastSeq, seq)
 	s.conn.Send(payload)
 	for _, p := range s.backlog {
-		if p.seq == 0 || p.seq > s.skipUpTo {
-			s.conn.Send(p.payload)
-		}
+		s.sendNewLocked(p.seq, p.payload)
 	}
 	s.pending, s.backlog = false, nil
 }
 
-// register makes the session receive the user's notifications. Until
-// answer is called they are held back, so that none committed between the
-// store's read and the answer is lost or sent before the answer.
-func (s *session) register() {
+// join puts the session in the hub, so that it receives the user's
+// notifications. Until answer is called they are held back: a change that
+// commits between the store's read and the answer is neither lost nor sent
+// before the answer.
+func (s *session) join() {
 	s.mu.Lock()
 	s.pending = true
 	s.mu.Unlock()
 	s.node.hub.add(s)
-	s.node.store.Watch(s.userID)
 	s.inHub = true
 }
 
-func (s *session) unregister() {
-	if !s.inHub {
-		return
+// watch makes the feed cover the user from the login's read on.
+func (s *session) watch(ctx context.Context, afterSeq uint64) error {
+	if err := s.node.feed.Watch(ctx, s.userID, afterSeq); err != nil {
+		return err
 	}
-	s.inHub = false
-	s.node.hub.remove(s)
-	s.node.store.Unwatch(s.userID)
+	s.watching = true
+	return nil
+}
+
+func (s *session) unregister() {
+	if s.watching {
+		s.watching = false
+		s.node.feed.Unwatch(s.userID)
+	}
+	if s.inHub {
+		s.inHub = false
+		s.node.hub.remove(s)
+	}
 }
 
 func (s *session) login(ctx context.Context, req *request) {
@@ -133,12 +154,19 @@ func (s *session) login(ctx context.Context, req *request) {
 		return
 	}
 	// An existing user may get changes from other devices while the store
-	// reads the login: register first. A new user has none yet.
+	// reads the login: join the hub first. A new user has none yet.
 	if userID != "" {
 		s.userID = userID
-		s.register()
+		s.join()
 	}
 	sess, err := s.node.store.Login(ctx, userID, s.deviceID)
+	if err == nil {
+		s.userID, s.deviceID = sess.UserID, sess.DeviceID
+		if !s.inHub {
+			s.join()
+		}
+		err = s.watch(ctx, sess.Seq)
+	}
 	if err != nil {
 		s.unregister()
 		s.userID, s.deviceID = "", ""
@@ -148,10 +176,6 @@ func (s *session) login(ctx context.Context, req *request) {
 		s.node.metrics.logins.WithLabelValues(loginOutcome(err)).Inc()
 		s.storeError(typeLogin, err)
 		return
-	}
-	s.userID, s.deviceID = sess.UserID, sess.DeviceID
-	if !s.inHub {
-		s.register()
 	}
 	s.loggedIn = true
 	s.loginAt = time.Now().UnixNano()

@@ -12,6 +12,7 @@ import (
 
 	"github.com/kronos-sync/kronos-server/cluster"
 	"github.com/kronos-sync/kronos-server/feed"
+	"github.com/kronos-sync/kronos-server/internal/check"
 	"github.com/kronos-sync/kronos-server/node"
 )
 
@@ -33,6 +34,43 @@ var errHelp = errors.New("help requested")
 // envName is the environment variable of a flag: --max-conns → KRONOS_MAX_CONNS.
 func envName(flagName string) string {
 	return "KRONOS_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// flagOf names the flag of each options field the libraries' Validate
+// methods may report, so that a problem is told in the user's words.
+var flagOf = map[string]string{
+	"Conn.Engine":              "--engine",
+	"Conn.Workers":             "--workers",
+	"Conn.MaxMessageBytes":     "--max-message-bytes",
+	"Conn.MaxQueueBytes":       "--max-queue-bytes",
+	"Conn.MaxConns":            "--max-conns",
+	"Conn.ReadTimeout":         "--read-timeout",
+	"Limits.MaxTasksPerUser":   "--max-tasks-per-user",
+	"Limits.MaxDevicesPerUser": "--max-devices-per-user",
+	"Limits.MaxTaskBytes":      "--max-task-bytes",
+	"RateLimit":                "--rate-limit",
+	"RateBurst":                "--rate-burst",
+	"StoreTimeout":             "--store-timeout",
+	"DrainPeriod":              "--drain-period",
+	"RebalanceThreshold":       "--rebalance-threshold",
+	"RebalanceRate":            "--rebalance-rate",
+	"Store.ChangeLogRetention": "--changelog-retention",
+	"Store.ChangeLogMaxRows":   "--changelog-max-rows",
+	"Cluster.Bind":             "--cluster-bind",
+	"Cluster.Advertise":        "--cluster-advertise",
+	"Cluster.Key":              "--cluster-key",
+	"Cluster.RejoinInterval":   "--rejoin-interval",
+}
+
+// describe tells one problem of a Validate in terms of flags.
+func describe(err error) string {
+	var p *check.Problem
+	if errors.As(err, &p) {
+		if name, ok := flagOf[p.Field]; ok {
+			return fmt.Sprintf("%s %v: %s", name, p.Value, p.Rule)
+		}
+	}
+	return err.Error()
 }
 
 // parseServeFlags reads flags; a flag not given takes its KRONOS_* variable,
@@ -57,7 +95,7 @@ func parseServeFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&cfg.clusterKey, "cluster-key", "", "cluster: gossip encryption key, base64 of 16, 24 or 32 bytes")
 	fs.DurationVar(&cfg.cluster.RejoinInterval, "rejoin-interval", 30*time.Second, "cluster: how often --join names are resolved and joined again")
 	fs.DurationVar(&o.DrainPeriod, "drain-period", 30*time.Second, "cluster: spread the closing of clients over this on a stop")
-	fs.Float64Var(&o.RebalanceThreshold, "rebalance-threshold", 0.2, "cluster: shed connections when above the mean by this fraction (0 or negative: off)")
+	fs.Float64Var(&o.RebalanceThreshold, "rebalance-threshold", 0.2, "cluster: shed connections when above the mean by this fraction (negative: off; 0: the default)")
 	fs.IntVar(&o.RebalanceRate, "rebalance-rate", 50, "cluster: most connections shed per second")
 	fs.StringVar(&o.Conn.Engine, "engine", "epoll", "connection engine: epoll, or goroutine (one reader and writer goroutine per connection; a baseline)")
 	fs.IntVar(&o.Conn.Workers, "workers", 64, "goroutines that read sockets and run requests")
@@ -90,17 +128,6 @@ func parseServeFlags(args []string, stderr io.Writer) (*config, error) {
 	if fs.NArg() > 0 {
 		problems = append(problems, fmt.Sprintf("unexpected arguments: %q", fs.Args()))
 	}
-	positive := map[string]int{
-		"--workers": o.Conn.Workers, "--max-message-bytes": o.Conn.MaxMessageBytes,
-		"--max-queue-bytes": o.Conn.MaxQueueBytes, "--max-tasks-per-user": o.Limits.MaxTasksPerUser,
-		"--max-devices-per-user": o.Limits.MaxDevicesPerUser, "--max-task-bytes": o.Limits.MaxTaskBytes,
-		"--rate-burst": o.RateBurst, "--changelog-max-rows": cfg.storeOpts.ChangeLogMaxRows,
-	}
-	for name, v := range positive {
-		if v <= 0 {
-			problems = append(problems, fmt.Sprintf("%s %d: must be at least 1", name, v))
-		}
-	}
 	for _, j := range strings.Split(cfg.join, ",") {
 		if j = strings.TrimSpace(j); j != "" {
 			cfg.cluster.Join = append(cfg.cluster.Join, j)
@@ -108,25 +135,20 @@ func parseServeFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 	if cfg.clusterKey != "" {
 		key, err := base64.StdEncoding.DecodeString(cfg.clusterKey)
-		if err != nil || (len(key) != 16 && len(key) != 24 && len(key) != 32) {
+		if err != nil {
 			problems = append(problems, "--cluster-key: want base64 of 16, 24 or 32 bytes")
 		}
 		cfg.cluster.Key = key
 	}
-	if o.RebalanceThreshold == 0 {
-		o.RebalanceThreshold = -1 // 0 means "no margin": treat as off rather than default
+	var lib check.List
+	lib.Merge("", o.Validate())
+	lib.Merge("Store.", cfg.storeOpts.Validate())
+	lib.Merge("Cluster.", cfg.cluster.Validate())
+	for _, p := range check.Problems(lib.Err()) {
+		problems = append(problems, describe(p))
 	}
 	if cfg.shutdownTimeout <= o.DrainPeriod {
 		problems = append(problems, fmt.Sprintf("--shutdown-timeout %v: must be longer than --drain-period %v", cfg.shutdownTimeout, o.DrainPeriod))
-	}
-	if cfg.storeOpts.ChangeLogRetention <= 0 {
-		problems = append(problems, fmt.Sprintf("--changelog-retention %v: must be above 0", cfg.storeOpts.ChangeLogRetention))
-	}
-	if o.RateLimit <= 0 {
-		problems = append(problems, fmt.Sprintf("--rate-limit %g: must be above 0", o.RateLimit))
-	}
-	if o.Conn.MaxConns < 0 {
-		problems = append(problems, fmt.Sprintf("--max-conns %d: must be 0 (no limit) or more", o.Conn.MaxConns))
 	}
 	if len(problems) > 0 {
 		return nil, fmt.Errorf("bad configuration:\n  %s", strings.Join(problems, "\n  "))

@@ -28,11 +28,13 @@ func TestFlagsFallBackToEnvironment(t *testing.T) {
 
 func TestBadConfigurationListsEveryProblem(t *testing.T) {
 	t.Setenv("KRONOS_WORKERS", "many")
-	_, err := parseServeFlags([]string{"--rate-limit", "0", "--max-message-bytes", "-1"}, &bytes.Buffer{})
+	_, err := parseServeFlags([]string{"--rate-limit", "-1", "--max-message-bytes", "-1", "--engine", "frob",
+		"--cluster-key", "c2hvcnQ="}, &bytes.Buffer{})
 	if err == nil {
 		t.Fatal("bad configuration accepted")
 	}
-	for _, want := range []string{"KRONOS_WORKERS", "--rate-limit 0", "--max-message-bytes -1"} {
+	for _, want := range []string{"KRONOS_WORKERS", "--rate-limit -1", "--max-message-bytes -1", "--engine frob",
+		"--cluster-key (5 bytes)"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %s", err, want)
 		}

@@ -20,8 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/rs/zerolog"
 
-	"github.com/kronos-sync/kronos-server/cluster"
-	"github.com/kronos-sync/kronos-server/feed"
+	"github.com/kronos-sync/kronos-server/feed/stores"
 	"github.com/kronos-sync/kronos-server/node"
 )
 
@@ -88,14 +87,17 @@ func serve(cfg *config, stderr io.Writer) error {
 
 	storeOpts := cfg.storeOpts
 	storeOpts.Limits, storeOpts.Logger, storeOpts.Registerer = cfg.node.Limits, log, reg
-	store, err := feed.Open(ctx, cfg.store, storeOpts)
+	backend, err := stores.Open(ctx, cfg.store, storeOpts)
 	if err != nil {
 		return err
 	}
-	defer store.Close()
+	defer backend.Store.Close()
 
 	cfg.node.Logger, cfg.node.Registerer = log, reg
-	n := node.New(store, cfg.node)
+	n, err := node.New(backend, cfg.node)
+	if err != nil {
+		return err
+	}
 	if err := n.Start(); err != nil {
 		return err
 	}
@@ -110,10 +112,9 @@ func serve(cfg *config, stderr io.Writer) error {
 			log.Error().Err(err).Msg("admin server stopped")
 		}
 	}()
-	var members *cluster.Cluster
 	if len(cfg.cluster.Join) > 0 {
 		cfg.cluster.Version, cfg.cluster.Logger, cfg.cluster.Registerer = version, log, reg
-		if members, err = n.JoinCluster(cfg.cluster); err != nil {
+		if _, err := n.JoinCluster(cfg.cluster); err != nil {
 			n.Shutdown(context.Background())
 			return err
 		}
@@ -125,15 +126,11 @@ func serve(cfg *config, stderr io.Writer) error {
 	log.Info().Msg("signal received: draining")
 	shutCtx, cancel := context.WithTimeout(context.Background(), cfg.shutdownTimeout)
 	defer cancel()
+	// Drain leaves the cluster it joined, within the deadline.
 	if err := n.Drain(shutCtx); err != nil {
 		log.Warn().Err(err).Msg("shutdown incomplete")
 	}
-	if members != nil {
-		if err := members.Leave(5 * time.Second); err != nil {
-			log.Warn().Err(err).Msg("leaving the cluster")
-		}
-	}
-	if err := store.Close(); err != nil {
+	if err := backend.Store.Close(); err != nil {
 		log.Error().Err(err).Msg("closing store")
 	}
 	admin.Close()

@@ -19,8 +19,9 @@ import (
 	"github.com/kronos-sync/kronos-server/feed"
 )
 
-// Open returns a new, empty store with the given limits. The suite closes it.
-type Open func(t *testing.T, limits feed.Limits) feed.Store
+// Open returns a new, empty backend with the given limits. The suite closes
+// it.
+type Open func(t *testing.T, limits feed.Limits) feed.Backend
 
 // feedTimeout bounds every wait for the change feed.
 const feedTimeout = 10 * time.Second
@@ -44,6 +45,8 @@ func Run(t *testing.T, open Open) {
 		{"VersionVerbatim", testVersionVerbatim},
 		{"UsersIsolated", testUsersIsolated},
 		{"FeedInCommitOrder", testFeedInCommitOrder},
+		{"SeqNumbersChanges", testSeqNumbersChanges},
+		{"WatchCatchesUp", testWatchCatchesUp},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open) })
@@ -54,6 +57,7 @@ func Run(t *testing.T, open Open) {
 type fixture struct {
 	t     *testing.T
 	store feed.Store
+	feed  feed.Feed
 	ctx   context.Context
 	rec   *Recorder
 }
@@ -61,11 +65,11 @@ type fixture struct {
 func setup(t *testing.T, open Open, limits feed.Limits) *fixture {
 	t.Helper()
 	limits.SetDefaults()
-	s := open(t, limits)
-	f := &fixture{t: t, store: s, ctx: context.Background(), rec: NewRecorder()}
-	s.Subscribe(f.rec.Sink)
+	b := open(t, limits)
+	f := &fixture{t: t, store: b.Store, feed: b.Feed, ctx: context.Background(), rec: NewRecorder()}
+	b.Feed.Subscribe(f.rec.Sink)
 	t.Cleanup(func() {
-		if err := s.Close(); err != nil {
+		if err := b.Store.Close(); err != nil {
 			t.Errorf("close: %v", err)
 		}
 	})
@@ -79,8 +83,17 @@ func (f *fixture) newUser() feed.Session {
 	if err != nil {
 		f.t.Fatalf("login new user: %v", err)
 	}
-	f.store.Watch(sess.UserID)
+	f.watch(sess)
 	return sess
+}
+
+func (f *fixture) watch(sess feed.Session) {
+	f.t.Helper()
+	ctx, cancel := context.WithTimeout(f.ctx, feedTimeout)
+	defer cancel()
+	if err := f.feed.Watch(ctx, sess.UserID, sess.Seq); err != nil {
+		f.t.Fatalf("watch: %v", err)
+	}
 }
 
 func (f *fixture) write(w *feed.Write) error { return f.store.Write(f.ctx, w) }
@@ -435,12 +448,10 @@ func testFeedInCommitOrder(t *testing.T, open Open) {
 		changes := f.rec.Changes(a.UserID)
 		if n := len(changes); n > 0 && bytes.Equal(changes[n-1].Version, snap.Version) {
 			state := map[int64]string{}
-			var lastSeq uint64
-			for _, c := range changes {
-				if c.Seq != 0 && c.Seq < lastSeq {
-					t.Fatalf("Seq went back from %d to %d", lastSeq, c.Seq)
+			for i, c := range changes {
+				if c.Seq != uint64(i+1) {
+					t.Fatalf("change %d has Seq %d: lost, doubled or out of order", i, c.Seq)
 				}
-				lastSeq = max(lastSeq, c.Seq)
 				if c.Kind == feed.ChangeDelete {
 					delete(state, c.TaskID)
 				} else {
@@ -459,6 +470,73 @@ func testFeedInCommitOrder(t *testing.T, open Open) {
 		}
 		f.rec.WaitChange(100 * time.Millisecond)
 	}
+}
+
+// testSeqNumbersChanges: every backend numbers a user's changes 1, 2, 3…
+// in commit order, and a login and a read-all say where they stand.
+func testSeqNumbersChanges(t *testing.T, open Open) {
+	f := setup(t, open, feed.Limits{})
+	a, b := f.newUser(), f.newUser()
+	if a.Seq != 0 {
+		t.Fatalf("new user's Seq = %d, want 0", a.Seq)
+	}
+	f.mustWrite(create(a, `{"id":1}`, `1`))
+	f.mustWrite(create(b, `{"id":1}`, `1`)) // b's numbers are b's own
+	f.mustWrite(&feed.Write{Kind: feed.WriteAll, UserID: a.UserID, DeviceID: a.DeviceID, Version: raw(`2`),
+		Tasks: tasks(t, `{"id":2}`, `{"id":3}`)})
+	err := f.write(create(a, `{"id":2}`, `3`)) // refused: takes no number
+	wantCode(t, err, feed.CodeTaskExists)
+	f.mustWrite(&feed.Write{Kind: feed.WriteAll, UserID: a.UserID, DeviceID: a.DeviceID, Version: raw(`4`),
+		Tasks: tasks(t, `{"id":2}`, `{"id":3}`)}) // no change: takes no number
+	got := f.rec.Wait(t, a.UserID, 4)
+	for i, c := range got {
+		if c.Seq != uint64(i+1) {
+			t.Fatalf("change %d: Seq %d, want %d (%+v)", i, c.Seq, i+1, c)
+		}
+	}
+	if c := f.rec.Wait(t, b.UserID, 1)[0]; c.Seq != 1 {
+		t.Fatalf("b's first change has Seq %d", c.Seq)
+	}
+	sess, err := f.store.Login(f.ctx, a.UserID, a.DeviceID)
+	if err != nil || sess.Seq != 4 || string(sess.Version) != "4" {
+		t.Fatalf("login after 4 changes: %+v, %v", sess, err)
+	}
+	if snap := f.readAll(a.UserID); snap.Seq != 4 {
+		t.Fatalf("read-all Seq = %d, want 4", snap.Seq)
+	}
+}
+
+// testWatchCatchesUp: a watch that starts after changes were made delivers
+// every change past its afterSeq, once, in order (a shared backend reads
+// them from its log; the embedded one delivered them as they committed).
+func testWatchCatchesUp(t *testing.T, open Open) {
+	f := setup(t, open, feed.Limits{})
+	sess, err := f.store.Login(f.ctx, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		f.mustWrite(create(sess, fmt.Sprintf(`{"id":%d}`, i), fmt.Sprint(i)))
+	}
+	f.watch(feed.Session{UserID: sess.UserID, Seq: 2})
+	f.mustWrite(create(sess, `{"id":5}`, `5`))
+	deadline := time.Now().Add(feedTimeout)
+	for {
+		var after []uint64
+		for _, c := range f.rec.Changes(sess.UserID) {
+			if c.Seq > 2 {
+				after = append(after, c.Seq)
+			}
+		}
+		if slices.Equal(after, []uint64{3, 4, 5, 6}) {
+			break
+		}
+		if len(after) > 4 || time.Now().After(deadline) {
+			t.Fatalf("changes after Seq 2: %v, want [3 4 5 6]", after)
+		}
+		f.rec.WaitChange(100 * time.Millisecond)
+	}
+	f.feed.Unwatch(sess.UserID)
 }
 
 func isRefusal(err error) bool {

@@ -1,4 +1,4 @@
-package feed
+package postgres
 
 import (
 	"context"
@@ -12,7 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-//go:embed migrations/postgres/*.sql
+//go:embed migrations/*.sql
 var postgresMigrations embed.FS
 
 // migrationLockKey is the advisory lock that lets one node at a time
@@ -52,7 +52,7 @@ func migrate(ctx context.Context, pool *pgxpool.Pool) error {
 	if err := rows.Err(); err != nil {
 		return err
 	}
-	files, err := fs.Glob(postgresMigrations, "migrations/postgres/*.sql")
+	files, err := fs.Glob(postgresMigrations, "migrations/*.sql")
 	if err != nil {
 		return err
 	}

@@ -1,7 +1,8 @@
-package feed
+package rethinkdb
 
 import (
 	"context"
+	"errors"
 	"encoding/json"
 	"hash/maphash"
 	"slices"
@@ -10,6 +11,8 @@ import (
 	"time"
 
 	r "gopkg.in/rethinkdb/rethinkdb-go.v6"
+
+	"github.com/kronos-sync/kronos-server/feed"
 )
 
 // The node's RethinkDB feed: the watched users are split into rdbShardCount
@@ -89,14 +92,14 @@ func (f *rdbFeeds) poke() {
 
 // Watch returns once a feed covering the user is open (or failed to open:
 // the login goes on and the devices re-sync when the feed is back).
-func (s *rdbStore) Watch(user string) {
+func (s *rdbStore) Watch(ctx context.Context, user string, _ uint64) error {
 	f := s.feeds
 	f.mu.Lock()
 	sh := f.shard(user)
 	sh.users[user]++
 	if sh.users[user] > 1 {
 		f.mu.Unlock()
-		return
+		return nil
 	}
 	sh.dirty = true
 	ready := make(chan struct{})
@@ -105,9 +108,11 @@ func (s *rdbStore) Watch(user string) {
 	f.poke()
 	select {
 	case <-ready:
+		return nil
 	case <-f.ctx.Done():
-	case <-time.After(10 * time.Second):
-		s.log.Warn().Msg("watch: changefeed not open after 10s")
+		return errors.New("rethinkdb store: closed")
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 
@@ -234,7 +239,7 @@ func (f *rdbFeeds) read(sh *rdbShard, run *rdbRun) {
 			if c, ok := changeFromEvent(&ev); ok {
 				sh.pubMu.Lock()
 				if f.fresh(sh, ev.NewVal) {
-					f.s.pub.publish([]Change{c})
+					f.s.deliver([]feed.Change{c})
 				}
 				sh.pubMu.Unlock()
 			}
@@ -277,32 +282,32 @@ func (f *rdbFeeds) resync(sh *rdbShard, users []string) {
 	if len(users) == 0 {
 		return
 	}
-	changes := make([]Change, len(users))
+	changes := make([]feed.Change, len(users))
 	for i, u := range users {
-		changes[i] = Change{UserID: u, Kind: ChangeResync}
+		changes[i] = feed.Change{UserID: u, Kind: feed.ChangeResync}
 	}
 	sh.pubMu.Lock()
-	f.s.pub.publish(changes)
+	f.s.deliver(changes)
 	sh.pubMu.Unlock()
 }
 
 // changeFromEvent maps a changefeed document to a notification.
-func changeFromEvent(ev *rdbEvent) (Change, bool) {
+func changeFromEvent(ev *rdbEvent) (feed.Change, bool) {
 	n, o := ev.NewVal, ev.OldVal
 	if n == nil || ev.Type == "remove" || ev.Type == "initial" {
-		return Change{}, false // a tombstone pruned, or not a change
+		return feed.Change{}, false // a tombstone pruned, or not a change
 	}
-	c := Change{UserID: n.UserID, TaskID: n.TaskID, DeviceID: n.Device, Version: json.RawMessage(n.Version)}
+	c := feed.Change{UserID: n.UserID, TaskID: n.TaskID, DeviceID: n.Device, Version: json.RawMessage(n.Version)}
 	wasLive := o != nil && !o.Deleted
 	switch {
 	case n.Deleted && wasLive:
-		c.Kind = ChangeDelete
+		c.Kind = feed.ChangeDelete
 	case n.Deleted:
-		return Change{}, false // a tombstone rewritten
+		return feed.Change{}, false // a tombstone rewritten
 	case wasLive:
-		c.Kind, c.Task = ChangeUpdate, json.RawMessage(n.Task)
+		c.Kind, c.Task = feed.ChangeUpdate, json.RawMessage(n.Task)
 	default:
-		c.Kind, c.Task = ChangeCreate, json.RawMessage(n.Task)
+		c.Kind, c.Task = feed.ChangeCreate, json.RawMessage(n.Task)
 	}
 	return c, true
 }

@@ -1,4 +1,4 @@
-package feed_test
+package rethinkdb_test
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 	r "gopkg.in/rethinkdb/rethinkdb-go.v6"
 
 	"github.com/kronos-sync/kronos-server/feed"
+	"github.com/kronos-sync/kronos-server/feed/rethinkdb"
 	"github.com/kronos-sync/kronos-server/feed/storetest"
 )
 
@@ -26,17 +27,17 @@ func TestRethinkConformance(t *testing.T) {
 	if base == "" {
 		t.Skip("SKIPPED: set KRONOS_TEST_RETHINKDB=rethinkdb://HOST:PORT to run the conformance suite on a real RethinkDB")
 	}
-	storetest.Run(t, func(t *testing.T, limits feed.Limits) feed.Store {
+	storetest.Run(t, func(t *testing.T, limits feed.Limits) feed.Backend {
 		var suffix [6]byte
 		rand.Read(suffix[:])
 		db := "kronos_test_" + hex.EncodeToString(suffix[:])
 		url := strings.TrimSuffix(strings.SplitN(base, "?", 2)[0], "/") + "/" + db
-		s, err := feed.OpenRethink(context.Background(), url, feed.Options{Limits: limits})
+		s, err := rethinkdb.Open(context.Background(), url, feed.Options{Limits: limits})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { dropRethinkDB(base, db) })
-		return s
+		return feed.Backend{Store: s, Feed: s}
 	})
 }
 

@@ -1,4 +1,4 @@
-package feed
+package postgres
 
 import (
 	"context"
@@ -9,46 +9,43 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/kronos-sync/kronos-server/feed"
 )
 
 // fetchLimit bounds the change rows read in one query.
 const fetchLimit = 5000
 
-// Watch starts delivering the user's changes from its current last_seq.
-// It reads that number before returning, so that a login that reads the
-// user afterwards sees nothing the feed will skip.
-func (s *pgStore) Watch(userID string) {
+// Watch implements feed.Feed. It does not block: the feed reads the
+// user's log from afterSeq, so nothing committed after the login's read can
+// be missed, whatever the listen connection is doing.
+func (s *Store) Watch(ctx context.Context, userID string, afterSeq uint64) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if s.ctx.Err() != nil {
+		return errClosed
+	}
 	s.mu.Lock()
 	w := s.watched[userID]
 	if w != nil {
+		// Changes after its delivered point reach the new watcher's session
+		// too; those before were delivered after the session registered.
 		w.count++
 		s.mu.Unlock()
-		<-w.ready
-		return
+		return nil
 	}
-	w = &pgWatch{count: 1, ready: make(chan struct{})}
-	s.watched[userID] = w
-	s.mu.Unlock()
-
-	ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
-	defer cancel()
-	var seq int64
-	err := s.pool.QueryRow(ctx, `SELECT last_seq FROM kronos_users WHERE user_id = $1`, userID).Scan(&seq)
-	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-		// Start from the oldest change kept: more than needed, never less
-		// (the node drops what its devices already have).
-		s.log.Warn().Err(err).Msg("watch: reading last_seq failed; replaying the kept log")
-		seq = 0
-	}
-	s.mu.Lock()
-	w.delivered, w.fromStart = uint64(seq), err != nil && !errors.Is(err, pgx.ErrNoRows)
-	close(w.ready)
-	s.pending[userID] = true // changes may have come in while reading
+	s.watched[userID] = &watch{count: 1, delivered: afterSeq}
+	s.pending[userID] = true // changes may have come before the watch
 	s.mu.Unlock()
 	s.signal()
+	return nil
 }
 
-func (s *pgStore) Unwatch(userID string) {
+var errClosed = errors.New("postgres store: closed")
+
+// Unwatch implements feed.Feed.
+func (s *Store) Unwatch(userID string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if w := s.watched[userID]; w != nil {
@@ -59,7 +56,7 @@ func (s *pgStore) Unwatch(userID string) {
 	}
 }
 
-func (s *pgStore) signal() {
+func (s *Store) signal() {
 	select {
 	case s.wake <- struct{}{}:
 	default:
@@ -68,7 +65,7 @@ func (s *pgStore) signal() {
 
 // markAllPending makes the next fetch read every watched user's log: after
 // the listen connection was down, any of them may have missed a NOTIFY.
-func (s *pgStore) markAllPending() {
+func (s *Store) markAllPending() {
 	s.mu.Lock()
 	for user := range s.watched {
 		s.pending[user] = true
@@ -78,7 +75,7 @@ func (s *pgStore) markAllPending() {
 }
 
 // listenLoop keeps one LISTEN connection open, reconnecting with backoff.
-func (s *pgStore) listenLoop() {
+func (s *Store) listenLoop() {
 	defer s.wg.Done()
 	backoff := 100 * time.Millisecond
 	for s.ctx.Err() == nil {
@@ -97,7 +94,7 @@ func (s *pgStore) listenLoop() {
 	}
 }
 
-func (s *pgStore) listenOnce() error {
+func (s *Store) listenOnce() error {
 	conn, err := pgx.ConnectConfig(s.ctx, s.listen)
 	if err != nil {
 		return err
@@ -107,7 +104,7 @@ func (s *pgStore) listenOnce() error {
 		return err
 	}
 	s.listening.Store(true)
-	s.feed.reconnects.Inc()
+	s.feed.Reconnects.Inc()
 	s.log.Info().Msg("listening for changes")
 	// Whatever was committed while no connection listened is in the log.
 	s.markAllPending()
@@ -137,7 +134,7 @@ func (s *pgStore) listenOnce() error {
 // fetchLoop reads the log of users with pending changes and hands the rows
 // to the sink in user_seq order. It is the only goroutine that advances
 // delivered, so each change is delivered once.
-func (s *pgStore) fetchLoop() {
+func (s *Store) fetchLoop() {
 	defer s.wg.Done()
 	for {
 		select {
@@ -151,7 +148,7 @@ func (s *pgStore) fetchLoop() {
 }
 
 // fetchPending reads one round; it reports whether another is needed.
-func (s *pgStore) fetchPending() bool {
+func (s *Store) fetchPending() bool {
 	s.mu.Lock()
 	var users []string
 	var after []int64
@@ -160,11 +157,6 @@ func (s *pgStore) fetchPending() bool {
 		if w == nil {
 			delete(s.pending, user)
 			continue
-		}
-		select {
-		case <-w.ready:
-		default:
-			continue // Watch is still reading its start; it signals again
 		}
 		delete(s.pending, user)
 		users = append(users, user)
@@ -190,7 +182,7 @@ func (s *pgStore) fetchPending() bool {
 		return false
 	}
 	out := s.checkGaps(changes, users, after)
-	s.pub.publish(out)
+	s.deliver(out)
 	if len(changes) == fetchLimit {
 		s.mu.Lock()
 		for _, u := range users {
@@ -202,7 +194,7 @@ func (s *pgStore) fetchPending() bool {
 	return false
 }
 
-func (s *pgStore) readLog(ctx context.Context, users []string, after []int64) ([]Change, error) {
+func (s *Store) readLog(ctx context.Context, users []string, after []int64) ([]feed.Change, error) {
 	rows, err := s.pool.Query(ctx, `SELECT c.user_id, c.user_seq, c.kind, c.task_id, c.task, c.device_id, c.version
 		FROM kronos_changes c
 		JOIN unnest($1::text[], $2::bigint[]) AS w(user_id, after)
@@ -212,14 +204,14 @@ func (s *pgStore) readLog(ctx context.Context, users []string, after []int64) ([
 	if err != nil {
 		return nil, err
 	}
-	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (Change, error) {
-		var c Change
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (feed.Change, error) {
+		var c feed.Change
 		var seq int64
 		var kind int16
 		var task *string
 		var version string
 		err := row.Scan(&c.UserID, &seq, &kind, &c.TaskID, &task, &c.DeviceID, &version)
-		c.Seq, c.Kind, c.Version = uint64(seq), ChangeKind(kind), json.RawMessage(version)
+		c.Seq, c.Kind, c.Version = uint64(seq), feed.ChangeKind(kind), json.RawMessage(version)
 		if task != nil {
 			c.Task = json.RawMessage(*task)
 		}
@@ -230,12 +222,12 @@ func (s *pgStore) readLog(ctx context.Context, users []string, after []int64) ([
 // checkGaps advances delivered past the rows read. A user whose next row is
 // not delivered+1 lost changes to pruning: it gets a ChangeResync instead,
 // so its devices re-sync rather than silently miss them.
-func (s *pgStore) checkGaps(changes []Change, users []string, after []int64) []Change {
+func (s *Store) checkGaps(changes []feed.Change, users []string, after []int64) []feed.Change {
 	expected := make(map[string]uint64, len(users))
 	for i, u := range users {
 		expected[u] = uint64(after[i]) + 1
 	}
-	out := make([]Change, 0, len(changes))
+	out := make([]feed.Change, 0, len(changes))
 	resynced := map[string]bool{}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -244,14 +236,13 @@ func (s *pgStore) checkGaps(changes []Change, users []string, after []int64) []C
 		if w == nil {
 			continue // unwatched meanwhile
 		}
-		if c.Seq != expected[c.UserID] && !resynced[c.UserID] && !w.fromStart {
+		if c.Seq != expected[c.UserID] && !resynced[c.UserID] {
 			resynced[c.UserID] = true
-			s.feed.resyncs.Inc()
+			s.feed.Resyncs.Inc()
 			s.log.Warn().Uint64("expected", expected[c.UserID]).Uint64("got", c.Seq).Msg("change log gap: devices must re-sync")
-			out = append(out, Change{UserID: c.UserID, Kind: ChangeResync})
+			out = append(out, feed.Change{UserID: c.UserID, Kind: feed.ChangeResync})
 		}
 		expected[c.UserID] = c.Seq + 1
-		w.fromStart = false
 		w.delivered = max(w.delivered, c.Seq)
 		if !resynced[c.UserID] {
 			out = append(out, c)
@@ -262,7 +253,7 @@ func (s *pgStore) checkGaps(changes []Change, users []string, after []int64) []C
 
 // pruneLoop deletes change log rows older than the retention, and the
 // oldest past the row cap. One node at a time does it.
-func (s *pgStore) pruneLoop() {
+func (s *Store) pruneLoop() {
 	defer s.wg.Done()
 	tick := time.NewTicker(s.opts.PruneInterval)
 	defer tick.Stop()
@@ -276,11 +267,11 @@ func (s *pgStore) pruneLoop() {
 		if err != nil && s.ctx.Err() == nil {
 			s.log.Warn().Err(err).Msg("pruning the change log failed")
 		}
-		s.feed.pruned.Add(float64(n))
+		s.feed.Pruned.Add(float64(n))
 	}
 }
 
-func (s *pgStore) prune(ctx context.Context) (int64, error) {
+func (s *Store) prune(ctx context.Context) (int64, error) {
 	var total int64
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		var got bool

@@ -1,4 +1,4 @@
-package feed
+package rethinkdb
 
 import (
 	"context"
@@ -8,6 +8,8 @@ import (
 	"time"
 
 	r "gopkg.in/rethinkdb/rethinkdb-go.v6"
+
+	"github.com/kronos-sync/kronos-server/feed"
 )
 
 // These tests run the RethinkDB backend on the driver's own mock: they
@@ -43,15 +45,15 @@ func taskDoc(user string, id, rev int64, task, version, device string, deleted b
 		"deleted": deleted, "version": version, "device_id": device, "rev": rev}
 }
 
-type changeLog struct{ ch chan Change }
+type changeLog struct{ ch chan feed.Change }
 
-func (l *changeLog) sink(cs []Change) {
+func (l *changeLog) sink(cs []feed.Change) {
 	for _, c := range cs {
 		l.ch <- c
 	}
 }
 
-func (l *changeLog) next(t *testing.T) Change {
+func (l *changeLog) next(t *testing.T) feed.Change {
 	t.Helper()
 	select {
 	case c := <-l.ch:
@@ -59,7 +61,7 @@ func (l *changeLog) next(t *testing.T) Change {
 	case <-time.After(5 * time.Second):
 		t.Fatal("no change delivered")
 	}
-	return Change{}
+	return feed.Change{}
 }
 
 func (l *changeLog) none(t *testing.T) {
@@ -73,11 +75,11 @@ func (l *changeLog) none(t *testing.T) {
 
 func newMockStore(t *testing.T, m *r.Mock) (*rdbStore, *changeLog) {
 	t.Helper()
-	s, err := newRethinkStore(context.Background(), m, "kronos", Options{})
+	s, err := newRethinkStore(context.Background(), m, "kronos", feed.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	log := &changeLog{ch: make(chan Change, 64)}
+	log := &changeLog{ch: make(chan feed.Change, 64)}
 	s.Subscribe(log.sink)
 	return s, log
 }
@@ -108,12 +110,12 @@ func TestRethinkEventMapping(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		ev   rdbEvent
-		kind ChangeKind
+		kind feed.ChangeKind
 	}{
-		{"add", rdbEvent{Type: "add", NewVal: live}, ChangeCreate},
-		{"change", rdbEvent{Type: "change", NewVal: live, OldVal: live}, ChangeUpdate},
-		{"tombstone", rdbEvent{Type: "change", NewVal: tomb, OldVal: live}, ChangeDelete},
-		{"recreated over a tombstone", rdbEvent{Type: "change", NewVal: live, OldVal: tomb}, ChangeCreate},
+		{"add", rdbEvent{Type: "add", NewVal: live}, feed.ChangeCreate},
+		{"change", rdbEvent{Type: "change", NewVal: live, OldVal: live}, feed.ChangeUpdate},
+		{"tombstone", rdbEvent{Type: "change", NewVal: tomb, OldVal: live}, feed.ChangeDelete},
+		{"recreated over a tombstone", rdbEvent{Type: "change", NewVal: live, OldVal: tomb}, feed.ChangeCreate},
 		{"tombstone rewritten", rdbEvent{Type: "change", NewVal: tomb, OldVal: tomb}, 0},
 		{"tombstone pruned", rdbEvent{Type: "remove", OldVal: tomb}, 0},
 	} {
@@ -128,7 +130,7 @@ func TestRethinkEventMapping(t *testing.T) {
 			string(c.Version) != tc.ev.NewVal.Version {
 			t.Errorf("%s: got %+v", tc.name, c)
 		}
-		if tc.kind == ChangeDelete && c.Task != nil || tc.kind != ChangeDelete && string(c.Task) != live.Task {
+		if tc.kind == feed.ChangeDelete && c.Task != nil || tc.kind != feed.ChangeDelete && string(c.Task) != live.Task {
 			t.Errorf("%s: task %s", tc.name, c.Task)
 		}
 	}
@@ -156,9 +158,11 @@ func TestRethinkFeedResubscribesWithoutLossOrDoubles(t *testing.T) {
 
 	first := feedChan()
 	m.On(feedQuery(a)).Return(first, nil).Once()
-	s.Watch(a)
+	if err := s.Watch(context.Background(), a, 0); err != nil {
+		t.Fatal(err)
+	}
 	first <- []any{map[string]any{"type": "add", "new_val": taskDoc(a, 1, 1, `{"id":1}`, `10`, "dev-a", false), "old_val": nil}}
-	if c := log.next(t); c.Kind != ChangeCreate || c.UserID != a || c.TaskID != 1 || string(c.Version) != "10" {
+	if c := log.next(t); c.Kind != feed.ChangeCreate || c.UserID != a || c.TaskID != 1 || string(c.Version) != "10" {
 		t.Fatalf("first feed: %+v", c)
 	}
 
@@ -166,23 +170,25 @@ func TestRethinkFeedResubscribesWithoutLossOrDoubles(t *testing.T) {
 	// the old one closes. A change in the overlap reaches both feeds.
 	second := feedChan()
 	m.On(feedQuery(a, b)).Return(second, nil).Once()
-	s.Watch(b)
+	if err := s.Watch(context.Background(), b, 0); err != nil {
+		t.Fatal(err)
+	}
 	overlap := []any{map[string]any{"type": "change", "new_val": taskDoc(a, 1, 2, `{"id":1,"done":true}`, `11`, "dev-a", false),
 		"old_val": taskDoc(a, 1, 1, `{"id":1}`, `10`, "dev-a", false)}}
 	first <- overlap
 	second <- overlap
 	close(first) // the closed feed's cursor ends
-	if c := log.next(t); c.Kind != ChangeUpdate || string(c.Task) != `{"id":1,"done":true}` {
+	if c := log.next(t); c.Kind != feed.ChangeUpdate || string(c.Task) != `{"id":1,"done":true}` {
 		t.Fatalf("overlap: %+v", c)
 	}
 	second <- []any{map[string]any{"type": "add", "new_val": taskDoc(b, 5, 1, `{"id":5}`, `3`, "dev-b", false), "old_val": nil}}
-	if c := log.next(t); c.UserID != b || c.Kind != ChangeCreate {
+	if c := log.next(t); c.UserID != b || c.Kind != feed.ChangeCreate {
 		t.Fatalf("second feed: %+v", c)
 	}
 	log.none(t) // the overlap's change came once
 	second <- []any{map[string]any{"type": "change", "new_val": taskDoc(a, 1, 3, "", `12`, "dev-b", true),
 		"old_val": taskDoc(a, 1, 2, `{"id":1,"done":true}`, `11`, "dev-a", false)}}
-	if c := log.next(t); c.Kind != ChangeDelete || c.DeviceID != "dev-b" || string(c.Version) != "12" {
+	if c := log.next(t); c.Kind != feed.ChangeDelete || c.DeviceID != "dev-b" || string(c.Version) != "12" {
 		t.Fatalf("tombstone: %+v", c)
 	}
 	close(second)
@@ -199,28 +205,30 @@ func TestRethinkFeedLossAsksForResync(t *testing.T) {
 	reopened := feedChan()
 	m.On(feedQuery(user)).Return(broken, nil).Once()
 	m.On(feedQuery(user)).Return(reopened, nil).Once()
-	s.Watch(user)
+	if err := s.Watch(context.Background(), user, 0); err != nil {
+		t.Fatal(err)
+	}
 
 	// The feed reports that it skipped changes, then goes on.
 	broken <- []any{map[string]any{"error": "Changefeed cache over array size limit, skipped 12 elements."}}
-	if c := log.next(t); c.Kind != ChangeResync || c.UserID != user {
+	if c := log.next(t); c.Kind != feed.ChangeResync || c.UserID != user {
 		t.Fatalf("after skipped changes: %+v", c)
 	}
 	// The feed breaks: the devices must re-sync, and readiness fails
 	// until the feed is open again.
 	close(broken)
-	if c := log.next(t); c.Kind != ChangeResync || c.UserID != user {
+	if c := log.next(t); c.Kind != feed.ChangeResync || c.UserID != user {
 		t.Fatalf("after the feed broke: %+v", c)
 	}
 	// Reopened with backoff; what happened meanwhile is lost, so again.
-	if c := log.next(t); c.Kind != ChangeResync {
+	if c := log.next(t); c.Kind != feed.ChangeResync {
 		t.Fatalf("after reopening: %+v", c)
 	}
 	if err := s.Ready(context.Background()); err != nil {
 		t.Fatalf("ready after reopening: %v", err)
 	}
 	reopened <- []any{map[string]any{"type": "add", "new_val": taskDoc(user, 2, 1, `{"id":2}`, `1`, "d", false), "old_val": nil}}
-	if c := log.next(t); c.Kind != ChangeCreate {
+	if c := log.next(t); c.Kind != feed.ChangeCreate {
 		t.Fatalf("reopened feed: %+v", c)
 	}
 	close(reopened)
@@ -240,7 +248,7 @@ func TestRethinkCreateQueries(t *testing.T) {
 		return new.Merge(map[string]any{"rev": old.Field("rev").Add(1)})
 	}})).Return(nil, nil)
 	update := m.On(tbl("users").Get("u1").Update(map[string]any{"version": "5", "tasks": 1})).Return(nil, nil)
-	err := s.Write(context.Background(), &Write{Kind: WriteCreate, UserID: "u1", DeviceID: "d1",
+	err := s.Write(context.Background(), &feed.Write{Kind: feed.WriteCreate, UserID: "u1", DeviceID: "d1",
 		Task: json.RawMessage(`{"id":3,"desc":"x"}`), Version: json.RawMessage(`5`)})
 	if err != nil {
 		t.Fatal(err)

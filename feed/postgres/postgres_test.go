@@ -1,40 +1,42 @@
-package feed_test
+package postgres_test
 
 import (
 	"context"
-
-	"github.com/jackc/pgx/v5"
 	"strconv"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/kronos-sync/kronos-server/feed"
+	"github.com/kronos-sync/kronos-server/feed/postgres"
 	"github.com/kronos-sync/kronos-server/feed/storetest"
 	"github.com/kronos-sync/kronos-server/internal/pgtest"
 )
 
-func openPostgres(t *testing.T, url string, opts feed.Options) feed.Store {
+func openPostgres(t *testing.T, url string, opts feed.Options) *postgres.Store {
 	t.Helper()
-	s, err := feed.OpenPostgres(context.Background(), url, opts)
+	s, err := postgres.Open(context.Background(), url, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return s
 }
 
-func TestPostgresConformance(t *testing.T) {
-	storetest.Run(t, func(t *testing.T, limits feed.Limits) feed.Store {
-		return openPostgres(t, pgtest.URL(t), feed.Options{Limits: limits})
+func TestConformance(t *testing.T) {
+	storetest.Run(t, func(t *testing.T, limits feed.Limits) feed.Backend {
+		s := openPostgres(t, pgtest.URL(t), feed.Options{Limits: limits})
+		return feed.Backend{Store: s, Feed: s}
 	})
 }
 
 // Nodes starting together on an empty database migrate it once.
-func TestPostgresConcurrentStart(t *testing.T) {
+func TestConcurrentStart(t *testing.T) {
 	url := pgtest.URL(t)
 	errs := make(chan error, 4)
-	stores := make(chan feed.Store, 4)
+	stores := make(chan *postgres.Store, 4)
 	for range 4 {
 		go func() {
-			s, err := feed.OpenPostgres(context.Background(), url, feed.Options{})
+			s, err := postgres.Open(context.Background(), url, feed.Options{})
 			errs <- err
 			stores <- s
 		}()
@@ -50,7 +52,7 @@ func TestPostgresConcurrentStart(t *testing.T) {
 
 // A change written through one store reaches the feed of another store on
 // the same database: two nodes.
-func TestPostgresFeedAcrossNodes(t *testing.T) {
+func TestFeedAcrossNodes(t *testing.T) {
 	url := pgtest.URL(t)
 	a := openPostgres(t, url, feed.Options{})
 	defer a.Close()
@@ -63,7 +65,9 @@ func TestPostgresFeedAcrossNodes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b.Watch(sess.UserID)
+	if err := b.Watch(context.Background(), sess.UserID, sess.Seq); err != nil {
+		t.Fatal(err)
+	}
 	other, _ := a.Login(context.Background(), "", "")
 	for i := range 20 {
 		w := &feed.Write{Kind: feed.WriteCreate, UserID: sess.UserID, DeviceID: sess.DeviceID,
@@ -93,7 +97,7 @@ func TestPostgresFeedAcrossNodes(t *testing.T) {
 
 // The listen connection is killed again and again while writes go on:
 // every change still arrives, once, in order.
-func TestPostgresListenConnectionKilled(t *testing.T) {
+func TestListenConnectionKilled(t *testing.T) {
 	url := pgtest.URL(t)
 	writer := openPostgres(t, url, feed.Options{})
 	defer writer.Close()
@@ -106,7 +110,9 @@ func TestPostgresListenConnectionKilled(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	reader.Watch(sess.UserID)
+	if err := reader.Watch(ctx, sess.UserID, sess.Seq); err != nil {
+		t.Fatal(err)
+	}
 	admin, err := pgx.Connect(ctx, url)
 	if err != nil {
 		t.Fatal(err)

@@ -1,4 +1,6 @@
-package feed
+// Package postgres is the PostgreSQL store, shared by the nodes of a
+// cluster, with a feed that reads a per-user change log.
+package postgres
 
 import (
 	"context"
@@ -11,12 +13,11 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
+
+	"github.com/kronos-sync/kronos-server/feed"
 )
 
-// The PostgreSQL store, shared by the nodes of a cluster.
-//
 // Every write runs in one transaction that locks the user's row, applies
 // the change to kronos_tasks, appends one row per task change to
 // kronos_changes, advances the user's last_seq and sends NOTIFY with the
@@ -29,20 +30,23 @@ import (
 // Each node keeps one LISTEN connection. A notification for a user with
 // devices on this node makes the node read that user's new log rows; after
 // the listen connection is re-established the node reads them for every
-// watched user. See postgres_feed.go.
+// watched user. See feed.go.
 
 // notifyChannel is the LISTEN/NOTIFY channel; payloads are "user_id:last_seq".
 const notifyChannel = "kronos_changes"
 
-type pgStore struct {
+// Store is the PostgreSQL store and this node's feed on it.
+type Store struct {
 	pool    *pgxpool.Pool
 	listen  *pgx.ConnConfig
-	limits  Limits
-	opts    Options
+	limits  feed.Limits
+	opts    feed.Options
 	log     zerolog.Logger
-	pub     *publisher
-	metrics *storeMetrics
-	feed    *pgFeedMetrics
+	metrics *feed.StoreMetrics
+	feed    *feed.FeedMetrics
+
+	sinkMu sync.Mutex
+	sink   feed.Sink
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -50,29 +54,34 @@ type pgStore struct {
 
 	listening atomic.Bool
 	mu        sync.Mutex
-	watched   map[string]*pgWatch
+	watched   map[string]*watch
 	pending   map[string]bool // users with changes to read
 	wake      chan struct{}
 	closeOnce sync.Once
 }
 
-// pgWatch is a user with devices on this node.
-type pgWatch struct {
+var (
+	_ feed.Store = (*Store)(nil)
+	_ feed.Feed  = (*Store)(nil)
+)
+
+// watch is a user with devices on this node.
+type watch struct {
 	count     int
-	delivered uint64        // the last user_seq handed to the sink
-	ready     chan struct{} // closed once delivered is known
-	fromStart bool          // delivered is a guess (0): the first gap is expected
+	delivered uint64 // the last user_seq handed to the sink
 }
 
-// OpenPostgres connects to PostgreSQL (a libpq URL or DSN; pool settings
+// Open connects to PostgreSQL (a libpq URL or DSN; pool settings
 // such as pool_max_conns go in the URL), migrates the schema and starts
 // the node's feed.
-func OpenPostgres(ctx context.Context, url string, opts Options) (Store, error) {
-	opts.Limits.SetDefaults()
-	opts.setFeedDefaults()
+func Open(ctx context.Context, url string, opts feed.Options) (*Store, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, fmt.Errorf("postgres store: %w", err)
+	}
+	opts.SetDefaults()
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
-		return nil, fmt.Errorf("postgres store %s: %w", redactURL(url), err)
+		return nil, fmt.Errorf("postgres store %s: %w", feed.RedactURL(url), err)
 	}
 	if cfg.ConnConfig.RuntimeParams["application_name"] == "" {
 		cfg.ConnConfig.RuntimeParams["application_name"] = "kronos"
@@ -92,18 +101,17 @@ func OpenPostgres(ctx context.Context, url string, opts Options) (Store, error) 
 		if pool != nil {
 			pool.Close()
 		}
-		return nil, fmt.Errorf("postgres store %s: %w", redactURL(url), err)
+		return nil, fmt.Errorf("postgres store %s: %w", feed.RedactURL(url), err)
 	}
-	s := &pgStore{
+	s := &Store{
 		pool:    pool,
 		listen:  listen,
 		limits:  opts.Limits,
 		opts:    opts,
 		log:     opts.Logger.With().Str("store", "postgres").Logger(),
-		pub:     newPublisher(),
-		metrics: newStoreMetrics(opts.Registerer, "postgres"),
-		feed:    newPGFeedMetrics(opts.Registerer),
-		watched: map[string]*pgWatch{},
+		metrics: feed.NewStoreMetrics(opts.Registerer, "postgres"),
+		feed:    feed.NewFeedMetrics(opts.Registerer),
+		watched: map[string]*watch{},
 		pending: map[string]bool{},
 		wake:    make(chan struct{}, 1),
 	}
@@ -115,28 +123,48 @@ func OpenPostgres(ctx context.Context, url string, opts Options) (Store, error) 
 	return s, nil
 }
 
-func (s *pgStore) Subscribe(sink Sink) { s.pub.subscribe(sink) }
+// Subscribe implements feed.Feed.
+func (s *Store) Subscribe(sink feed.Sink) {
+	s.sinkMu.Lock()
+	s.sink = sink
+	s.sinkMu.Unlock()
+}
 
-func (s *pgStore) Ready(ctx context.Context) error {
+func (s *Store) deliver(changes []feed.Change) {
+	if len(changes) == 0 {
+		return
+	}
+	s.sinkMu.Lock()
+	sink := s.sink
+	s.sinkMu.Unlock()
+	if sink != nil {
+		sink(changes)
+	}
+}
+
+// Ready implements feed.Store: the pool answers and the listen connection
+// is up.
+func (s *Store) Ready(ctx context.Context) error {
 	if !s.listening.Load() {
 		return errors.New("listen connection is down")
 	}
 	return s.pool.Ping(ctx)
 }
 
-func (s *pgStore) Close() error {
+// Close implements feed.Store.
+func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		s.cancel()
 		s.wg.Wait()
-		s.pub.close()
 		s.pool.Close()
 	})
 	return nil
 }
 
-func (s *pgStore) Login(ctx context.Context, userID, deviceID string) (Session, error) {
+// Login implements feed.Store.
+func (s *Store) Login(ctx context.Context, userID, deviceID string) (feed.Session, error) {
 	start := time.Now()
-	var sess Session
+	var sess feed.Session
 	var err error
 	if userID != "" && deviceID != "" {
 		sess, err = s.loginExisting(ctx, userID, deviceID)
@@ -146,11 +174,11 @@ func (s *pgStore) Login(ctx context.Context, userID, deviceID string) (Session, 
 			return err
 		})
 	}
-	s.metrics.observe("login", start, err)
+	s.metrics.Observe("login", start, err)
 	return sess, err
 }
 
-func (s *pgStore) loginExisting(ctx context.Context, userID, deviceID string) (Session, error) {
+func (s *Store) loginExisting(ctx context.Context, userID, deviceID string) (feed.Session, error) {
 	var version string
 	var seq int64
 	var owner *string
@@ -158,84 +186,86 @@ func (s *pgStore) loginExisting(ctx context.Context, userID, deviceID string) (S
 		(SELECT d.user_id FROM kronos_devices d WHERE d.device_id = $2)
 		FROM kronos_users u WHERE u.user_id = $1`, userID, deviceID).Scan(&version, &seq, &owner)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return Session{}, errUserNotFound()
+		return feed.Session{}, feed.ErrUserNotFound()
 	}
 	if err != nil {
-		return Session{}, err
+		return feed.Session{}, err
 	}
 	if owner == nil || *owner != userID {
-		return Session{}, errDeviceNotFound(deviceID)
+		return feed.Session{}, feed.ErrDeviceNotFound(deviceID)
 	}
-	return Session{Seq: uint64(seq), UserID: userID, DeviceID: deviceID, Version: json.RawMessage(version)}, nil
+	return feed.Session{Seq: uint64(seq), UserID: userID, DeviceID: deviceID, Version: json.RawMessage(version)}, nil
 }
 
-func (s *pgStore) loginCreate(ctx context.Context, tx pgx.Tx, userID, deviceID string) (Session, error) {
-	sess := Session{UserID: userID}
+func (s *Store) loginCreate(ctx context.Context, tx pgx.Tx, userID, deviceID string) (feed.Session, error) {
+	sess := feed.Session{UserID: userID}
 	var version string
 	var devices int
 	var seq int64
 	if userID == "" {
-		sess.UserID, sess.NewUser, version = newID(), true, "-1"
+		sess.UserID, sess.NewUser, version = feed.NewID(), true, "-1"
 		if _, err := tx.Exec(ctx, `INSERT INTO kronos_users (user_id, version) VALUES ($1, $2)`, sess.UserID, version); err != nil {
-			return Session{}, err
+			return feed.Session{}, err
 		}
 	} else {
 		err := tx.QueryRow(ctx, `SELECT version, device_count, last_seq FROM kronos_users
 			WHERE user_id = $1 FOR UPDATE`, userID).Scan(&version, &devices, &seq)
 		if errors.Is(err, pgx.ErrNoRows) {
-			return Session{}, errUserNotFound()
+			return feed.Session{}, feed.ErrUserNotFound()
 		}
 		if err != nil {
-			return Session{}, err
+			return feed.Session{}, err
 		}
 	}
-	var owner deviceOwner
+	var owner feed.DeviceOwner
 	if deviceID != "" {
-		err := tx.QueryRow(ctx, `SELECT user_id FROM kronos_devices WHERE device_id = $1`, deviceID).Scan(&owner.userID)
+		err := tx.QueryRow(ctx, `SELECT user_id FROM kronos_devices WHERE device_id = $1`, deviceID).Scan(&owner.UserID)
 		switch {
 		case err == nil:
-			owner.found = true
+			owner.Found = true
 		case !errors.Is(err, pgx.ErrNoRows):
-			return Session{}, err
+			return feed.Session{}, err
 		}
 	}
-	if err := resolveDevice(&sess, deviceID, owner); err != nil {
-		return Session{}, err
+	if err := feed.ResolveDevice(&sess, deviceID, owner); err != nil {
+		return feed.Session{}, err
 	}
 	if sess.NewDevice {
 		if devices >= s.limits.MaxDevicesPerUser {
-			return Session{}, errTooManyDevices(s.limits.MaxDevicesPerUser)
+			return feed.Session{}, feed.ErrTooManyDevices(s.limits.MaxDevicesPerUser)
 		}
 		tag, err := tx.Exec(ctx, `INSERT INTO kronos_devices (device_id, user_id) VALUES ($1, $2)
 			ON CONFLICT (device_id) DO NOTHING`, sess.DeviceID, sess.UserID)
 		if err != nil {
-			return Session{}, err
+			return feed.Session{}, err
 		}
 		if tag.RowsAffected() == 0 { // taken by a login that committed meanwhile
-			return Session{}, errDeviceTaken(sess.DeviceID)
+			return feed.Session{}, feed.ErrDeviceTaken(sess.DeviceID)
 		}
 		if _, err := tx.Exec(ctx, `UPDATE kronos_users SET device_count = device_count + 1 WHERE user_id = $1`, sess.UserID); err != nil {
-			return Session{}, err
+			return feed.Session{}, err
 		}
 	}
 	sess.Seq, sess.Version = uint64(seq), json.RawMessage(version)
 	return sess, nil
 }
 
-func (s *pgStore) ReadAll(ctx context.Context, userID string) (Snapshot, error) {
+// ReadAll implements feed.Store.
+func (s *Store) ReadAll(ctx context.Context, userID string) (feed.Snapshot, error) {
 	start := time.Now()
-	var snap Snapshot
+	var snap feed.Snapshot
 	// One repeatable-read transaction: the version and the tasks agree.
 	err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
 		var version string
-		err := tx.QueryRow(ctx, `SELECT version FROM kronos_users WHERE user_id = $1`, userID).Scan(&version)
+		var seq int64
+		err := tx.QueryRow(ctx, `SELECT version, last_seq FROM kronos_users WHERE user_id = $1`, userID).Scan(&version, &seq)
 		if errors.Is(err, pgx.ErrNoRows) {
-			return errUserNotFound()
+			return feed.ErrUserNotFound()
 		}
 		if err != nil {
 			return err
 		}
-		snap.Version = json.RawMessage(version)
+		snap.Version, snap.Seq = json.RawMessage(version), uint64(seq)
 		rows, err := tx.Query(ctx, `SELECT task FROM kronos_tasks WHERE user_id = $1 ORDER BY task_id`, userID)
 		if err != nil {
 			return err
@@ -247,11 +277,12 @@ func (s *pgStore) ReadAll(ctx context.Context, userID string) (Snapshot, error) 
 		})
 		return err
 	})
-	s.metrics.observe("read-all", start, err)
+	s.metrics.Observe("read-all", start, err)
 	return snap, err
 }
 
-func (s *pgStore) Write(ctx context.Context, w *Write) error {
+// Write implements feed.Store.
+func (s *Store) Write(ctx context.Context, w *feed.Write) error {
 	start := time.Now()
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		var version string
@@ -260,14 +291,14 @@ func (s *pgStore) Write(ctx context.Context, w *Write) error {
 		err := tx.QueryRow(ctx, `SELECT version, task_count, last_seq FROM kronos_users
 			WHERE user_id = $1 FOR UPDATE`, w.UserID).Scan(&version, &count, &lastSeq)
 		if errors.Is(err, pgx.ErrNoRows) {
-			return errUserNotFound()
+			return feed.ErrUserNotFound()
 		}
 		if err != nil {
 			return err
 		}
 		u := &pgUserTx{ctx: ctx, tx: tx, userID: w.UserID, version: json.RawMessage(version),
-			taskCount: newTaskCount(count), puts: map[int64]json.RawMessage{}, deletes: map[int64]bool{}}
-		changes, err := apply(u, w, s.limits)
+			TaskCounter: feed.NewTaskCounter(count), puts: map[int64]json.RawMessage{}, deletes: map[int64]bool{}}
+		changes, err := feed.Apply(u, w, s.limits)
 		if err != nil {
 			return err
 		}
@@ -279,7 +310,7 @@ func (s *pgStore) Write(ctx context.Context, w *Write) error {
 		}
 		newSeq := lastSeq + int64(len(changes))
 		if _, err := tx.Exec(ctx, `UPDATE kronos_users SET version = $2, task_count = $3, last_seq = $4
-			WHERE user_id = $1`, w.UserID, string(u.version), u.count, newSeq); err != nil {
+			WHERE user_id = $1`, w.UserID, string(u.version), u.Count, newSeq); err != nil {
 			return err
 		}
 		if len(changes) > 0 {
@@ -288,13 +319,13 @@ func (s *pgStore) Write(ctx context.Context, w *Write) error {
 		}
 		return err
 	})
-	s.metrics.observe(w.Kind.String(), start, err)
+	s.metrics.Observe(w.Kind.String(), start, err)
 	return err
 }
 
 // logChanges appends a write's changes to the change log, numbered after
 // lastSeq in order.
-func logChanges(ctx context.Context, tx pgx.Tx, userID string, lastSeq uint64, changes []Change) error {
+func logChanges(ctx context.Context, tx pgx.Tx, userID string, lastSeq uint64, changes []feed.Change) error {
 	if len(changes) == 0 {
 		return nil
 	}
@@ -327,7 +358,7 @@ type pgUserTx struct {
 	tx      pgx.Tx
 	userID  string
 	version json.RawMessage
-	taskCount
+	feed.TaskCounter
 	puts    map[int64]json.RawMessage
 	deletes map[int64]bool
 }
@@ -344,43 +375,43 @@ func (u *pgUserTx) Get(id int64) (json.RawMessage, bool, error) {
 	var task string
 	err := u.tx.QueryRow(u.ctx, `SELECT task FROM kronos_tasks WHERE user_id = $1 AND task_id = $2`, u.userID, id).Scan(&task)
 	if errors.Is(err, pgx.ErrNoRows) {
-		u.seen(id, false)
+		u.Seen(id, false)
 		return nil, false, nil
 	}
 	if err != nil {
 		return nil, false, err
 	}
-	u.seen(id, true)
+	u.Seen(id, true)
 	return json.RawMessage(task), true, nil
 }
 
-func (u *pgUserTx) All() ([]Task, error) {
+func (u *pgUserTx) All() ([]feed.Task, error) {
 	rows, err := u.tx.Query(u.ctx, `SELECT task_id, task FROM kronos_tasks WHERE user_id = $1 ORDER BY task_id`, u.userID)
 	if err != nil {
 		return nil, err
 	}
-	all, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Task, error) {
-		var t Task
+	all, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (feed.Task, error) {
+		var t feed.Task
 		var task string
 		err := row.Scan(&t.ID, &task)
 		t.Raw = json.RawMessage(task)
 		return t, err
 	})
 	for _, t := range all {
-		u.seen(t.ID, true)
+		u.Seen(t.ID, true)
 	}
 	return all, err
 }
 
 func (u *pgUserTx) Put(id int64, raw json.RawMessage) error {
-	u.put(id)
+	u.Added(id)
 	u.puts[id] = raw
 	delete(u.deletes, id)
 	return nil
 }
 
 func (u *pgUserTx) Delete(id int64) error {
-	u.del(id)
+	u.Removed(id)
 	u.deletes[id] = true
 	delete(u.puts, id)
 	return nil
@@ -415,31 +446,4 @@ func (u *pgUserTx) flush() error {
 		}
 	}
 	return nil
-}
-
-type pgFeedMetrics struct {
-	reconnects prometheus.Counter
-	resyncs    prometheus.Counter
-	pruned     prometheus.Counter
-}
-
-func newPGFeedMetrics(reg prometheus.Registerer) *pgFeedMetrics {
-	m := &pgFeedMetrics{
-		reconnects: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "kronos_feed_reconnects_total",
-			Help: "Times the feed's listen connection was (re)established.",
-		}),
-		resyncs: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "kronos_feed_resyncs_total",
-			Help: "Users whose devices were asked to re-sync because the feed lost changes.",
-		}),
-		pruned: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "kronos_changelog_pruned_total",
-			Help: "Change log rows pruned.",
-		}),
-	}
-	if reg != nil {
-		reg.MustRegister(m.reconnects, m.resyncs, m.pruned)
-	}
-	return m
 }

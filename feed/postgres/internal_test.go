@@ -1,10 +1,11 @@
-package feed
+package postgres
 
 import (
 	"context"
 	"testing"
 	"time"
 
+	"github.com/kronos-sync/kronos-server/feed"
 	"github.com/kronos-sync/kronos-server/internal/pgtest"
 )
 
@@ -12,14 +13,13 @@ import (
 // changes silently: its devices are told to re-sync.
 func TestPostgresGapAsksForResync(t *testing.T) {
 	ctx := context.Background()
-	store, err := OpenPostgres(ctx, pgtest.URL(t), Options{})
+	s, err := Open(ctx, pgtest.URL(t), feed.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer store.Close()
-	s := store.(*pgStore)
-	got := make(chan Change, 16)
-	s.Subscribe(func(cs []Change) {
+	defer s.Close()
+	got := make(chan feed.Change, 16)
+	s.Subscribe(func(cs []feed.Change) {
 		for _, c := range cs {
 			got <- c
 		}
@@ -28,23 +28,25 @@ func TestPostgresGapAsksForResync(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.Watch(sess.UserID)
+	if err := s.Watch(ctx, sess.UserID, sess.Seq); err != nil {
+		t.Fatal(err)
+	}
 	create := func(id string) {
-		if err := s.Write(ctx, &Write{Kind: WriteCreate, UserID: sess.UserID, Task: []byte(`{"id":` + id + `}`)}); err != nil {
+		if err := s.Write(ctx, &feed.Write{Kind: feed.WriteCreate, UserID: sess.UserID, Task: []byte(`{"id":` + id + `}`)}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	next := func() Change {
+	next := func() feed.Change {
 		select {
 		case c := <-got:
 			return c
 		case <-time.After(10 * time.Second):
 			t.Fatal("no change delivered")
 		}
-		return Change{}
+		return feed.Change{}
 	}
 	create("1")
-	if c := next(); c.Kind != ChangeCreate || c.Seq != 1 {
+	if c := next(); c.Kind != feed.ChangeCreate || c.Seq != 1 {
 		t.Fatalf("first change %+v", c)
 	}
 	// Pretend this node had delivered nothing, and the log was pruned.
@@ -59,11 +61,11 @@ func TestPostgresGapAsksForResync(t *testing.T) {
 	s.watched[sess.UserID].delivered = 0
 	s.mu.Unlock()
 	create("3")
-	if c := next(); c.Kind != ChangeResync || c.UserID != sess.UserID {
+	if c := next(); c.Kind != feed.ChangeResync || c.UserID != sess.UserID {
 		t.Fatalf("want a resync, got %+v", c)
 	}
 	create("4")
-	if c := next(); c.Kind != ChangeCreate || c.Seq != 4 {
+	if c := next(); c.Kind != feed.ChangeCreate || c.Seq != 4 {
 		t.Fatalf("after the resync: %+v", c)
 	}
 }

@@ -1,6 +1,7 @@
-package feed
+package rethinkdb
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -18,6 +19,8 @@ import (
 
 	"github.com/rs/zerolog"
 	r "gopkg.in/rethinkdb/rethinkdb-go.v6"
+
+	"github.com/kronos-sync/kronos-server/feed"
 )
 
 // The RethinkDB store. RethinkDB is atomic per document only, so the data
@@ -67,13 +70,17 @@ type rdbTask struct {
 
 func taskDocID(user string, id int64) []any { return []any{user, id} }
 
+// Store is the RethinkDB store and this node's feed on it.
+type Store = rdbStore
+
 type rdbStore struct {
 	exec   r.QueryExecutor
 	db     string
-	limits Limits
+	limits feed.Limits
 	log    zerolog.Logger
-	pub    *publisher
-	m      *storeMetrics
+	sinkMu sync.Mutex
+	sink   feed.Sink
+	m      *feed.StoreMetrics
 	feeds  *rdbFeeds
 	closed atomic.Bool
 	once   sync.Once
@@ -187,40 +194,38 @@ func cmpTLS(c *tls.Config) *tls.Config {
 	return c
 }
 
-// OpenRethink connects to RethinkDB, sets up the schema and starts the
-// node's feeds.
-func OpenRethink(ctx context.Context, rawURL string, opts Options) (Store, error) {
+// Open connects to RethinkDB, sets up the schema and starts the node's
+// feeds.
+func Open(ctx context.Context, rawURL string, opts feed.Options) (*Store, error) {
 	cfg, err := parseRethinkURL(rawURL)
 	if err != nil {
-		return nil, fmt.Errorf("rethinkdb store %s: %w", redactURL(rawURL), err)
+		return nil, fmt.Errorf("rethinkdb store %s: %w", feed.RedactURL(rawURL), err)
 	}
 	session, err := r.Connect(cfg.opts)
 	if err != nil {
-		return nil, fmt.Errorf("rethinkdb store %s: %w", redactURL(rawURL), err)
+		return nil, fmt.Errorf("rethinkdb store %s: %w", feed.RedactURL(rawURL), err)
 	}
 	s, err := newRethinkStore(ctx, session, cfg.opts.Database, opts)
 	if err != nil {
 		session.Close()
-		return nil, fmt.Errorf("rethinkdb store %s: %w", redactURL(rawURL), err)
+		return nil, fmt.Errorf("rethinkdb store %s: %w", feed.RedactURL(rawURL), err)
 	}
 	s.close = func() error { return session.Close() }
 	return s, nil
 }
 
 // newRethinkStore runs on any executor: a session, or the driver's mock.
-func newRethinkStore(ctx context.Context, exec r.QueryExecutor, db string, opts Options) (*rdbStore, error) {
+func newRethinkStore(ctx context.Context, exec r.QueryExecutor, db string, opts feed.Options) (*rdbStore, error) {
 	opts.Limits.SetDefaults()
 	s := &rdbStore{
 		exec:   exec,
 		db:     db,
 		limits: opts.Limits,
 		log:    opts.Logger.With().Str("store", "rethinkdb").Logger(),
-		pub:    newPublisher(),
-		m:      newStoreMetrics(opts.Registerer, "rethinkdb"),
+		m:      feed.NewStoreMetrics(opts.Registerer, "rethinkdb"),
 		close:  func() error { return nil },
 	}
 	if err := s.setup(ctx); err != nil {
-		s.pub.close()
 		return nil, err
 	}
 	s.feeds = newRDBFeeds(s)
@@ -256,7 +261,23 @@ func (s *rdbStore) setup(ctx context.Context) error {
 	return nil
 }
 
-func (s *rdbStore) Subscribe(sink Sink) { s.pub.subscribe(sink) }
+func (s *rdbStore) Subscribe(sink feed.Sink) {
+	s.sinkMu.Lock()
+	s.sink = sink
+	s.sinkMu.Unlock()
+}
+
+func (s *rdbStore) deliver(changes []feed.Change) {
+	if s.closed.Load() {
+		return
+	}
+	s.sinkMu.Lock()
+	sink := s.sink
+	s.sinkMu.Unlock()
+	if sink != nil {
+		sink(changes)
+	}
+}
 
 func (s *rdbStore) Ready(ctx context.Context) error {
 	if !s.exec.IsConnected() {
@@ -273,7 +294,6 @@ func (s *rdbStore) Close() error {
 	s.once.Do(func() {
 		s.closed.Store(true)
 		s.feeds.stop()
-		s.pub.close()
 		err = s.close()
 	})
 	return err
@@ -296,56 +316,56 @@ func (s *rdbStore) one(ctx context.Context, t r.Term, v any) (found bool, err er
 	return err == nil, err
 }
 
-func (s *rdbStore) Login(ctx context.Context, userID, deviceID string) (Session, error) {
+func (s *rdbStore) Login(ctx context.Context, userID, deviceID string) (feed.Session, error) {
 	start := time.Now()
 	sess, err := s.login(ctx, userID, deviceID)
-	s.m.observe("login", start, err)
+	s.m.Observe("login", start, err)
 	return sess, err
 }
 
-func (s *rdbStore) login(ctx context.Context, userID, deviceID string) (Session, error) {
-	sess := Session{UserID: userID}
+func (s *rdbStore) login(ctx context.Context, userID, deviceID string) (feed.Session, error) {
+	sess := feed.Session{UserID: userID}
 	var user rdbUser
 	if userID == "" {
-		sess.UserID, sess.NewUser = newID(), true
+		sess.UserID, sess.NewUser = feed.NewID(), true
 		user = rdbUser{ID: sess.UserID, Version: "-1"}
 		if err := s.table(rdbUsers).Insert(user).Exec(s.exec, r.ExecOpts{Context: ctx}); err != nil {
-			return Session{}, err
+			return feed.Session{}, err
 		}
 	} else if found, err := s.one(ctx, s.table(rdbUsers).Get(userID), &user); err != nil {
-		return Session{}, err
+		return feed.Session{}, err
 	} else if !found {
-		return Session{}, errUserNotFound()
+		return feed.Session{}, feed.ErrUserNotFound()
 	}
-	var owner deviceOwner
+	var owner feed.DeviceOwner
 	if deviceID != "" {
 		var dev rdbDevice
 		found, err := s.one(ctx, s.table(rdbDevices).Get(deviceID), &dev)
 		if err != nil {
-			return Session{}, err
+			return feed.Session{}, err
 		}
-		owner = deviceOwner{found, dev.UserID}
+		owner = feed.DeviceOwner{Found: found, UserID: dev.UserID}
 	}
-	if err := resolveDevice(&sess, deviceID, owner); err != nil {
-		return Session{}, err
+	if err := feed.ResolveDevice(&sess, deviceID, owner); err != nil {
+		return feed.Session{}, err
 	}
 	if sess.NewDevice {
 		// Not atomic with the check: two devices registering at the same
 		// moment may pass the limit by one.
 		if user.Devices >= s.limits.MaxDevicesPerUser {
-			return Session{}, errTooManyDevices(s.limits.MaxDevicesPerUser)
+			return feed.Session{}, feed.ErrTooManyDevices(s.limits.MaxDevicesPerUser)
 		}
 		res, err := s.table(rdbDevices).Insert(rdbDevice{ID: sess.DeviceID, UserID: sess.UserID}).
 			RunWrite(s.exec, r.RunOpts{Context: ctx})
 		if err != nil && !strings.Contains(err.Error(), "Duplicate primary key") {
-			return Session{}, err
+			return feed.Session{}, err
 		}
 		if err != nil || res.Errors > 0 {
-			return Session{}, errDeviceTaken(sess.DeviceID)
+			return feed.Session{}, feed.ErrDeviceTaken(sess.DeviceID)
 		}
 		if err := s.table(rdbUsers).Get(sess.UserID).Update(map[string]any{"devices": r.Row.Field("devices").Add(1)}).
 			Exec(s.exec, r.ExecOpts{Context: ctx}); err != nil {
-			return Session{}, err
+			return feed.Session{}, err
 		}
 	}
 	sess.Version = json.RawMessage(user.Version)
@@ -364,17 +384,17 @@ func (s *rdbStore) liveTasks(ctx context.Context, userID string) ([]rdbTask, err
 		return nil, err
 	}
 	docs = slices.DeleteFunc(docs, func(d rdbTask) bool { return d.Deleted })
-	slices.SortFunc(docs, func(a, b rdbTask) int { return cmpInt(a.TaskID, b.TaskID) })
+	slices.SortFunc(docs, func(a, b rdbTask) int { return cmp.Compare(a.TaskID, b.TaskID) })
 	return docs, nil
 }
 
-func (s *rdbStore) ReadAll(ctx context.Context, userID string) (Snapshot, error) {
+func (s *rdbStore) ReadAll(ctx context.Context, userID string) (feed.Snapshot, error) {
 	start := time.Now()
-	var snap Snapshot
+	var snap feed.Snapshot
 	var user rdbUser
 	found, err := s.one(ctx, s.table(rdbUsers).Get(userID), &user)
 	if err == nil && !found {
-		err = errUserNotFound()
+		err = feed.ErrUserNotFound()
 	}
 	var docs []rdbTask
 	if err == nil {
@@ -387,27 +407,27 @@ func (s *rdbStore) ReadAll(ctx context.Context, userID string) (Snapshot, error)
 			snap.Tasks[i] = json.RawMessage(d.Task)
 		}
 	}
-	s.m.observe("read-all", start, err)
+	s.m.Observe("read-all", start, err)
 	return snap, err
 }
 
-func (s *rdbStore) Write(ctx context.Context, w *Write) error {
+func (s *rdbStore) Write(ctx context.Context, w *feed.Write) error {
 	start := time.Now()
 	err := s.write(ctx, w)
-	s.m.observe(w.Kind.String(), start, err)
+	s.m.Observe(w.Kind.String(), start, err)
 	return err
 }
 
-func (s *rdbStore) write(ctx context.Context, w *Write) error {
+func (s *rdbStore) write(ctx context.Context, w *feed.Write) error {
 	var user rdbUser
 	if found, err := s.one(ctx, s.table(rdbUsers).Get(w.UserID), &user); err != nil {
 		return err
 	} else if !found {
-		return errUserNotFound()
+		return feed.ErrUserNotFound()
 	}
 	u := &rdbUserTx{s: s, ctx: ctx, userID: w.UserID, version: json.RawMessage(user.Version),
-		taskCount: newTaskCount(user.Tasks)}
-	changes, err := apply(u, w, s.limits)
+		TaskCounter: feed.NewTaskCounter(user.Tasks)}
+	changes, err := feed.Apply(u, w, s.limits)
 	if err != nil {
 		return err
 	}
@@ -417,7 +437,7 @@ func (s *rdbStore) write(ctx context.Context, w *Write) error {
 	version := string(u.version)
 	for _, c := range changes {
 		var t r.Term
-		if c.Kind == ChangeDelete {
+		if c.Kind == feed.ChangeDelete {
 			t = s.table(rdbTasks).Get(taskDocID(w.UserID, c.TaskID)).Update(map[string]any{
 				"deleted": true, "task": "", "version": version, "device_id": w.DeviceID,
 				"rev": r.Row.Field("rev").Add(1),
@@ -433,7 +453,7 @@ func (s *rdbStore) write(ctx context.Context, w *Write) error {
 			return err
 		}
 	}
-	return s.table(rdbUsers).Get(w.UserID).Update(map[string]any{"version": version, "tasks": u.count}).
+	return s.table(rdbUsers).Get(w.UserID).Update(map[string]any{"version": version, "tasks": u.Count}).
 		Exec(s.exec, r.ExecOpts{Context: ctx})
 }
 
@@ -444,7 +464,7 @@ type rdbUserTx struct {
 	ctx     context.Context
 	userID  string
 	version json.RawMessage
-	taskCount
+	feed.TaskCounter
 }
 
 func (u *rdbUserTx) Version() json.RawMessage { return u.version }
@@ -456,33 +476,33 @@ func (u *rdbUserTx) Get(id int64) (json.RawMessage, bool, error) {
 		return nil, false, err
 	}
 	live := found && !doc.Deleted
-	u.seen(id, live)
+	u.Seen(id, live)
 	if !live {
 		return nil, false, nil
 	}
 	return json.RawMessage(doc.Task), true, nil
 }
 
-func (u *rdbUserTx) All() ([]Task, error) {
+func (u *rdbUserTx) All() ([]feed.Task, error) {
 	docs, err := u.s.liveTasks(u.ctx, u.userID)
 	if err != nil {
 		return nil, err
 	}
-	all := make([]Task, len(docs))
+	all := make([]feed.Task, len(docs))
 	for i, d := range docs {
-		all[i] = Task{ID: d.TaskID, Raw: json.RawMessage(d.Task)}
-		u.seen(d.TaskID, true)
+		all[i] = feed.Task{ID: d.TaskID, Raw: json.RawMessage(d.Task)}
+		u.Seen(d.TaskID, true)
 	}
 	return all, nil
 }
 
 func (u *rdbUserTx) Put(id int64, _ json.RawMessage) error {
-	u.put(id)
+	u.Added(id)
 	return nil
 }
 
 func (u *rdbUserTx) Delete(id int64) error {
-	u.del(id)
+	u.Removed(id)
 	return nil
 }
 

@@ -1,0 +1,101 @@
+package conn
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"github.com/kronos-sync/kronos-server/internal/check"
+)
+
+// Options configure a Server. The zero value of a field means its default;
+// Validate refuses values that are neither zero nor valid.
+type Options struct {
+	// Listen is the client address, host:port. Default ":5000".
+	Listen string
+	// Engine drives the sockets: "epoll" (default: no goroutine and no
+	// buffer per idle connection) or "goroutine" (a reader and a writer
+	// goroutine per connection, the classic design, kept as a baseline).
+	Engine string
+	// Workers is the number of goroutines reading from sockets and running
+	// handlers. Default 64.
+	Workers int
+	// MaxMessageBytes bounds one incoming message. Default 4 MiB.
+	MaxMessageBytes int
+	// MaxQueueBytes bounds a connection's unsent output; a client that lets
+	// it fill is disconnected. Default 8 MiB.
+	MaxQueueBytes int
+	// MaxConns refuses connections past this count. Default 0: no limit
+	// other than the process's descriptor limit.
+	MaxConns int
+	// ReadTimeout is how long a started message may take to arrive whole.
+	// Default 30s.
+	ReadTimeout time.Duration
+	// WriteTimeout is how long a closing connection may take to send what
+	// is queued. Default 10s.
+	WriteTimeout time.Duration
+	// LingerTimeout is how long a closed write side waits for the peer to
+	// close before the socket is closed. Default 2s.
+	LingerTimeout time.Duration
+	// KeepAlive is the TCP keepalive idle time. Default 30s.
+	KeepAlive time.Duration
+	// PingInterval: a WebSocket with no traffic for this long gets a ping,
+	// so proxies and load balancers that drop idle connections keep it.
+	// Default 30s; negative: no pings.
+	PingInterval time.Duration
+
+	Logger     zerolog.Logger
+	Registerer prometheus.Registerer // nil: metrics are not registered
+}
+
+func (o *Options) setDefaults() {
+	if o.Listen == "" {
+		o.Listen = ":5000"
+	}
+	if o.Engine == "" {
+		o.Engine = EngineEpoll
+	}
+	if o.Workers == 0 {
+		o.Workers = 64
+	}
+	if o.MaxMessageBytes == 0 {
+		o.MaxMessageBytes = 4 << 20
+	}
+	if o.MaxQueueBytes == 0 {
+		o.MaxQueueBytes = 8 << 20
+	}
+	if o.ReadTimeout == 0 {
+		o.ReadTimeout = 30 * time.Second
+	}
+	if o.WriteTimeout == 0 {
+		o.WriteTimeout = 10 * time.Second
+	}
+	if o.LingerTimeout == 0 {
+		o.LingerTimeout = 2 * time.Second
+	}
+	if o.KeepAlive == 0 {
+		o.KeepAlive = 30 * time.Second
+	}
+	if o.PingInterval == 0 {
+		o.PingInterval = 30 * time.Second
+	}
+}
+
+// Validate reports every field that is neither zero (its default) nor
+// valid, in declaration order.
+func (o *Options) Validate() error {
+	var c check.List
+	c.Add(o.Engine != "" && o.Engine != EngineEpoll && o.Engine != EngineGoroutine, "Engine", o.Engine,
+		"must be "+EngineEpoll+" or "+EngineGoroutine)
+	c.Add(o.Workers < 0, "Workers", o.Workers, "must be 0 (default 64) or more")
+	c.Add(o.MaxMessageBytes < 0, "MaxMessageBytes", o.MaxMessageBytes, "must be 0 (default 4 MiB) or more")
+	c.Add(o.MaxQueueBytes < 0, "MaxQueueBytes", o.MaxQueueBytes, "must be 0 (default 8 MiB) or more")
+	c.Add(o.MaxConns < 0, "MaxConns", o.MaxConns, "must be 0 (no limit) or more")
+	c.Add(o.ReadTimeout < 0, "ReadTimeout", o.ReadTimeout, "must be 0 (default 30s) or more")
+	c.Add(o.WriteTimeout < 0, "WriteTimeout", o.WriteTimeout, "must be 0 (default 10s) or more")
+	c.Add(o.LingerTimeout < 0, "LingerTimeout", o.LingerTimeout, "must be 0 (default 2s) or more")
+	c.Add(o.KeepAlive < 0, "KeepAlive", o.KeepAlive, "must be 0 (default 30s) or more")
+	return c.Err()
+}
+

@@ -1,0 +1,449 @@
+// Package bolt is the embedded store: one bbolt file, for a single node,
+// with no other service to run.
+//
+// Layout: bucket "users" maps a user id to its record (version, change
+// sequence and counts); "devices" maps a device id to its user id; "tasks"
+// holds one nested bucket per user whose keys are the task ids, ordered (see
+// taskKey).
+//
+// Writes go through one committer goroutine that groups the writes waiting
+// at that moment into one transaction and one fsync (group commit), then
+// hands their changes to the Sink in commit order. A change reaches the Sink
+// only after its fsync, so a notified write survives a crash. One node sees
+// every write, so the feed delivers every user's changes and Watch has
+// nothing to do.
+package bolt
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"go.etcd.io/bbolt"
+
+	"github.com/kronos-sync/kronos-server/feed"
+)
+
+var (
+	bucketUsers   = []byte("users")
+	bucketDevices = []byte("devices")
+	bucketTasks   = []byte("tasks")
+)
+
+// maxCommitBatch bounds the writes grouped into one transaction.
+const maxCommitBatch = 256
+
+// ErrClosed is returned by calls made after Close.
+var ErrClosed = errors.New("bolt store: closed")
+
+// Store is the embedded store and its feed.
+type Store struct {
+	db      *bbolt.DB
+	limits  feed.Limits
+	metrics *feed.StoreMetrics
+
+	sinkMu sync.Mutex
+	sink   feed.Sink
+
+	mu     sync.RWMutex // held shared while submitting, exclusively to close
+	closed bool
+	ops    chan *op
+	quit   chan struct{}
+	done   chan struct{}
+}
+
+var (
+	_ feed.Store = (*Store)(nil)
+	_ feed.Feed  = (*Store)(nil)
+)
+
+type op struct {
+	name    string
+	run     func(tx *bbolt.Tx) ([]feed.Change, error)
+	err     error
+	changes []feed.Change
+	done    chan struct{}
+}
+
+// userRecord is a user's entry in the users bucket.
+type userRecord struct {
+	Version json.RawMessage `json:"version"`
+	// Seq is the user's last change number (feed.Change.Seq).
+	Seq     uint64 `json:"seq"`
+	Tasks   int    `json:"tasks"`
+	Devices int    `json:"devices"`
+}
+
+// Open opens (creating if needed) the bbolt file at path and its directory.
+func Open(path string, opts feed.Options) (*Store, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, fmt.Errorf("bolt store: %w", err)
+	}
+	opts.SetDefaults()
+	if path == "" {
+		return nil, errors.New("bolt store: empty path (want bolt:PATH)")
+	}
+	if dir := filepath.Dir(path); dir != "" {
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			return nil, fmt.Errorf("bolt store: %w", err)
+		}
+	}
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: 2 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("bolt store %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bbolt.Tx) error {
+		for _, b := range [][]byte{bucketUsers, bucketDevices, bucketTasks} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("bolt store %s: %w", path, err)
+	}
+	s := &Store{
+		db:      db,
+		limits:  opts.Limits,
+		metrics: feed.NewStoreMetrics(opts.Registerer, "bolt"),
+		ops:     make(chan *op, maxCommitBatch),
+		quit:    make(chan struct{}),
+		done:    make(chan struct{}),
+	}
+	go s.commitLoop()
+	return s, nil
+}
+
+// Subscribe implements feed.Feed.
+func (s *Store) Subscribe(sink feed.Sink) {
+	s.sinkMu.Lock()
+	s.sink = sink
+	s.sinkMu.Unlock()
+}
+
+// Watch implements feed.Feed. The embedded store serves one node, which
+// sees every change: there is nothing to start.
+func (s *Store) Watch(ctx context.Context, _ string, _ uint64) error { return ctx.Err() }
+
+// Unwatch implements feed.Feed.
+func (s *Store) Unwatch(string) {}
+
+// Ready implements feed.Store.
+func (s *Store) Ready(context.Context) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return ErrClosed
+	}
+	return nil
+}
+
+// Close implements feed.Store: queued writes commit and are delivered.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.mu.Unlock()
+	close(s.quit)
+	<-s.done
+	return s.db.Close()
+}
+
+// submit runs o in the committer and waits for its commit. If ctx ends
+// first the write may still commit (and be notified).
+func (s *Store) submit(ctx context.Context, o *op) error {
+	o.done = make(chan struct{})
+	start := time.Now()
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		return ErrClosed
+	}
+	select {
+	case s.ops <- o:
+	case <-ctx.Done():
+		s.mu.RUnlock()
+		return ctx.Err()
+	}
+	s.mu.RUnlock()
+	select {
+	case <-o.done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	s.metrics.Observe(o.name, start, o.err)
+	return o.err
+}
+
+func (s *Store) commitLoop() {
+	defer close(s.done)
+	batch := make([]*op, 0, maxCommitBatch)
+	for {
+		select {
+		case o := <-s.ops:
+			batch = append(batch[:0], o)
+		case <-s.quit:
+			// Close holds no submitters any more: finish what is queued.
+			for {
+				select {
+				case o := <-s.ops:
+					s.commit([]*op{o})
+				default:
+					return
+				}
+			}
+		}
+	fill:
+		for len(batch) < maxCommitBatch {
+			select {
+			case o := <-s.ops:
+				batch = append(batch, o)
+			default:
+				break fill
+			}
+		}
+		s.commit(batch)
+	}
+}
+
+// commit runs a batch in one transaction. A refused op changed nothing
+// (Apply checks before it mutates), so the others still commit; any other
+// failure aborts the transaction and the ops are retried one by one so that
+// one bad op cannot fail its neighbours.
+func (s *Store) commit(batch []*op) {
+	err := s.db.Update(func(tx *bbolt.Tx) error {
+		for _, o := range batch {
+			o.changes, o.err = o.run(tx)
+			if o.err != nil && !feed.IsRefusal(o.err) {
+				return o.err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		if len(batch) > 1 {
+			for _, o := range batch {
+				s.commit([]*op{o})
+			}
+			return
+		}
+		batch[0].err, batch[0].changes = err, nil
+	}
+	s.metrics.BatchSize.Observe(float64(len(batch)))
+	var changes []feed.Change
+	for _, o := range batch {
+		if o.err == nil {
+			changes = append(changes, o.changes...)
+		}
+	}
+	if len(changes) > 0 {
+		s.sinkMu.Lock()
+		sink := s.sink
+		s.sinkMu.Unlock()
+		if sink != nil {
+			sink(changes)
+		}
+	}
+	for _, o := range batch {
+		close(o.done)
+	}
+}
+
+// Login implements feed.Store.
+func (s *Store) Login(ctx context.Context, userID, deviceID string) (feed.Session, error) {
+	if userID != "" && deviceID != "" {
+		return s.loginExisting(userID, deviceID)
+	}
+	var sess feed.Session
+	err := s.submit(ctx, &op{name: "login", run: func(tx *bbolt.Tx) ([]feed.Change, error) {
+		var err error
+		sess, err = s.loginCreate(tx, userID, deviceID)
+		return nil, err
+	}})
+	return sess, err
+}
+
+// loginExisting is the common case, a known user and device: read-only.
+func (s *Store) loginExisting(userID, deviceID string) (feed.Session, error) {
+	start := time.Now()
+	var sess feed.Session
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		rec, err := loadUser(tx, userID)
+		if err != nil {
+			return err
+		}
+		if owner := tx.Bucket(bucketDevices).Get([]byte(deviceID)); string(owner) != userID {
+			return feed.ErrDeviceNotFound(deviceID)
+		}
+		sess = feed.Session{Seq: rec.Seq, UserID: userID, DeviceID: deviceID, Version: bytes.Clone(rec.Version)}
+		return nil
+	})
+	s.metrics.Observe("login", start, err)
+	return sess, err
+}
+
+func (s *Store) loginCreate(tx *bbolt.Tx, userID, deviceID string) (feed.Session, error) {
+	sess := feed.Session{UserID: userID, DeviceID: deviceID}
+	var rec *userRecord
+	if userID == "" {
+		sess.UserID, sess.NewUser = feed.NewID(), true
+		rec = &userRecord{Version: json.RawMessage("-1")}
+	} else {
+		var err error
+		if rec, err = loadUser(tx, userID); err != nil {
+			return feed.Session{}, err
+		}
+	}
+	devices := tx.Bucket(bucketDevices)
+	owner := devices.Get([]byte(deviceID))
+	if err := feed.ResolveDevice(&sess, deviceID, feed.DeviceOwner{Found: owner != nil, UserID: string(owner)}); err != nil {
+		return feed.Session{}, err
+	}
+	if sess.NewDevice {
+		if rec.Devices >= s.limits.MaxDevicesPerUser {
+			return feed.Session{}, feed.ErrTooManyDevices(s.limits.MaxDevicesPerUser)
+		}
+		if err := devices.Put([]byte(sess.DeviceID), []byte(sess.UserID)); err != nil {
+			return feed.Session{}, err
+		}
+		rec.Devices++
+	}
+	if err := saveUser(tx, sess.UserID, rec); err != nil {
+		return feed.Session{}, err
+	}
+	sess.Version, sess.Seq = rec.Version, rec.Seq
+	return sess, nil
+}
+
+func loadUser(tx *bbolt.Tx, userID string) (*userRecord, error) {
+	v := tx.Bucket(bucketUsers).Get([]byte(userID))
+	if v == nil {
+		return nil, feed.ErrUserNotFound()
+	}
+	rec := new(userRecord)
+	if err := json.Unmarshal(v, rec); err != nil {
+		return nil, fmt.Errorf("bolt store: corrupt user record: %w", err)
+	}
+	return rec, nil
+}
+
+func saveUser(tx *bbolt.Tx, userID string, rec *userRecord) error {
+	v, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bucketUsers).Put([]byte(userID), v)
+}
+
+// ReadAll implements feed.Store.
+func (s *Store) ReadAll(_ context.Context, userID string) (feed.Snapshot, error) {
+	start := time.Now()
+	var snap feed.Snapshot
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		rec, err := loadUser(tx, userID)
+		if err != nil {
+			return err
+		}
+		snap.Version, snap.Seq = bytes.Clone(rec.Version), rec.Seq
+		snap.Tasks = make([]json.RawMessage, 0, rec.Tasks)
+		if b := tx.Bucket(bucketTasks).Bucket([]byte(userID)); b != nil {
+			return b.ForEach(func(_, v []byte) error {
+				snap.Tasks = append(snap.Tasks, bytes.Clone(v))
+				return nil
+			})
+		}
+		return nil
+	})
+	s.metrics.Observe("read-all", start, err)
+	return snap, err
+}
+
+// Write implements feed.Store.
+func (s *Store) Write(ctx context.Context, w *feed.Write) error {
+	return s.submit(ctx, &op{name: w.Kind.String(), run: func(tx *bbolt.Tx) ([]feed.Change, error) {
+		rec, err := loadUser(tx, w.UserID)
+		if err != nil {
+			return nil, err
+		}
+		tasks, err := tx.Bucket(bucketTasks).CreateBucketIfNotExists([]byte(w.UserID))
+		if err != nil {
+			return nil, err
+		}
+		changes, err := feed.Apply(&userTx{rec: rec, tasks: tasks}, w, s.limits)
+		if err != nil {
+			return nil, err
+		}
+		for i := range changes {
+			rec.Seq++
+			changes[i].Seq = rec.Seq
+		}
+		return changes, saveUser(tx, w.UserID, rec)
+	}})
+}
+
+// taskKey orders signed ids: big-endian with the sign bit flipped.
+func taskKey(id int64) []byte {
+	var k [8]byte
+	binary.BigEndian.PutUint64(k[:], uint64(id)^(1<<63))
+	return k[:]
+}
+
+func taskIDFromKey(k []byte) int64 { return int64(binary.BigEndian.Uint64(k) ^ (1 << 63)) }
+
+// userTx is one user's data inside a bbolt write transaction. Values it
+// returns are valid until the transaction ends.
+type userTx struct {
+	rec   *userRecord
+	tasks *bbolt.Bucket
+}
+
+func (u *userTx) Version() json.RawMessage { return u.rec.Version }
+func (u *userTx) TaskCount() int           { return u.rec.Tasks }
+
+func (u *userTx) Get(id int64) (json.RawMessage, bool, error) {
+	v := u.tasks.Get(taskKey(id))
+	return v, v != nil, nil
+}
+
+func (u *userTx) All() ([]feed.Task, error) {
+	all := make([]feed.Task, 0, u.rec.Tasks)
+	err := u.tasks.ForEach(func(k, v []byte) error {
+		all = append(all, feed.Task{ID: taskIDFromKey(k), Raw: v})
+		return nil
+	})
+	return all, err
+}
+
+func (u *userTx) Put(id int64, raw json.RawMessage) error {
+	k := taskKey(id)
+	if u.tasks.Get(k) == nil {
+		u.rec.Tasks++
+	}
+	return u.tasks.Put(k, raw)
+}
+
+func (u *userTx) Delete(id int64) error {
+	k := taskKey(id)
+	if u.tasks.Get(k) == nil {
+		return nil
+	}
+	u.rec.Tasks--
+	return u.tasks.Delete(k)
+}
+
+func (u *userTx) SetVersion(v json.RawMessage) error {
+	u.rec.Version = v
+	return nil
+}
