@@ -98,4 +98,3 @@ func (o *Options) Validate() error {
 	c.Add(o.KeepAlive < 0, "KeepAlive", o.KeepAlive, "must be 0 (default 30s) or more")
 	return c.Err()
 }
-

@@ -30,7 +30,7 @@ type session struct {
 	userID   string
 	deviceID string
 	loggedIn bool
-	loginAt  int64 // unix nanos; orders logins of one device across nodes
+	loginAt  int64       // unix nanos; orders logins of one device across nodes
 	inHub    bool        // in the hub: receives the user's notifications
 	watching bool        // a Watch of the feed succeeded for this session
 	active   atomic.Bool // logged in: deviceID is final

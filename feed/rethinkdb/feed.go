@@ -2,8 +2,8 @@ package rethinkdb
 
 import (
 	"context"
-	"errors"
 	"encoding/json"
+	"errors"
 	"hash/maphash"
 	"slices"
 	"strconv"
