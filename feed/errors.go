@@ -87,3 +87,7 @@ func ErrTooManyDevices(limit int) error {
 func errInvalidTask(format string, args ...any) error {
 	return &Error{CodeInvalidTask, fmt.Sprintf(format, args...)}
 }
+
+// ErrConfig marks an error in a store's configuration (its URL or
+// options): retrying cannot help.
+var ErrConfig = errors.New("bad store configuration")

@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/rs/zerolog"
 
+	"github.com/kronos-sync/kronos-server/feed"
 	"github.com/kronos-sync/kronos-server/feed/stores"
 	"github.com/kronos-sync/kronos-server/node"
 )
@@ -74,6 +75,28 @@ func newLogger(cfg *config, w io.Writer) (zerolog.Logger, error) {
 	return zerolog.New(w).Level(level).With().Timestamp().Logger(), nil
 }
 
+// openStore opens the store, retrying with backoff while it does not
+// answer (a node may start before its database). A configuration the store
+// refuses outright (a bad URL) is not retried.
+func openStore(ctx context.Context, url string, opts feed.Options, admin *adminPort, log zerolog.Logger) (feed.Backend, error) {
+	backoff := 250 * time.Millisecond
+	for {
+		b, err := stores.Open(ctx, url, opts)
+		if err == nil || errors.Is(err, stores.ErrConfig) {
+			return b, err
+		}
+		// The error names the store by its URL with the password hidden.
+		log.Warn().Err(err).Dur("retry_in", backoff).Msg("store unreachable; retrying")
+		admin.waiting("store unreachable: " + err.Error())
+		select {
+		case <-ctx.Done():
+			return feed.Backend{}, ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 10*time.Second)
+	}
+}
+
 func serve(cfg *config, stderr io.Writer) error {
 	log, err := newLogger(cfg, stderr)
 	if err != nil {
@@ -85,10 +108,30 @@ func serve(cfg *config, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
+	// The admin port comes first, so that probes see a node that waits for
+	// its store as alive but not ready.
+	adminLn, err := net.Listen("tcp", cfg.adminListen)
+	if err != nil {
+		return fmt.Errorf("admin listen %s: %w", cfg.adminListen, err)
+	}
+	adminPort := newAdminPort(reg)
+	admin := &http.Server{Handler: adminPort, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := admin.Serve(adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error().Err(err).Msg("admin server stopped")
+		}
+	}()
+	defer admin.Close()
+	log.Info().Str("admin", adminLn.Addr().String()).Msg("admin listening")
+
 	storeOpts := cfg.storeOpts
 	storeOpts.Limits, storeOpts.Logger, storeOpts.Registerer = cfg.node.Limits, log, reg
-	backend, err := stores.Open(ctx, cfg.store, storeOpts)
+	backend, err := openStore(ctx, cfg.store, storeOpts, adminPort, log)
 	if err != nil {
+		if ctx.Err() != nil {
+			log.Info().Msg("stopped before the store answered")
+			return nil
+		}
 		return err
 	}
 	defer backend.Store.Close()
@@ -101,17 +144,7 @@ func serve(cfg *config, stderr io.Writer) error {
 	if err := n.Start(); err != nil {
 		return err
 	}
-	adminLn, err := net.Listen("tcp", cfg.adminListen)
-	if err != nil {
-		n.Shutdown(context.Background())
-		return fmt.Errorf("admin listen %s: %w", cfg.adminListen, err)
-	}
-	admin := &http.Server{Handler: n.AdminHandler(reg), ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		if err := admin.Serve(adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error().Err(err).Msg("admin server stopped")
-		}
-	}()
+	adminPort.serveNode(n.AdminHandler(reg))
 	if len(cfg.cluster.Join) > 0 {
 		cfg.cluster.Version, cfg.cluster.Logger, cfg.cluster.Registerer = version, log, reg
 		if _, err := n.JoinCluster(cfg.cluster); err != nil {
@@ -133,7 +166,6 @@ func serve(cfg *config, stderr io.Writer) error {
 	if err := backend.Store.Close(); err != nil {
 		log.Error().Err(err).Msg("closing store")
 	}
-	admin.Close()
 	log.Info().Msg("stopped")
 	return nil
 }

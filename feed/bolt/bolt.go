@@ -84,11 +84,11 @@ type userRecord struct {
 // Open opens (creating if needed) the bbolt file at path and its directory.
 func Open(path string, opts feed.Options) (*Store, error) {
 	if err := opts.Validate(); err != nil {
-		return nil, fmt.Errorf("bolt store: %w", err)
+		return nil, fmt.Errorf("bolt store: %w: %w", feed.ErrConfig, err)
 	}
 	opts.SetDefaults()
 	if path == "" {
-		return nil, errors.New("bolt store: empty path (want bolt:PATH)")
+		return nil, fmt.Errorf("bolt store: %w: empty path (want bolt:PATH)", feed.ErrConfig)
 	}
 	if dir := filepath.Dir(path); dir != "" {
 		if err := os.MkdirAll(dir, 0o750); err != nil {

@@ -76,12 +76,12 @@ type watch struct {
 // the node's feed.
 func Open(ctx context.Context, url string, opts feed.Options) (*Store, error) {
 	if err := opts.Validate(); err != nil {
-		return nil, fmt.Errorf("postgres store: %w", err)
+		return nil, fmt.Errorf("postgres store: %w: %w", feed.ErrConfig, err)
 	}
 	opts.SetDefaults()
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
-		return nil, fmt.Errorf("postgres store %s: %w", feed.RedactURL(url), err)
+		return nil, fmt.Errorf("postgres store %s: %w: %w", feed.RedactURL(url), feed.ErrConfig, err)
 	}
 	if cfg.ConnConfig.RuntimeParams["application_name"] == "" {
 		cfg.ConnConfig.RuntimeParams["application_name"] = "kronos"

@@ -1,12 +1,12 @@
 package rethinkdb
 
 import (
+	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
+	"fmt"
 	"hash/maphash"
 	"slices"
-	"strconv"
 	"sync"
 	"time"
 
@@ -15,119 +15,165 @@ import (
 	"github.com/kronos-sync/kronos-server/feed"
 )
 
-// The node's RethinkDB feed: the watched users are split into rdbShardCount
-// shards by user, each with one changefeed over
-// tasks.getAll(its users…, {index: "user_id"}).changes(), so that a login
+// The node's feed. The watched users are split into shardCount shards by
+// user; each shard has one changefeed over
+// writes.getAll(its users…, {index: "user_id"}).changes(), so a login
 // rebuilds one small feed, not one over every user. Changes in the set of
-// users are batched for rdbBatchDelay; a rebuild opens the new feed before
-// closing the old one, and the overlap is deduplicated by the documents'
-// rev. A feed that breaks cannot be resumed (RethinkDB has no resume
-// token): its users' devices are told to re-sync, and the feed reopens with
-// backoff. So does a feed that reports it skipped changes.
+// users are batched for batchDelay. A rebuild opens the new feed before it
+// closes the old one, then reads the new users' records past their starting
+// point from the table (catch-up), so nothing falls between a login's read
+// and its feed.
+//
+// Every record, from a changefeed or a catch-up read, goes to one sequencer
+// goroutine. It keeps, per watched user, the last change number delivered,
+// and hands the Sink only the next ones in order: a record seen twice (two
+// feeds overlap in a rebuild, or a catch-up meets the feed) is dropped, and
+// a record that skips ahead waits while the missing ones are read from the
+// table. A gap that the table cannot fill (pruned) becomes a ChangeResync.
+// Before anything is delivered the sequencer runs writes.sync() and re-reads
+// the batch's records: a changefeed may show a write before it is on disk,
+// and a RethinkDB that crashed and restarted in between would have lost it
+// (or another write would now hold its key: the nonce tells them apart).
+//
+// A feed that breaks, or reports that it skipped changes, marks its shard
+// failed: /readyz fails, and the shard reopens with backoff and catches all
+// its users up from what they were delivered. Devices lose nothing and need
+// not re-sync.
+//
+// Locks: feeds.mu guards users, the shards and every watch's delivered
+// number; it is never held across a query or a channel send.
 const (
-	rdbShardCount = 8
-	rdbBatchDelay = 20 * time.Millisecond
+	shardCount   = 16
+	batchDelay   = 20 * time.Millisecond
+	maxBackoff   = 10 * time.Second
+	maxSeqBatch  = 4096 // records handled per sync
+	eventsBuffer = 256  // batches waiting for the sequencer
 )
 
-type rdbFeeds struct {
-	s      *rdbStore
+type feeds struct {
+	s      *Store
 	seed   maphash.Seed
-	mu     sync.Mutex
-	shards [rdbShardCount]*rdbShard
+	events chan []recordDoc // to the sequencer
 	kick   chan struct{}
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+
+	mu     sync.Mutex
+	users  map[string]*watch
+	shards [shardCount]*shard
+	// syncFailed says the last sync or gap read failed: until the shards
+	// have reopened and caught up, the feed is not healthy.
+	syncFailed bool
 }
 
-type rdbShard struct {
-	users   map[string]int // watch counts
-	dirty   bool           // users changed since the feed was opened
-	failed  bool           // the feed broke and is not open again yet
+// watch is a user with devices on this node.
+type watch struct {
+	count     int
+	delivered uint64 // the last change number handed to the Sink
+}
+
+type shard struct {
+	users   map[string]bool
+	catchUp map[string]bool // read from the table once the next feed is open
+	dirty   bool            // users changed since the feed was opened
+	failed  bool            // the feed broke and is not open again yet
 	retryAt time.Time
 	backoff time.Duration
-	waiters []chan struct{} // Watch calls waiting for the next rebuild
-	current *rdbRun
-	lastRev map[string]int64 // by task document, to drop the overlap's doubles
-	pubMu   sync.Mutex       // orders the two runs of an overlap
+	waiters []chan error // Watch calls waiting for the next rebuild
+	current *run
 }
 
-// rdbRun is one open changefeed.
-type rdbRun struct {
+// run is one open changefeed.
+type run struct {
 	cursor   *r.Cursor
-	users    []string
 	stopping chan struct{}
 }
 
-// rdbEvent is one changefeed document.
-type rdbEvent struct {
-	NewVal *rdbTask `rethinkdb:"new_val"`
-	OldVal *rdbTask `rethinkdb:"old_val"`
-	Type   string   `rethinkdb:"type"`
-	State  string   `rethinkdb:"state"`
-	Error  string   `rethinkdb:"error"`
+// event is one changefeed document.
+type event struct {
+	NewVal *recordDoc `rethinkdb:"new_val"`
+	Type   string     `rethinkdb:"type"`
+	State  string     `rethinkdb:"state"`
+	Error  string     `rethinkdb:"error"`
 }
 
-func newRDBFeeds(s *rdbStore) *rdbFeeds {
-	f := &rdbFeeds{s: s, seed: maphash.MakeSeed(), kick: make(chan struct{}, 1)}
+func newFeeds(s *Store) *feeds {
+	f := &feeds{s: s, seed: maphash.MakeSeed(), events: make(chan []recordDoc, eventsBuffer),
+		kick: make(chan struct{}, 1), users: map[string]*watch{}}
 	for i := range f.shards {
-		f.shards[i] = &rdbShard{users: map[string]int{}, lastRev: map[string]int64{}}
+		f.shards[i] = &shard{users: map[string]bool{}, catchUp: map[string]bool{}}
 	}
-	f.ctx, f.cancel = context.WithCancel(context.Background())
-	f.wg.Add(1)
+	f.ctx, f.cancel = context.WithCancel(s.ctx)
+	f.wg.Add(2)
 	go f.manage()
+	go f.sequence()
 	return f
 }
 
-func (f *rdbFeeds) shard(user string) *rdbShard {
-	return f.shards[maphash.String(f.seed, user)%rdbShardCount]
+func (f *feeds) shard(user string) *shard {
+	return f.shards[maphash.String(f.seed, user)%shardCount]
 }
 
-func (f *rdbFeeds) poke() {
+func (f *feeds) poke() {
 	select {
 	case f.kick <- struct{}{}:
 	default:
 	}
 }
 
-// Watch returns once a feed covering the user is open (or failed to open:
-// the login goes on and the devices re-sync when the feed is back).
-func (s *rdbStore) Watch(ctx context.Context, user string, _ uint64) error {
-	f := s.feeds
+// Watch implements feed.Feed. It returns once a changefeed covering the
+// user is open and its catch-up read has started from afterSeq.
+func (s *Store) Watch(ctx context.Context, user string, afterSeq uint64) error {
+	f := s.feed
 	f.mu.Lock()
-	sh := f.shard(user)
-	sh.users[user]++
-	if sh.users[user] > 1 {
+	if w := f.users[user]; w != nil {
+		w.count++
 		f.mu.Unlock()
 		return nil
 	}
-	sh.dirty = true
-	ready := make(chan struct{})
-	sh.waiters = append(sh.waiters, ready)
+	f.users[user] = &watch{count: 1, delivered: afterSeq}
+	sh := f.shard(user)
+	sh.users[user], sh.catchUp[user], sh.dirty = true, true, true
+	done := make(chan error, 1)
+	sh.waiters = append(sh.waiters, done)
 	f.mu.Unlock()
 	f.poke()
+	var err error
 	select {
-	case <-ready:
-		return nil
-	case <-f.ctx.Done():
-		return errors.New("rethinkdb store: closed")
+	case err = <-done:
 	case <-ctx.Done():
-		return ctx.Err()
+		err = ctx.Err()
+	case <-f.ctx.Done():
+		err = ErrClosed
 	}
+	if err != nil {
+		s.Unwatch(user)
+	}
+	return err
 }
 
-func (s *rdbStore) Unwatch(user string) {
-	f := s.feeds
+// Unwatch implements feed.Feed. The user leaves its shard's feed at the
+// next rebuild (batched); its records are dropped meanwhile.
+func (s *Store) Unwatch(user string) {
+	f := s.feed
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	sh := f.shard(user)
-	if sh.users[user]--; sh.users[user] <= 0 {
+	w := f.users[user]
+	if w == nil {
+		return
+	}
+	if w.count--; w.count <= 0 {
+		delete(f.users, user)
+		sh := f.shard(user)
 		delete(sh.users, user)
-		sh.dirty = true // batched: the next rebuild drops the user
+		delete(sh.catchUp, user)
+		sh.dirty = true
 	}
 }
 
-func (f *rdbFeeds) broken() int {
+// healthy reports why the feed is not delivering, if it is not.
+func (f *feeds) healthy() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	n := 0
@@ -136,19 +182,30 @@ func (f *rdbFeeds) broken() int {
 			n++
 		}
 	}
-	return n
+	switch {
+	case n > 0:
+		return fmt.Errorf("%d of %d changefeeds are down", n, shardCount)
+	case f.syncFailed:
+		return errors.New("the changefeed could not confirm writes on disk")
+	}
+	return nil
 }
 
-func (f *rdbFeeds) manage() {
+func (f *feeds) manage() {
 	defer f.wg.Done()
-	tick := time.NewTicker(time.Second) // retries of failed feeds, dropped users
+	tick := time.NewTicker(250 * time.Millisecond) // retries, dropped users
 	defer tick.Stop()
 	for {
 		select {
 		case <-f.ctx.Done():
 			return
 		case <-f.kick:
-			time.Sleep(rdbBatchDelay) // let a burst of logins share one rebuild
+			// Let a burst of logins share one rebuild.
+			select {
+			case <-time.After(batchDelay):
+			case <-f.ctx.Done():
+				return
+			}
 		case <-tick.C:
 		}
 		for _, sh := range f.shards {
@@ -157,11 +214,22 @@ func (f *rdbFeeds) manage() {
 	}
 }
 
-// rebuild reopens a shard's feed if its users changed or it failed: the
-// new feed first, then the old one closed.
-func (f *rdbFeeds) rebuild(sh *rdbShard) {
+// failShard marks a shard's feed down: it reopens after a backoff and then
+// catches every one of its users up.
+func (f *feeds) failShard(sh *shard) {
+	sh.failed, sh.dirty = true, true
+	sh.backoff = min(max(2*sh.backoff, 100*time.Millisecond), maxBackoff)
+	sh.retryAt = time.Now().Add(sh.backoff)
+	for u := range sh.users {
+		sh.catchUp[u] = true
+	}
+}
+
+// rebuild reopens a shard's feed if its users changed or it failed: the new
+// feed first, then the catch-up read, then the old feed closed.
+func (f *feeds) rebuild(sh *shard) {
 	f.mu.Lock()
-	if !sh.dirty && !sh.failed || sh.failed && time.Now().Before(sh.retryAt) {
+	if !sh.dirty || sh.failed && time.Now().Before(sh.retryAt) {
 		f.mu.Unlock()
 		return
 	}
@@ -170,52 +238,71 @@ func (f *rdbFeeds) rebuild(sh *rdbShard) {
 		users = append(users, u)
 	}
 	slices.Sort(users) // a stable query for a stable set
-	waiters := sh.waiters
+	var from []any
+	for u := range sh.catchUp {
+		if w := f.users[u]; w != nil {
+			from = append(from, []any{u, w.delivered})
+		}
+	}
+	waiters, wasFailed := sh.waiters, sh.failed
 	sh.waiters, sh.dirty = nil, false
+	clear(sh.catchUp)
 	old := sh.current
 	f.mu.Unlock()
 
-	var run *rdbRun
-	if len(users) > 0 {
-		cursor, err := f.s.table(rdbTasks).GetAll(r.Args(users)).OptArgs(r.GetAllOpts{Index: rdbByUser}).
+	var next *run
+	err := func() error {
+		if len(users) == 0 {
+			return nil
+		}
+		cursor, err := f.s.table(tableWrites).GetAll(r.Args(users)).OptArgs(r.GetAllOpts{Index: indexUser}).
 			Changes(r.ChangesOpts{IncludeTypes: true, IncludeStates: true}).
 			Run(f.s.exec, r.RunOpts{Context: f.ctx})
 		if err != nil {
-			f.s.log.Warn().Err(err).Int("users", len(users)).Msg("opening a changefeed failed")
-			f.mu.Lock()
-			sh.failed, sh.dirty = true, true
-			sh.backoff = min(max(2*sh.backoff, 100*time.Millisecond), 10*time.Second)
-			sh.retryAt = time.Now().Add(sh.backoff)
-			f.mu.Unlock()
-			for _, w := range waiters {
-				close(w)
-			}
-			return
+			return fmt.Errorf("opening a changefeed: %w", err)
 		}
-		run = &rdbRun{cursor: cursor, users: users, stopping: make(chan struct{})}
+		next = &run{cursor: cursor, stopping: make(chan struct{})}
 		f.wg.Add(1)
-		go f.read(sh, run)
-	}
+		go f.read(sh, next)
+		if len(from) > 0 {
+			var recs []recordDoc
+			q := r.Expr(from).ConcatMap(func(p r.Term) any {
+				return f.s.table(tableWrites).Between([]any{p.Nth(0), p.Nth(1).Add(1)}, []any{p.Nth(0), r.MaxVal},
+					r.BetweenOpts{Index: indexUserLast})
+			})
+			if err := f.s.all(f.ctx, q, &recs); err != nil {
+				return fmt.Errorf("catching up: %w", err)
+			}
+			f.send(recs)
+		}
+		return nil
+	}()
 	f.mu.Lock()
-	wasFailed := sh.failed
-	sh.current, sh.failed, sh.backoff = run, false, 0
-	if old == nil {
-		clear(sh.lastRev) // no overlap: nothing to deduplicate against
+	if err != nil {
+		if f.ctx.Err() == nil {
+			f.s.log.Warn().Err(err).Int("users", len(users)).Msg("changefeed not open; will retry")
+		}
+		for _, u := range users {
+			sh.catchUp[u] = true // redo those not caught up, at the least
+		}
+		f.failShard(sh)
+		if next != nil {
+			close(next.stopping)
+			go next.cursor.Close()
+		}
+		next = old // keep the old feed for its other users meanwhile
+	} else {
+		sh.current, sh.failed, sh.backoff = next, false, 0
+		if wasFailed {
+			f.s.fm.Reconnects.Inc()
+		}
 	}
 	f.mu.Unlock()
-	if old != nil {
-		// Before anything else: the old feed's end is not a failure.
-		close(old.stopping)
-	}
-	// The new feed is open: logins waiting for it go on now.
 	for _, w := range waiters {
-		close(w)
+		w <- err
 	}
-	if wasFailed {
-		// Changes made while no feed was open are lost for good.
-		f.resync(sh, users)
-	}
-	if old != nil {
+	if err == nil && old != nil {
+		close(old.stopping) // its end is not a failure
 		f.wg.Add(1)
 		go func() { // closing waits for the server; the overlap is harmless
 			defer f.wg.Done()
@@ -224,27 +311,35 @@ func (f *rdbFeeds) rebuild(sh *rdbShard) {
 	}
 }
 
-// read delivers one feed's changes until it ends.
-func (f *rdbFeeds) read(sh *rdbShard, run *rdbRun) {
+// send hands records to the sequencer.
+func (f *feeds) send(recs []recordDoc) {
+	if len(recs) == 0 {
+		return
+	}
+	select {
+	case f.events <- recs:
+	case <-f.ctx.Done():
+	}
+}
+
+// read passes one feed's records to the sequencer until it ends.
+func (f *feeds) read(sh *shard, run *run) {
 	defer f.wg.Done()
-	var ev rdbEvent
+	var ev event
+	broken := ""
 	for run.cursor.Next(&ev) {
 		switch {
 		case ev.Error != "":
-			// The feed's queue overflowed and it skipped changes; it goes on.
-			f.s.log.Warn().Str("error", ev.Error).Msg("changefeed skipped changes")
-			f.resync(sh, run.users)
-		case ev.State != "":
-		default:
-			if c, ok := changeFromEvent(&ev); ok {
-				sh.pubMu.Lock()
-				if f.fresh(sh, ev.NewVal) {
-					f.s.deliver([]feed.Change{c})
-				}
-				sh.pubMu.Unlock()
-			}
+			// The feed's queue overflowed and it skipped records: reopen
+			// and catch up.
+			broken = ev.Error
+		case ev.Type == "add" && ev.NewVal != nil:
+			f.send([]recordDoc{*ev.NewVal})
 		}
-		ev = rdbEvent{}
+		if broken != "" {
+			break
+		}
+		ev = event{}
 	}
 	select {
 	case <-run.stopping:
@@ -254,68 +349,181 @@ func (f *rdbFeeds) read(sh *rdbShard, run *rdbRun) {
 	if f.ctx.Err() != nil {
 		return
 	}
-	f.s.log.Warn().AnErr("error", run.cursor.Err()).Msg("changefeed broke: its users re-sync")
+	if broken == "" && run.cursor.Err() != nil {
+		broken = run.cursor.Err().Error()
+	}
+	f.s.log.Warn().Str("error", broken).Msg("changefeed broke; reopening and catching up")
 	f.mu.Lock()
 	if sh.current == run {
-		sh.current, sh.failed, sh.dirty = nil, true, true
-		sh.backoff = min(max(2*sh.backoff, 100*time.Millisecond), 10*time.Second)
-		sh.retryAt = time.Now().Add(sh.backoff)
+		sh.current = nil
+		f.failShard(sh)
 	}
 	f.mu.Unlock()
-	f.resync(sh, run.users)
+	run.cursor.Close()
 }
 
-// fresh reports whether a document version was not delivered yet (the old
-// and the new feed of a rebuild both see the overlap). sh.pubMu is held.
-func (f *rdbFeeds) fresh(sh *rdbShard, doc *rdbTask) bool {
-	key := doc.UserID + "\x00" + strconv.FormatInt(doc.TaskID, 10)
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if doc.Rev <= sh.lastRev[key] {
-		return false
+// sequence delivers records in each user's order, once, and only once they
+// are on disk.
+func (f *feeds) sequence() {
+	defer f.wg.Done()
+	pending := map[string][]recordDoc{}
+	for {
+		var batch []recordDoc
+		select {
+		case <-f.ctx.Done():
+			return
+		case batch = <-f.events:
+		}
+	fill:
+		for len(batch) < maxSeqBatch {
+			select {
+			case more := <-f.events:
+				batch = append(batch, more...)
+			default:
+				break fill
+			}
+		}
+		durable, err := f.confirm(batch)
+		if err != nil {
+			f.recover(err, pending)
+			continue
+		}
+		for _, rec := range durable {
+			if rec.Last >= rec.First { // a write that changed no task notifies nothing
+				pending[rec.UserID] = append(pending[rec.UserID], rec)
+			}
+		}
+		out, err := f.order(pending)
+		if err != nil {
+			f.recover(err, pending)
+		}
+		f.s.deliver(out)
 	}
-	sh.lastRev[key] = doc.Rev
-	return true
 }
 
-func (f *rdbFeeds) resync(sh *rdbShard, users []string) {
-	if len(users) == 0 {
+// confirm syncs the writes table, then reads the batch's records back: only
+// those still there, with the same nonce, are on disk.
+func (f *feeds) confirm(batch []recordDoc) ([]recordDoc, error) {
+	keys := make([]any, len(batch))
+	for i, rec := range batch {
+		keys[i] = rec.ID
+	}
+	type key struct {
+		user string
+		w    uint64
+	}
+	var stored []struct {
+		UserID string `rethinkdb:"user_id"`
+		W      uint64 `rethinkdb:"w"`
+		Nonce  int64  `rethinkdb:"n"`
+	}
+	table := f.s.table(tableWrites)
+	q := r.Do(table.Sync(), func(r.Term) any { return table.GetAll(r.Args(keys)).Pluck("user_id", "w", "n") })
+	if err := f.s.all(f.ctx, q, &stored); err != nil {
+		return nil, fmt.Errorf("confirming writes on disk: %w", err)
+	}
+	onDisk := make(map[key]int64, len(stored))
+	for _, st := range stored {
+		onDisk[key{st.UserID, st.W}] = st.Nonce
+	}
+	durable := batch[:0]
+	for _, rec := range batch {
+		if n, ok := onDisk[key{rec.UserID, rec.W}]; ok && n == rec.Nonce {
+			durable = append(durable, rec)
+		}
+	}
+	return durable, nil
+}
+
+// recover drops what was not delivered and reopens every feed: after the
+// server is back, the catch-up reads deliver what is on disk.
+func (f *feeds) recover(err error, pending map[string][]recordDoc) {
+	if f.ctx.Err() != nil {
 		return
 	}
-	changes := make([]feed.Change, len(users))
-	for i, u := range users {
-		changes[i] = feed.Change{UserID: u, Kind: feed.ChangeResync}
+	f.s.log.Warn().Err(err).Msg("feed lost its server; catching up once it is back")
+	clear(pending)
+	f.mu.Lock()
+	f.syncFailed = true
+	for _, sh := range f.shards {
+		if len(sh.users) > 0 {
+			f.failShard(sh)
+		}
 	}
-	sh.pubMu.Lock()
-	f.s.deliver(changes)
-	sh.pubMu.Unlock()
+	f.mu.Unlock()
 }
 
-// changeFromEvent maps a changefeed document to a notification.
-func changeFromEvent(ev *rdbEvent) (feed.Change, bool) {
-	n, o := ev.NewVal, ev.OldVal
-	if n == nil || ev.Type == "remove" || ev.Type == "initial" {
-		return feed.Change{}, false // a tombstone pruned, or not a change
+// order moves each user's records that come next into the output, reads
+// missing ones from the table, and turns an unfillable gap into a resync.
+func (f *feeds) order(pending map[string][]recordDoc) ([]feed.Change, error) {
+	var out []feed.Change
+	for user, recs := range pending {
+		f.mu.Lock()
+		w := f.users[user]
+		var delivered uint64
+		if w != nil {
+			delivered = w.delivered
+		}
+		f.mu.Unlock()
+		if w == nil {
+			delete(pending, user) // unwatched meanwhile
+			continue
+		}
+		recs = slices.DeleteFunc(recs, func(rec recordDoc) bool { return rec.Last <= delivered })
+		slices.SortFunc(recs, byFirst)
+		if len(recs) > 0 && recs[0].First > delivered+1 {
+			// A record is missing: read it, it was committed before those
+			// that follow it (and is on disk: the sync covered it).
+			var fill []recordDoc
+			q := f.s.table(tableWrites).Between([]any{user, delivered + 1}, []any{user, recs[0].First},
+				r.BetweenOpts{Index: indexUserLast})
+			if err := f.s.all(f.ctx, q, &fill); err != nil {
+				return out, err
+			}
+			fill = slices.DeleteFunc(fill, func(rec recordDoc) bool { return rec.Last < rec.First })
+			recs = append(fill, recs...)
+			slices.SortFunc(recs, byFirst)
+		}
+		for len(recs) > 0 && recs[0].First <= delivered+1 {
+			if recs[0].Last > delivered {
+				for _, c := range recs[0].changes() {
+					if c.Seq > delivered {
+						out = append(out, c)
+					}
+				}
+				delivered = recs[0].Last
+			}
+			recs = recs[1:]
+		}
+		if len(recs) > 0 {
+			// Still a gap: the log was pruned past it.
+			f.s.fm.Resyncs.Inc()
+			f.s.log.Warn().Uint64("expected", delivered+1).Uint64("got", recs[0].First).Msg("change log gap: devices must re-sync")
+			out = append(out, feed.Change{UserID: user, Kind: feed.ChangeResync})
+			for _, rec := range recs {
+				out = append(out, rec.changes()...)
+				delivered = rec.Last
+			}
+		}
+		delete(pending, user)
+		f.mu.Lock()
+		if f.users[user] == w {
+			w.delivered = delivered
+		}
+		f.mu.Unlock()
 	}
-	c := feed.Change{UserID: n.UserID, TaskID: n.TaskID, DeviceID: n.Device, Version: json.RawMessage(n.Version)}
-	wasLive := o != nil && !o.Deleted
-	switch {
-	case n.Deleted && wasLive:
-		c.Kind = feed.ChangeDelete
-	case n.Deleted:
-		return feed.Change{}, false // a tombstone rewritten
-	case wasLive:
-		c.Kind, c.Task = feed.ChangeUpdate, json.RawMessage(n.Task)
-	default:
-		c.Kind, c.Task = feed.ChangeCreate, json.RawMessage(n.Task)
-	}
-	return c, true
+	f.mu.Lock()
+	f.syncFailed = false
+	f.mu.Unlock()
+	return out, nil
 }
 
-func (f *rdbFeeds) stop() {
+func byFirst(a, b recordDoc) int { return cmp.Compare(a.First, b.First) }
+
+func (f *feeds) stop() {
 	f.cancel()
 	f.mu.Lock()
-	var runs []*rdbRun
+	var runs []*run
 	for _, sh := range f.shards {
 		if sh.current != nil {
 			runs = append(runs, sh.current)

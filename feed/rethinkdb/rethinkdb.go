@@ -1,20 +1,32 @@
+// Package rethinkdb is the RethinkDB store, shared by the nodes of a
+// cluster, with a feed per node filtered to the users connected to it.
+//
+// RethinkDB is atomic per document only, so every write is ONE document: a
+// record in the "writes" table holding all of the write's task changes, its
+// version, origin device and the user's sequence numbers. Inserting the
+// record, under a primary key [user_id, w] where w is the user's next write
+// number, is the commit: two writers that race for the same number cannot
+// both insert it (the loser reads what won and tries again), so a user's
+// writes form one gap-free order. The tasks and the user's document are
+// derived from the records ("rolled forward"): any reader or writer that
+// finds a record not yet applied completes it, so a write-all whose node died
+// half way is applied whole by the next one, never half.
+//
+// A node learns of writes through changefeeds over the records of the users
+// connected to it, and notifies a record only after table.sync() has
+// returned once it was seen, so a notified write is on disk. See feed.go for
+// the feed and docs/rethinkdb.md for the whole design and its tests.
+//
+// Locks: Store.sinkMu guards the Sink only. The feed's locks are described in
+// feed.go.
 package rethinkdb
 
 import (
-	"cmp"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"net/url"
-	"os"
-	"slices"
-	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -23,220 +35,108 @@ import (
 	"github.com/kronos-sync/kronos-server/feed"
 )
 
-// The RethinkDB store. RethinkDB is atomic per document only, so the data
-// is laid out for it (docs/rethinkdb.md has the whole design):
-//
-//   - users:   {id: user_id, version, devices, tasks}
-//   - devices: {id: device_id, user_id}
-//   - tasks:   one document per task, id [user_id, task_id], index user_id.
-//     It holds the task as the client sent it (a string: RethinkDB would
-//     reorder an object's keys and turn its numbers into doubles), and the
-//     version and device of the write that produced it, so the change the
-//     feed sees is a complete notification. rev grows with every write of
-//     the document. A delete is a tombstone (deleted: true) so the feed
-//     still sees who deleted and with which version.
-//
-// Each node holds a few changefeeds, one per shard of users, over
-// tasks.getAll(users…, {index: "user_id"}).changes().
+// Table and index names.
 const (
-	rdbUsers   = "users"
-	rdbDevices = "devices"
-	rdbTasks   = "tasks"
-	rdbByUser  = "user_id"
+	tableUsers   = "users"
+	tableDevices = "devices"
+	tableTasks   = "tasks"
+	tableWrites  = "writes"
+
+	indexUser     = "user_id"    // tasks, writes: by user
+	indexUserLast = "user_last"  // writes: [user_id, last change seq]
+	indexAt       = "at"         // writes: commit time, for pruning
+	indexDeleted  = "deleted_at" // tasks: tombstones only, for pruning
 )
 
-type rdbUser struct {
-	ID      string `rethinkdb:"id"`
-	Version string `rethinkdb:"version"`
-	Devices int    `rethinkdb:"devices"`
-	Tasks   int    `rethinkdb:"tasks"`
-}
-
-type rdbDevice struct {
-	ID     string `rethinkdb:"id"`
-	UserID string `rethinkdb:"user_id"`
-}
-
-type rdbTask struct {
-	ID      []any  `rethinkdb:"id"`
-	UserID  string `rethinkdb:"user_id"`
-	TaskID  int64  `rethinkdb:"task_id"`
-	Task    string `rethinkdb:"task"`
-	Deleted bool   `rethinkdb:"deleted"`
-	Version string `rethinkdb:"version"`
-	Device  string `rethinkdb:"device_id"`
-	Rev     int64  `rethinkdb:"rev"`
-}
-
-func taskDocID(user string, id int64) []any { return []any{user, id} }
+// ErrClosed is returned by calls made after Close.
+var ErrClosed = errors.New("rethinkdb store: closed")
 
 // Store is the RethinkDB store and this node's feed on it.
-type Store = rdbStore
-
-type rdbStore struct {
+type Store struct {
 	exec   r.QueryExecutor
 	db     string
+	opts   feed.Options
 	limits feed.Limits
 	log    zerolog.Logger
+	m      *feed.StoreMetrics
+	fm     *feed.FeedMetrics
+	feed   *feeds
+
 	sinkMu sync.Mutex
 	sink   feed.Sink
-	m      *feed.StoreMetrics
-	feeds  *rdbFeeds
-	closed atomic.Bool
-	once   sync.Once
-	close  func() error
+
+	ctx       context.Context // ends at Close
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup // the pruner
+	closeOnce sync.Once
+	closeExec func() error
 }
 
-// rethinkConfig is what a rethinkdb:// URL says.
-type rethinkConfig struct {
-	opts r.ConnectOpts
-}
-
-// parseRethinkURL reads
-// rethinkdb://[user[:password]@]host[:port][,host2[:port]…][/database]
-// with options tls=true, tls_ca=FILE, tls_server_name=NAME,
-// tls_skip_verify=true, max_open=N, max_idle=N, discover=true,
-// timeout=DURATION.
-func parseRethinkURL(raw string) (rethinkConfig, error) {
-	rest, ok := strings.CutPrefix(raw, "rethinkdb://")
-	if !ok {
-		return rethinkConfig{}, errors.New("want rethinkdb://")
-	}
-	var cfg rethinkConfig
-	cfg.opts.Database = "kronos"
-	if at := strings.LastIndex(rest, "@"); at >= 0 {
-		userinfo := rest[:at]
-		rest = rest[at+1:]
-		user, pass, _ := strings.Cut(userinfo, ":")
-		var err error
-		if cfg.opts.Username, err = url.PathUnescape(user); err != nil {
-			return cfg, err
-		}
-		if cfg.opts.Password, err = url.PathUnescape(pass); err != nil {
-			return cfg, err
-		}
-	}
-	rest, query, _ := strings.Cut(rest, "?")
-	hosts, db, _ := strings.Cut(rest, "/")
-	if db != "" {
-		cfg.opts.Database = db
-	}
-	for _, h := range strings.Split(hosts, ",") {
-		if h == "" {
-			continue
-		}
-		if !strings.Contains(h, ":") {
-			h += ":28015"
-		}
-		cfg.opts.Addresses = append(cfg.opts.Addresses, h)
-	}
-	if len(cfg.opts.Addresses) == 0 {
-		return cfg, errors.New("no host")
-	}
-	params, err := url.ParseQuery(query)
-	if err != nil {
-		return cfg, err
-	}
-	var tlsCfg *tls.Config
-	for key, values := range params {
-		v := values[len(values)-1]
-		switch key {
-		case "tls":
-			if v == "true" {
-				tlsCfg = cmpTLS(tlsCfg)
-			}
-		case "tls_ca":
-			pem, err := os.ReadFile(v)
-			if err != nil {
-				return cfg, fmt.Errorf("tls_ca: %w", err)
-			}
-			tlsCfg = cmpTLS(tlsCfg)
-			tlsCfg.RootCAs = x509.NewCertPool()
-			if !tlsCfg.RootCAs.AppendCertsFromPEM(pem) {
-				return cfg, fmt.Errorf("tls_ca %s: no certificate", v)
-			}
-		case "tls_server_name":
-			tlsCfg = cmpTLS(tlsCfg)
-			tlsCfg.ServerName = v
-		case "tls_skip_verify":
-			tlsCfg = cmpTLS(tlsCfg)
-			tlsCfg.InsecureSkipVerify = v == "true"
-		case "max_open", "max_idle":
-			n, err := strconv.Atoi(v)
-			if err != nil || n < 1 {
-				return cfg, fmt.Errorf("%s=%q: want a positive number", key, v)
-			}
-			if key == "max_open" {
-				cfg.opts.MaxOpen = n
-			} else {
-				cfg.opts.MaxIdle = n
-			}
-		case "discover":
-			cfg.opts.DiscoverHosts = v == "true"
-		case "timeout":
-			d, err := time.ParseDuration(v)
-			if err != nil {
-				return cfg, fmt.Errorf("timeout=%q: %w", v, err)
-			}
-			cfg.opts.Timeout = d
-		default:
-			return cfg, fmt.Errorf("unknown option %q", key)
-		}
-	}
-	cfg.opts.TLSConfig = tlsCfg
-	return cfg, nil
-}
-
-func cmpTLS(c *tls.Config) *tls.Config {
-	if c == nil {
-		return &tls.Config{MinVersion: tls.VersionTLS12}
-	}
-	return c
-}
+var (
+	_ feed.Store = (*Store)(nil)
+	_ feed.Feed  = (*Store)(nil)
+)
 
 // Open connects to RethinkDB, sets up the schema and starts the node's
-// feeds.
+// feeds. It fails when the server cannot be reached; the caller retries.
 func Open(ctx context.Context, rawURL string, opts feed.Options) (*Store, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, fmt.Errorf("rethinkdb store: %w: %w", feed.ErrConfig, err)
+	}
 	cfg, err := parseRethinkURL(rawURL)
 	if err != nil {
-		return nil, fmt.Errorf("rethinkdb store %s: %w", feed.RedactURL(rawURL), err)
+		return nil, fmt.Errorf("rethinkdb store %s: %w: %w", feed.RedactURL(rawURL), feed.ErrConfig, err)
+	}
+	if cfg.opts.MaxOpen == 0 {
+		// Each open changefeed holds a connection; leave room for queries.
+		cfg.opts.MaxOpen = 4*shardCount + 16
+	}
+	if cfg.opts.Timeout == 0 {
+		cfg.opts.Timeout = 5 * time.Second
 	}
 	session, err := r.Connect(cfg.opts)
 	if err != nil {
 		return nil, fmt.Errorf("rethinkdb store %s: %w", feed.RedactURL(rawURL), err)
 	}
-	s, err := newRethinkStore(ctx, session, cfg.opts.Database, opts)
+	s, err := newStore(ctx, session, cfg.opts.Database, opts)
 	if err != nil {
 		session.Close()
 		return nil, fmt.Errorf("rethinkdb store %s: %w", feed.RedactURL(rawURL), err)
 	}
-	s.close = func() error { return session.Close() }
+	s.closeExec = func() error { return session.Close() }
 	return s, nil
 }
 
-// newRethinkStore runs on any executor: a session, or the driver's mock.
-func newRethinkStore(ctx context.Context, exec r.QueryExecutor, db string, opts feed.Options) (*rdbStore, error) {
-	opts.Limits.SetDefaults()
-	s := &rdbStore{
-		exec:   exec,
-		db:     db,
-		limits: opts.Limits,
-		log:    opts.Logger.With().Str("store", "rethinkdb").Logger(),
-		m:      feed.NewStoreMetrics(opts.Registerer, "rethinkdb"),
-		close:  func() error { return nil },
+// newStore runs on any executor: a session, or the driver's mock.
+func newStore(ctx context.Context, exec r.QueryExecutor, db string, opts feed.Options) (*Store, error) {
+	opts.SetDefaults()
+	s := &Store{
+		exec:      exec,
+		db:        db,
+		opts:      opts,
+		limits:    opts.Limits,
+		log:       opts.Logger.With().Str("store", "rethinkdb").Logger(),
+		closeExec: func() error { return nil },
 	}
 	if err := s.setup(ctx); err != nil {
 		return nil, err
 	}
-	s.feeds = newRDBFeeds(s)
+	// Registered once the store is up: a node retries a store that does
+	// not answer, and metrics register once.
+	s.m = feed.NewStoreMetrics(opts.Registerer, "rethinkdb")
+	s.fm = feed.NewFeedMetrics(opts.Registerer)
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.feed = newFeeds(s)
+	s.wg.Add(1)
+	go s.pruneLoop()
 	return s, nil
 }
 
-func (s *rdbStore) table(name string) r.Term { return r.DB(s.db).Table(name) }
+func (s *Store) table(name string) r.Term { return r.DB(s.db).Table(name) }
 
 // setup creates what is missing, tolerating nodes that do the same at the
-// same time, and waits until the index is ready.
-func (s *rdbStore) setup(ctx context.Context) error {
+// same time, and waits until the indexes are ready.
+func (s *Store) setup(ctx context.Context) error {
 	run := func(t r.Term) error {
 		err := t.Exec(s.exec, r.ExecOpts{Context: ctx})
 		if err != nil && strings.Contains(err.Error(), "already exists") {
@@ -247,28 +147,49 @@ func (s *rdbStore) setup(ctx context.Context) error {
 	if err := run(r.DBCreate(s.db)); err != nil {
 		return fmt.Errorf("create database: %w", err)
 	}
-	for _, t := range []string{rdbUsers, rdbDevices, rdbTasks} {
-		if err := run(r.DB(s.db).TableCreate(t)); err != nil {
+	for _, t := range []string{tableUsers, tableDevices, tableTasks, tableWrites} {
+		// Hard durability (the default, said explicitly): a write is
+		// acknowledged once it is on disk.
+		if err := run(r.DB(s.db).TableCreate(t, r.TableCreateOpts{Durability: "hard"})); err != nil {
 			return fmt.Errorf("create table %s: %w", t, err)
 		}
 	}
-	if err := run(s.table(rdbTasks).IndexCreate(rdbByUser)); err != nil {
-		return fmt.Errorf("create index: %w", err)
+	indexes := []struct {
+		table, name string
+		fn          any
+	}{
+		{tableTasks, indexUser, nil},
+		{tableTasks, indexDeleted, nil},
+		{tableWrites, indexUser, nil},
+		{tableWrites, indexAt, nil},
+		{tableWrites, indexUserLast, func(row r.Term) any { return []any{row.Field("user_id"), row.Field("last")} }},
 	}
-	if err := s.table(rdbTasks).IndexWait(rdbByUser).Exec(s.exec, r.ExecOpts{Context: ctx}); err != nil {
-		return fmt.Errorf("wait for index: %w", err)
+	for _, ix := range indexes {
+		t := s.table(ix.table).IndexCreate(ix.name)
+		if ix.fn != nil {
+			t = s.table(ix.table).IndexCreateFunc(ix.name, ix.fn)
+		}
+		if err := run(t); err != nil {
+			return fmt.Errorf("create index %s.%s: %w", ix.table, ix.name, err)
+		}
+	}
+	for _, t := range []string{tableTasks, tableWrites} {
+		if err := s.table(t).IndexWait().Exec(s.exec, r.ExecOpts{Context: ctx}); err != nil {
+			return fmt.Errorf("wait for the indexes of %s: %w", t, err)
+		}
 	}
 	return nil
 }
 
-func (s *rdbStore) Subscribe(sink feed.Sink) {
+// Subscribe implements feed.Feed.
+func (s *Store) Subscribe(sink feed.Sink) {
 	s.sinkMu.Lock()
 	s.sink = sink
 	s.sinkMu.Unlock()
 }
 
-func (s *rdbStore) deliver(changes []feed.Change) {
-	if s.closed.Load() {
+func (s *Store) deliver(changes []feed.Change) {
+	if len(changes) == 0 || s.ctx.Err() != nil {
 		return
 	}
 	s.sinkMu.Lock()
@@ -279,28 +200,31 @@ func (s *rdbStore) deliver(changes []feed.Change) {
 	}
 }
 
-func (s *rdbStore) Ready(ctx context.Context) error {
+// Ready implements feed.Store: connected, and every changefeed open.
+func (s *Store) Ready(ctx context.Context) error {
+	if s.ctx.Err() != nil {
+		return ErrClosed
+	}
 	if !s.exec.IsConnected() {
 		return errors.New("not connected")
 	}
-	if n := s.feeds.broken(); n > 0 {
-		return fmt.Errorf("%d changefeeds are down", n)
-	}
-	return nil
+	return s.feed.healthy()
 }
 
-func (s *rdbStore) Close() error {
+// Close implements feed.Store.
+func (s *Store) Close() error {
 	var err error
-	s.once.Do(func() {
-		s.closed.Store(true)
-		s.feeds.stop()
-		err = s.close()
+	s.closeOnce.Do(func() {
+		s.cancel()
+		s.feed.stop()
+		s.wg.Wait()
+		err = s.closeExec()
 	})
 	return err
 }
 
-// one reads a single document; found is false when it does not exist.
-func (s *rdbStore) one(ctx context.Context, t r.Term, v any) (found bool, err error) {
+// one reads a single value; found is false when it is null.
+func (s *Store) one(ctx context.Context, t r.Term, v any) (found bool, err error) {
 	cur, err := t.Run(s.exec, r.RunOpts{Context: ctx})
 	if err != nil {
 		return false, err
@@ -316,197 +240,12 @@ func (s *rdbStore) one(ctx context.Context, t r.Term, v any) (found bool, err er
 	return err == nil, err
 }
 
-func (s *rdbStore) Login(ctx context.Context, userID, deviceID string) (feed.Session, error) {
-	start := time.Now()
-	sess, err := s.login(ctx, userID, deviceID)
-	s.m.Observe("login", start, err)
-	return sess, err
-}
-
-func (s *rdbStore) login(ctx context.Context, userID, deviceID string) (feed.Session, error) {
-	sess := feed.Session{UserID: userID}
-	var user rdbUser
-	if userID == "" {
-		sess.UserID, sess.NewUser = feed.NewID(), true
-		user = rdbUser{ID: sess.UserID, Version: "-1"}
-		if err := s.table(rdbUsers).Insert(user).Exec(s.exec, r.ExecOpts{Context: ctx}); err != nil {
-			return feed.Session{}, err
-		}
-	} else if found, err := s.one(ctx, s.table(rdbUsers).Get(userID), &user); err != nil {
-		return feed.Session{}, err
-	} else if !found {
-		return feed.Session{}, feed.ErrUserNotFound()
-	}
-	var owner feed.DeviceOwner
-	if deviceID != "" {
-		var dev rdbDevice
-		found, err := s.one(ctx, s.table(rdbDevices).Get(deviceID), &dev)
-		if err != nil {
-			return feed.Session{}, err
-		}
-		owner = feed.DeviceOwner{Found: found, UserID: dev.UserID}
-	}
-	if err := feed.ResolveDevice(&sess, deviceID, owner); err != nil {
-		return feed.Session{}, err
-	}
-	if sess.NewDevice {
-		// Not atomic with the check: two devices registering at the same
-		// moment may pass the limit by one.
-		if user.Devices >= s.limits.MaxDevicesPerUser {
-			return feed.Session{}, feed.ErrTooManyDevices(s.limits.MaxDevicesPerUser)
-		}
-		res, err := s.table(rdbDevices).Insert(rdbDevice{ID: sess.DeviceID, UserID: sess.UserID}).
-			RunWrite(s.exec, r.RunOpts{Context: ctx})
-		if err != nil && !strings.Contains(err.Error(), "Duplicate primary key") {
-			return feed.Session{}, err
-		}
-		if err != nil || res.Errors > 0 {
-			return feed.Session{}, feed.ErrDeviceTaken(sess.DeviceID)
-		}
-		if err := s.table(rdbUsers).Get(sess.UserID).Update(map[string]any{"devices": r.Row.Field("devices").Add(1)}).
-			Exec(s.exec, r.ExecOpts{Context: ctx}); err != nil {
-			return feed.Session{}, err
-		}
-	}
-	sess.Version = json.RawMessage(user.Version)
-	return sess, nil
-}
-
-// liveTasks reads the user's tasks that are not tombstones, in id order.
-func (s *rdbStore) liveTasks(ctx context.Context, userID string) ([]rdbTask, error) {
-	cur, err := s.table(rdbTasks).GetAll(userID).OptArgs(r.GetAllOpts{Index: rdbByUser}).Run(s.exec, r.RunOpts{Context: ctx})
+// all reads every row of a sequence into v (a pointer to a slice).
+func (s *Store) all(ctx context.Context, t r.Term, v any) error {
+	cur, err := t.Run(s.exec, r.RunOpts{Context: ctx})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer cur.Close()
-	var docs []rdbTask
-	if err := cur.All(&docs); err != nil {
-		return nil, err
-	}
-	docs = slices.DeleteFunc(docs, func(d rdbTask) bool { return d.Deleted })
-	slices.SortFunc(docs, func(a, b rdbTask) int { return cmp.Compare(a.TaskID, b.TaskID) })
-	return docs, nil
-}
-
-func (s *rdbStore) ReadAll(ctx context.Context, userID string) (feed.Snapshot, error) {
-	start := time.Now()
-	var snap feed.Snapshot
-	var user rdbUser
-	found, err := s.one(ctx, s.table(rdbUsers).Get(userID), &user)
-	if err == nil && !found {
-		err = feed.ErrUserNotFound()
-	}
-	var docs []rdbTask
-	if err == nil {
-		docs, err = s.liveTasks(ctx, userID)
-	}
-	if err == nil {
-		snap.Version = json.RawMessage(user.Version)
-		snap.Tasks = make([]json.RawMessage, len(docs))
-		for i, d := range docs {
-			snap.Tasks[i] = json.RawMessage(d.Task)
-		}
-	}
-	s.m.Observe("read-all", start, err)
-	return snap, err
-}
-
-func (s *rdbStore) Write(ctx context.Context, w *feed.Write) error {
-	start := time.Now()
-	err := s.write(ctx, w)
-	s.m.Observe(w.Kind.String(), start, err)
-	return err
-}
-
-func (s *rdbStore) write(ctx context.Context, w *feed.Write) error {
-	var user rdbUser
-	if found, err := s.one(ctx, s.table(rdbUsers).Get(w.UserID), &user); err != nil {
-		return err
-	} else if !found {
-		return feed.ErrUserNotFound()
-	}
-	u := &rdbUserTx{s: s, ctx: ctx, userID: w.UserID, version: json.RawMessage(user.Version),
-		TaskCounter: feed.NewTaskCounter(user.Tasks)}
-	changes, err := feed.Apply(u, w, s.limits)
-	if err != nil {
-		return err
-	}
-	// Each task document is written whole and atomically, with the version
-	// and device the feed's notification needs; the user's version and
-	// count follow. The feed, not this call, notifies.
-	version := string(u.version)
-	for _, c := range changes {
-		var t r.Term
-		if c.Kind == feed.ChangeDelete {
-			t = s.table(rdbTasks).Get(taskDocID(w.UserID, c.TaskID)).Update(map[string]any{
-				"deleted": true, "task": "", "version": version, "device_id": w.DeviceID,
-				"rev": r.Row.Field("rev").Add(1),
-			})
-		} else {
-			doc := rdbTask{ID: taskDocID(w.UserID, c.TaskID), UserID: w.UserID, TaskID: c.TaskID, Task: string(c.Task),
-				Version: version, Device: w.DeviceID, Rev: 1}
-			t = s.table(rdbTasks).Insert(doc, r.InsertOpts{Conflict: func(_, old, new r.Term) any {
-				return new.Merge(map[string]any{"rev": old.Field("rev").Add(1)})
-			}})
-		}
-		if err := t.Exec(s.exec, r.ExecOpts{Context: ctx}); err != nil {
-			return err
-		}
-	}
-	return s.table(rdbUsers).Get(w.UserID).Update(map[string]any{"version": version, "tasks": u.Count}).
-		Exec(s.exec, r.ExecOpts{Context: ctx})
-}
-
-// rdbUserTx gives apply the user's tasks. Mutations only keep the count:
-// write turns apply's changes into document writes.
-type rdbUserTx struct {
-	s       *rdbStore
-	ctx     context.Context
-	userID  string
-	version json.RawMessage
-	feed.TaskCounter
-}
-
-func (u *rdbUserTx) Version() json.RawMessage { return u.version }
-
-func (u *rdbUserTx) Get(id int64) (json.RawMessage, bool, error) {
-	var doc rdbTask
-	found, err := u.s.one(u.ctx, u.s.table(rdbTasks).Get(taskDocID(u.userID, id)), &doc)
-	if err != nil {
-		return nil, false, err
-	}
-	live := found && !doc.Deleted
-	u.Seen(id, live)
-	if !live {
-		return nil, false, nil
-	}
-	return json.RawMessage(doc.Task), true, nil
-}
-
-func (u *rdbUserTx) All() ([]feed.Task, error) {
-	docs, err := u.s.liveTasks(u.ctx, u.userID)
-	if err != nil {
-		return nil, err
-	}
-	all := make([]feed.Task, len(docs))
-	for i, d := range docs {
-		all[i] = feed.Task{ID: d.TaskID, Raw: json.RawMessage(d.Task)}
-		u.Seen(d.TaskID, true)
-	}
-	return all, nil
-}
-
-func (u *rdbUserTx) Put(id int64, _ json.RawMessage) error {
-	u.Added(id)
-	return nil
-}
-
-func (u *rdbUserTx) Delete(id int64) error {
-	u.Removed(id)
-	return nil
-}
-
-func (u *rdbUserTx) SetVersion(v json.RawMessage) error {
-	u.version = v
-	return nil
+	return cur.All(v)
 }

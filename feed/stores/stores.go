@@ -14,7 +14,11 @@ import (
 )
 
 // Open opens the backend named by url.
+// Errors that retrying cannot mend wrap ErrConfig.
 func Open(ctx context.Context, url string, opts feed.Options) (feed.Backend, error) {
+	if err := opts.Validate(); err != nil {
+		return feed.Backend{}, fmt.Errorf("store: %w: %w", ErrConfig, err)
+	}
 	scheme, rest, _ := strings.Cut(url, ":")
 	switch scheme {
 	case "bolt":
@@ -36,5 +40,9 @@ func Open(ctx context.Context, url string, opts feed.Options) (feed.Backend, err
 		}
 		return feed.Backend{Store: s, Feed: s}, nil
 	}
-	return feed.Backend{}, fmt.Errorf("store %q: unknown scheme %q (want bolt:PATH, postgres://… or rethinkdb://…)", feed.RedactURL(url), scheme)
+	return feed.Backend{}, fmt.Errorf("store %q: %w: unknown scheme %q (want bolt:PATH, postgres://… or rethinkdb://…)",
+		feed.RedactURL(url), ErrConfig, scheme)
 }
+
+// ErrConfig marks an error no retry can mend: a bad URL or options.
+var ErrConfig = feed.ErrConfig
