@@ -81,16 +81,15 @@ func (s *session) deliver(seq uint64, payload []byte) bool {
 	return s.sendNewLocked(seq, payload)
 }
 
-// sendNewLocked sends a notification newer than what the device has. A
-// backend that cannot number its changes gives Seq 0: always sent. s.mu
+// sendNewLocked sends a notification newer than what the device has:
+// every backend numbers a user's changes, so one seen twice (a feed that
+// overlaps itself) or already in the login's answer is dropped here. s.mu
 // must be held.
 func (s *session) sendNewLocked(seq uint64, payload []byte) bool {
-	if seq != 0 {
-		if seq <= s.lastSeq {
-			return false
-		}
-		s.lastSeq = seq
+	if seq <= s.lastSeq {
+		return false
 	}
+	s.lastSeq = seq
 	return s.conn.Send(payload)
 }
 
