@@ -6,10 +6,11 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	r "gopkg.in/rethinkdb/rethinkdb-go.v6"
@@ -352,10 +353,6 @@ func (s *Store) applyRecord(ctx context.Context, rec *recordDoc) error {
 	return nil
 }
 
-// maxWriteAttempts bounds the retries of a write that keeps losing the race
-// for the user's next record number to other writers.
-const maxWriteAttempts = 32
-
 // Write implements feed.Store: roll the user forward, run the write's
 // semantics on the result, and insert its record under the next number.
 // If another writer took the number first, do it again on the new state.
@@ -366,10 +363,12 @@ func (s *Store) Write(ctx context.Context, w *feed.Write) error {
 	return err
 }
 
-var errContention = errors.New("rethinkdb store: too many concurrent writes for one user; try again")
-
 func (s *Store) write(ctx context.Context, w *feed.Write) error {
-	for range maxWriteAttempts {
+	// Writers of one user on this node take turns: only writers on other
+	// nodes can race for a record number, and those races are rare.
+	defer s.writers.lock(w.UserID)()
+	backoff := time.Millisecond
+	for {
 		user, err := s.rollForward(ctx, w.UserID)
 		if err != nil {
 			return err
@@ -385,7 +384,15 @@ func (s *Store) write(ctx context.Context, w *feed.Write) error {
 		_, err = s.table(tableWrites).Insert(doc, r.InsertOpts{Conflict: "error", Durability: "hard"}).
 			RunWrite(s.exec, r.RunOpts{Context: ctx})
 		if isDuplicateKey(err) {
-			continue // another writer committed this number: read it and go again
+			// Another node committed this number: read it and go again,
+			// after a random pause so that two nodes do not collide again.
+			select {
+			case <-time.After(time.Duration(mrand.Int64N(int64(backoff))) + time.Millisecond):
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			backoff = min(2*backoff, 50*time.Millisecond)
+			continue
 		}
 		if err != nil {
 			return err
@@ -397,7 +404,41 @@ func (s *Store) write(ctx context.Context, w *feed.Write) error {
 		}
 		return nil
 	}
-	return errContention
+}
+
+// userLocks serialise the writes of each user on this node.
+type userLocks struct {
+	mu sync.Mutex
+	m  map[string]*userLock
+}
+
+type userLock struct {
+	sync.Mutex
+	refs int
+}
+
+// lock takes the user's turn and returns its release.
+func (l *userLocks) lock(user string) func() {
+	l.mu.Lock()
+	if l.m == nil {
+		l.m = map[string]*userLock{}
+	}
+	ul := l.m[user]
+	if ul == nil {
+		ul = &userLock{}
+		l.m[user] = ul
+	}
+	ul.refs++
+	l.mu.Unlock()
+	ul.Lock()
+	return func() {
+		ul.Unlock()
+		l.mu.Lock()
+		if ul.refs--; ul.refs == 0 {
+			delete(l.m, user)
+		}
+		l.mu.Unlock()
+	}
 }
 
 // userTx gives Apply the user's tasks as of the last applied record and

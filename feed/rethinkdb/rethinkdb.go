@@ -17,8 +17,10 @@
 // returned once it was seen, so a notified write is on disk. See feed.go for
 // the feed and docs/rethinkdb.md for the whole design and its tests.
 //
-// Locks: Store.sinkMu guards the Sink only. The feed's locks are described in
-// feed.go.
+// Locks: Store.sinkMu guards the Sink only; userLocks.mu guards its map and
+// is never held while a user's turn is waited for; a user's turn (userLock)
+// is held across that user's write queries, and no other lock is taken
+// under it. The feed's locks are described in feed.go.
 package rethinkdb
 
 import (
@@ -61,6 +63,8 @@ type Store struct {
 	m      *feed.StoreMetrics
 	fm     *feed.FeedMetrics
 	feed   *feeds
+
+	writers userLocks // one writer at a time per user on this node
 
 	sinkMu sync.Mutex
 	sink   feed.Sink
