@@ -238,14 +238,14 @@ func TestRebalanceAfterScaleOut(t *testing.T) {
 			}
 		}()
 	}
-	eventually(t, 60*time.Second, "3000 clients on the first node", func() bool {
+	eventually(t, 2*time.Minute, "3000 clients on the first node", func() bool {
 		return a.node.Connections() == clients
 	})
 	b := startMember(t, openBolt("b.db"), opts, a.cluster.Addr())
 	c := startMember(t, openBolt("c.db"), opts, a.cluster.Addr())
 	lb.add(b.addr)
 	lb.add(c.addr)
-	took := eventually(t, 60*time.Second, "three nodes within 20% of the mean", func() bool {
+	took := eventually(t, 2*time.Minute, "three nodes within 20% of the mean", func() bool {
 		counts := []int{a.node.Connections(), b.node.Connections(), c.node.Connections()}
 		total := counts[0] + counts[1] + counts[2]
 		mean := float64(total) / 3
