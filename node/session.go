@@ -222,8 +222,10 @@ func (s *session) write(ctx context.Context, typ string, req *request) bool {
 	return true // the change reaches every device, this one too, as notifications
 }
 
-// storeError answers a failed store call: a refusal with its own message,
-// anything else with a generic one (the details go to the log).
+// storeError answers a failed store call: a refusal with its own message;
+// a store that did not answer in time, or failed (down, disk full, read
+// only), with a message that says to try again. The details go to the log,
+// never to the client.
 func (s *session) storeError(typ string, err error) {
 	var fe *feed.Error
 	switch {
@@ -234,7 +236,7 @@ func (s *session) storeError(typ string, err error) {
 		s.sendError(typ, "store timed out, try again")
 	default:
 		s.logger(zerolog.ErrorLevel).Err(err).Str("type", typ).Msg("store failed")
-		s.sendError(typ, "internal error")
+		s.sendError(typ, "storage unavailable, try again")
 	}
 }
 

@@ -24,6 +24,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/bbolt"
@@ -35,6 +36,7 @@ var (
 	bucketUsers   = []byte("users")
 	bucketDevices = []byte("devices")
 	bucketTasks   = []byte("tasks")
+	bucketMeta    = []byte("meta") // the readiness probe's scratch key
 )
 
 // maxCommitBatch bounds the writes grouped into one transaction.
@@ -54,6 +56,10 @@ type Store struct {
 
 	mu     sync.RWMutex // held shared while submitting, exclusively to close
 	closed bool
+
+	// failure is the last commit's error when it failed for a reason of
+	// the store's (a full disk, a read-only file); nil once one succeeds.
+	failure atomic.Pointer[error]
 	ops    chan *op
 	quit   chan struct{}
 	done   chan struct{}
@@ -137,15 +143,45 @@ func (s *Store) Watch(ctx context.Context, _ string, _ uint64) error { return ct
 // Unwatch implements feed.Feed.
 func (s *Store) Unwatch(string) {}
 
-// Ready implements feed.Store.
-func (s *Store) Ready(context.Context) error {
+// Ready implements feed.Store. After a failed commit it is not ready until
+// a commit succeeds again. It tries one itself, so that a store nobody
+// writes to recovers too: a probe of probeBytes, room for a large write (a
+// few bytes would fit in the file's free pages on a full disk), removed
+// again by a second commit.
+func (s *Store) Ready(ctx context.Context) error {
 	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.closed {
+	closed := s.closed
+	s.mu.RUnlock()
+	if closed {
 		return ErrClosed
+	}
+	if s.failure.Load() == nil {
+		return nil
+	}
+	probe := func(value []byte) error {
+		return s.submit(ctx, &op{name: "probe", run: func(tx *bbolt.Tx) ([]feed.Change, error) {
+			b, err := tx.CreateBucketIfNotExists(bucketMeta)
+			if err != nil {
+				return nil, err
+			}
+			if value == nil {
+				return nil, b.Delete([]byte("probe"))
+			}
+			return nil, b.Put([]byte("probe"), value)
+		}})
+	}
+	err := probe(make([]byte, probeBytes))
+	if err == nil {
+		err = probe(nil)
+	}
+	if err != nil {
+		return fmt.Errorf("storage unavailable: %w", err)
 	}
 	return nil
 }
+
+// probeBytes is the size of the readiness probe's write.
+const probeBytes = 1 << 20
 
 // Close implements feed.Store: queued writes commit and are delivered.
 func (s *Store) Close() error {
@@ -240,6 +276,12 @@ func (s *Store) commit(batch []*op) {
 			return
 		}
 		batch[0].err, batch[0].changes = err, nil
+		if !feed.IsRefusal(err) {
+			// A failed transaction wrote nothing: bbolt rolls it back.
+			s.failure.Store(&err)
+		}
+	} else {
+		s.failure.Store(nil)
 	}
 	s.metrics.BatchSize.Observe(float64(len(batch)))
 	var changes []feed.Change
