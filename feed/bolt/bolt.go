@@ -60,9 +60,9 @@ type Store struct {
 	// failure is the last commit's error when it failed for a reason of
 	// the store's (a full disk, a read-only file); nil once one succeeds.
 	failure atomic.Pointer[error]
-	ops    chan *op
-	quit   chan struct{}
-	done   chan struct{}
+	ops     chan *op
+	quit    chan struct{}
+	done    chan struct{}
 }
 
 var (
