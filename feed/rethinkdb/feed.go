@@ -3,7 +3,6 @@ package rethinkdb
 import (
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"hash/maphash"
 	"slices"
@@ -62,9 +61,6 @@ type feeds struct {
 	mu     sync.Mutex
 	users  map[string]*watch
 	shards [shardCount]*shard
-	// syncFailed says the last sync or gap read failed: until the shards
-	// have reopened and caught up, the feed is not healthy.
-	syncFailed bool
 }
 
 // watch is a user with devices on this node.
@@ -182,11 +178,8 @@ func (f *feeds) healthy() error {
 			n++
 		}
 	}
-	switch {
-	case n > 0:
+	if n > 0 {
 		return fmt.Errorf("%d of %d changefeeds are down", n, shardCount)
-	case f.syncFailed:
-		return errors.New("the changefeed could not confirm writes on disk")
 	}
 	return nil
 }
@@ -435,8 +428,9 @@ func (f *feeds) confirm(batch []recordDoc) ([]recordDoc, error) {
 	return durable, nil
 }
 
-// recover drops what was not delivered and reopens every feed: after the
-// server is back, the catch-up reads deliver what is on disk.
+// recover drops what was not delivered and fails every feed that has
+// users: they reopen, and their catch-up reads deliver what is on disk.
+// The feed is not healthy until they have.
 func (f *feeds) recover(err error, pending map[string][]recordDoc) {
 	if f.ctx.Err() != nil {
 		return
@@ -444,7 +438,6 @@ func (f *feeds) recover(err error, pending map[string][]recordDoc) {
 	f.s.log.Warn().Err(err).Msg("feed lost its server; catching up once it is back")
 	clear(pending)
 	f.mu.Lock()
-	f.syncFailed = true
 	for _, sh := range f.shards {
 		if len(sh.users) > 0 {
 			f.failShard(sh)
@@ -512,9 +505,6 @@ func (f *feeds) order(pending map[string][]recordDoc) ([]feed.Change, error) {
 		}
 		f.mu.Unlock()
 	}
-	f.mu.Lock()
-	f.syncFailed = false
-	f.mu.Unlock()
 	return out, nil
 }
 
