@@ -100,6 +100,10 @@ func (c *Conn) readAvailable(buf []byte) readStatus {
 	return readBusy
 }
 
+// testHookRead, set only by tests (before any Server starts), is called by
+// the read side after it has handled n bytes, to watch what it keeps.
+var testHookRead func(c *Conn, n int)
+
 // onData handles bytes just read. Complete messages go to the handler
 // straight from the worker's buffer; only an incomplete tail is copied into
 // c.in, and c.in is released as soon as it is consumed.
@@ -128,6 +132,9 @@ func (c *Conn) onData(p []byte) {
 	default:
 		c.in = append(make([]byte, 0, max(len(rest)*2, 512)), rest...)
 		c.inSince.Store(nowNano())
+	}
+	if testHookRead != nil {
+		testHookRead(c, len(p))
 	}
 }
 
