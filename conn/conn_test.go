@@ -461,6 +461,58 @@ func TestReadTimeoutOfHalfSentMessage(t *testing.T) {
 	})
 }
 
+func TestShutdownClosesEveryConnectionOnce(t *testing.T) {
+	eachEngine(t, func(t *testing.T, engine string) {
+		s, r := serve(t, engine, Options{})
+		tcp := dial(t, s)
+		write(t, tcp, []byte(`{}`))
+		w := dialWS(t, s)
+		w.send(t, true, ws.OpText, []byte(`{}`))
+		conns := map[*Conn]bool{r.message(t).c: true, r.message(t).c: true}
+		dial(t, s) // not sniffed yet
+		waitUntil(t, func() bool { return s.Count() == 3 })
+
+		// Well-behaved clients: close once the server has.
+		go func() { io.Copy(io.Discard, tcp); tcp.Close() }()
+		go func() {
+			for {
+				f, err := ws.ReadFrame(w.r)
+				if err != nil {
+					return
+				}
+				if f.Header.OpCode == ws.OpClose {
+					w.Write(clientFrame(true, ws.OpClose, f.Payload))
+					w.Close()
+					return
+				}
+			}
+		}()
+		// The unsniffed client never closes: Shutdown ends it at the deadline.
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		defer cancel()
+		if err := s.Shutdown(ctx, ReasonShutdown); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Shutdown: %v", err)
+		}
+		if s.Count() != 0 {
+			t.Fatalf("%d connections left", s.Count())
+		}
+		for range 3 {
+			got := r.closed(t)
+			if got.reason != ReasonShutdown {
+				t.Fatalf("closed with %v", got.reason)
+			}
+			delete(conns, got.c)
+			if n := r.closeCount(got.c); n != 1 {
+				t.Fatalf("OnClose ran %d times", n)
+			}
+		}
+		if len(conns) != 0 {
+			t.Fatal("a connection that sent a message was not closed")
+		}
+		r.noEvents(t)
+	})
+}
+
 func TestShutdownWaitsForGracefulClients(t *testing.T) {
 	eachEngine(t, func(t *testing.T, engine string) {
 		s, r := serve(t, engine, Options{})

@@ -129,7 +129,14 @@ func (e *epollEngine) register(c *Conn) error { return e.poller.add(c.fd) }
 // edge-triggered, so the poller calls onWritable when space frees up.
 func (e *epollEngine) writeBlocked(*Conn) {}
 
-func (e *epollEngine) unregister(c *Conn) { e.poller.remove(c.fd) }
+// unregister is skipped once the engine has stopped: the epoll fd is closed
+// then, and its number may belong to another file. Closing c.fd removes it
+// from the set anyway.
+func (e *epollEngine) unregister(c *Conn) {
+	if e.poller != nil {
+		e.poller.remove(c.fd)
+	}
+}
 
 func (e *epollEngine) closeFd(c *Conn) { unix.Close(c.fd) }
 
@@ -144,5 +151,7 @@ func (e *epollEngine) stop() {
 	e.poller.wake()
 	<-e.loopDone
 	e.pool.stop()
+	// No goroutine of the engine is left to see this write.
 	e.poller.close()
+	e.poller = nil
 }

@@ -163,12 +163,12 @@ func (c *Conn) wsFrame(h ws.Header, payload []byte) {
 		if code.Empty() {
 			code = ws.StatusNormalClosure
 		}
-		if c.setReason(ReasonClientClosed) {
-			c.srv.metrics.closing(ReasonClientClosed)
-			c.sendRaw(wsCloseFrame(code, ""))
+		var echo []byte
+		if c.markClosing(ReasonClientClosed) {
+			echo = wsCloseFrame(code, "")
 		}
 		c.discardIn = true // nothing may follow a close frame
-		c.closeAfterSend()
+		c.closeAfterSend(echo)
 	case ws.OpText, ws.OpBinary:
 		if h.Fin {
 			c.wsMessage(h.OpCode, payload)
@@ -200,25 +200,10 @@ func (c *Conn) wsMessage(op ws.OpCode, p []byte) {
 // wsFail closes the connection with a WebSocket close code after a protocol
 // violation; nothing more is read from it.
 func (c *Conn) wsFail(code ws.StatusCode, reason string) {
-	if c.setReason(ReasonProtocolError) {
-		c.srv.metrics.closing(ReasonProtocolError)
-		c.sendRaw(wsCloseFrame(code, reason))
+	var frame []byte
+	if c.markClosing(ReasonProtocolError) {
+		frame = wsCloseFrame(code, reason)
 	}
 	c.discardIn = true
-	c.closeAfterSend()
-}
-
-// closeAfterSend shuts the write side once the queue drains, without adding
-// a close frame of its own.
-func (c *Conn) closeAfterSend() {
-	c.closingAt.CompareAndSwap(0, nowNano())
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.dead {
-		return
-	}
-	c.closeWhenSent = true
-	if len(c.out) == 0 {
-		c.shutWriteLocked()
-	}
+	c.closeAfterSend(frame)
 }
