@@ -103,7 +103,10 @@ func (c *Conn) consumeWS(p []byte) int {
 			return len(p)
 		}
 		if !h.OpCode.IsControl() {
-			if limit := int64(c.srv.opts.MaxMessageBytes); r.discardMsg || h.Length+int64(len(r.msg)) > limit {
+			// h.Length is the client's, up to 2^63-1: compare without adding
+			// to it. len(r.msg) never exceeds the limit, so the subtraction
+			// cannot overflow either.
+			if limit := int64(c.srv.opts.MaxMessageBytes); r.discardMsg || h.Length > limit-int64(len(r.msg)) {
 				// Skip the payload as it streams in instead of buffering it:
 				// the connection stays usable and memory stays bounded.
 				if !r.discardMsg {
@@ -134,6 +137,8 @@ func startsMessage(op ws.OpCode) bool { return op == ws.OpText || op == ws.OpBin
 func (c *Conn) wsHeaderValid(h ws.Header) bool {
 	r := &c.ws
 	switch {
+	case h.Length < 0: // the most significant bit of a 64-bit length is set
+		c.wsFail(ws.StatusProtocolError, "invalid payload length")
 	case !h.Masked:
 		c.wsFail(ws.StatusProtocolError, "client frames must be masked")
 	case h.Rsv != 0:
