@@ -164,16 +164,7 @@ func (c *Conn) wsFrame(h ws.Header, payload []byte) {
 		c.sendRaw(wsControlFrame(ws.OpPong, bytes.Clone(payload)))
 	case ws.OpPong:
 	case ws.OpClose:
-		code, _ := ws.ParseCloseFrameDataUnsafe(payload)
-		if code.Empty() {
-			code = ws.StatusNormalClosure
-		}
-		var echo []byte
-		if c.markClosing(ReasonClientClosed) {
-			echo = wsCloseFrame(code, "")
-		}
-		c.discardIn = true // nothing may follow a close frame
-		c.closeAfterSend(echo)
+		c.wsClose(payload)
 	case ws.OpText, ws.OpBinary:
 		if h.Fin {
 			c.wsMessage(h.OpCode, payload)
@@ -200,6 +191,49 @@ func (c *Conn) wsMessage(op ws.OpCode, p []byte) {
 		return
 	}
 	c.srv.handler.OnMessage(c, p)
+}
+
+// wsClose answers the peer's close frame: its code echoed, or a protocol
+// error for a frame RFC 6455 does not allow.
+func (c *Conn) wsClose(payload []byte) {
+	code, ok := parseClose(payload)
+	if !ok {
+		c.wsFail(ws.StatusProtocolError, "invalid close frame")
+		return
+	}
+	var echo []byte
+	if c.markClosing(ReasonClientClosed) {
+		echo = wsCloseFrame(code, "")
+	}
+	c.discardIn = true // nothing may follow a close frame
+	c.closeAfterSend(echo)
+}
+
+// parseClose returns the code of a client's close frame, to echo. RFC 6455
+// 7.1.5: no body means no code (answered with 1000); a body is a valid code
+// (7.4) followed by a UTF-8 reason.
+func parseClose(payload []byte) (ws.StatusCode, bool) {
+	if len(payload) == 0 {
+		return ws.StatusNormalClosure, true
+	}
+	if len(payload) < 2 {
+		return 0, false
+	}
+	code, reason := ws.ParseCloseFrameDataUnsafe(payload)
+	return code, validCloseCode(code) && utf8.ValidString(reason)
+}
+
+// validCloseCode: the codes a peer may send (RFC 6455 7.4.1 and IANA's
+// registry, where 1012-1014 were added); 1004 is reserved and 1005, 1006 and
+// 1015 must never be sent; 3000-4999 belong to libraries and applications.
+func validCloseCode(code ws.StatusCode) bool {
+	switch {
+	case code >= 1000 && code <= 1014:
+		return code != 1004 && code != 1005 && code != 1006
+	case code >= 3000 && code <= 4999:
+		return true
+	}
+	return false
 }
 
 // wsFail closes the connection with a WebSocket close code after a protocol

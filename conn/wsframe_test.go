@@ -28,6 +28,52 @@ func TestWebSocketFragmentsWithInterleavedPing(t *testing.T) {
 	})
 }
 
+func TestWebSocketCloseHandshake(t *testing.T) {
+	cases := []struct {
+		name    string
+		payload []byte
+		want    ws.StatusCode
+		reason  CloseReason
+	}{
+		{"no code", nil, ws.StatusNormalClosure, ReasonClientClosed},
+		{"1000", ws.NewCloseFrameBody(1000, "bye"), 1000, ReasonClientClosed},
+		{"1001", ws.NewCloseFrameBody(1001, ""), 1001, ReasonClientClosed},
+		{"1012", ws.NewCloseFrameBody(1012, ""), 1012, ReasonClientClosed},
+		{"3000", ws.NewCloseFrameBody(3000, ""), 3000, ReasonClientClosed},
+		{"4999", ws.NewCloseFrameBody(4999, "é"), 4999, ReasonClientClosed},
+		// Invalid: answered with a protocol error, never echoed.
+		{"one byte", []byte{3}, ws.StatusProtocolError, ReasonProtocolError},
+		{"0", ws.NewCloseFrameBody(0, ""), ws.StatusProtocolError, ReasonProtocolError},
+		{"999", ws.NewCloseFrameBody(999, ""), ws.StatusProtocolError, ReasonProtocolError},
+		{"1004", ws.NewCloseFrameBody(1004, ""), ws.StatusProtocolError, ReasonProtocolError},
+		{"1005", ws.NewCloseFrameBody(1005, ""), ws.StatusProtocolError, ReasonProtocolError},
+		{"1006", ws.NewCloseFrameBody(1006, ""), ws.StatusProtocolError, ReasonProtocolError},
+		{"1015", ws.NewCloseFrameBody(1015, ""), ws.StatusProtocolError, ReasonProtocolError},
+		{"1016", ws.NewCloseFrameBody(1016, ""), ws.StatusProtocolError, ReasonProtocolError},
+		{"2999", ws.NewCloseFrameBody(2999, ""), ws.StatusProtocolError, ReasonProtocolError},
+		{"5000", ws.NewCloseFrameBody(5000, ""), ws.StatusProtocolError, ReasonProtocolError},
+		{"65535", ws.NewCloseFrameBody(65535, ""), ws.StatusProtocolError, ReasonProtocolError},
+		{"bad UTF-8 reason", ws.NewCloseFrameBody(1000, "\xff\xfe"), ws.StatusProtocolError, ReasonProtocolError},
+	}
+	eachEngine(t, func(t *testing.T, engine string) {
+		s, r := serve(t, engine, Options{})
+		for _, tc := range cases {
+			t.Run(tc.name, func(t *testing.T) {
+				w := dialWS(t, s)
+				w.send(t, true, ws.OpClose, tc.payload)
+				if code := w.closeCode(t); code != tc.want {
+					t.Fatalf("answered %d, want %d", code, tc.want)
+				}
+				readToEOF(t, w)
+				if got := r.closed(t); got.reason != tc.reason {
+					t.Fatalf("closed with %v, want %v", got.reason, tc.reason)
+				}
+			})
+		}
+		r.noEvents(t)
+	})
+}
+
 // The attack of issue 12: a fragment, then a continuation declaring
 // 2^63-1 bytes, then an endless payload. The declared length once made the
 // size check overflow, and the node buffered all it was sent. Now the frame
