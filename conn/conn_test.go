@@ -14,11 +14,13 @@ import (
 
 	"github.com/gobwas/ws"
 	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
 )
 
 // Helpers for the tests of this package: a recording Handler, a server on
-// a loopback port per engine, and raw clients. Tests wait on the recorder's
-// events or on the socket, with a deadline; they never sleep.
+// a loopback port per engine, and raw clients; and, for fuzzing, a Conn on
+// a socket pair whose read path the test drives itself. Tests wait on the
+// recorder's events or on the socket, with a deadline; they never sleep.
 
 // waitFor bounds every wait: far above what any event takes, so that only
 // a lost event reaches it.
@@ -538,4 +540,65 @@ func TestShutdownWaitsForGracefulClients(t *testing.T) {
 			t.Fatalf("closed with %v", got.reason)
 		}
 	})
+}
+
+// logHandler records calls as text, for a test that drives a Conn's read
+// path on its own goroutine.
+type logHandler struct{ events []string }
+
+func (h *logHandler) OnMessage(_ *Conn, p []byte) { h.events = append(h.events, "msg:"+string(p)) }
+func (h *logHandler) OnFramingError(_ *Conn, err error) {
+	h.events = append(h.events, "err:"+err.Error())
+}
+func (h *logHandler) OnClose(*Conn, CloseReason) {}
+
+// nopEngine stands in for an engine when the test feeds the read path.
+type nopEngine struct{}
+
+func (nopEngine) start() error         { return nil }
+func (nopEngine) register(*Conn) error { return nil }
+func (nopEngine) writeBlocked(*Conn)   {}
+func (nopEngine) unregister(*Conn)     {}
+func (nopEngine) closeFd(*Conn)        {}
+func (nopEngine) stopAccepting()       {}
+func (nopEngine) stop()                {}
+
+var pairMetrics = newMetrics(nil)
+
+// pairConn is a Conn writing to one end of a socket pair; the other end is
+// returned, to read what it wrote. Call c.onData to feed its read path.
+func pairConn(t *testing.T, opts Options, h Handler) (c *Conn, peer int) {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, fd := range fds {
+		if err := unix.SetNonblock(fd, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() { unix.Close(fds[0]); unix.Close(fds[1]) })
+	opts.setDefaults()
+	s := &Server{opts: opts, handler: h, metrics: pairMetrics, engine: nopEngine{}, conns: map[int]*Conn{}}
+	return &Conn{fd: fds[0], srv: s}, fds[1]
+}
+
+// drain reads what is waiting on a non-blocking socket.
+func drain(t *testing.T, fd int) []byte {
+	t.Helper()
+	var out []byte
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := unix.Read(fd, buf)
+		switch {
+		case n > 0:
+			out = append(out, buf[:n]...)
+		case errors.Is(err, unix.EINTR):
+		case err == nil || errors.Is(err, unix.EAGAIN):
+			return out
+		default:
+			t.Fatal(err)
+		}
+	}
 }

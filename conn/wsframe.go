@@ -16,6 +16,7 @@ const maxWSHeader = 10
 type wsReader struct {
 	msg        []byte    // payload of a fragmented message so far
 	msgOp      ws.OpCode // its opcode; 0 when no message is open
+	msgValid   int       // bytes of a text msg checked to be whole UTF-8 characters
 	discard    int64     // payload bytes of the current frame still to skip
 	discardMsg bool      // skip continuation frames until the one with FIN
 }
@@ -162,31 +163,60 @@ func (c *Conn) wsFrame(h ws.Header, payload []byte) {
 	switch h.OpCode {
 	case ws.OpPing:
 		c.sendRaw(wsControlFrame(ws.OpPong, bytes.Clone(payload)))
+		return
 	case ws.OpPong:
+		return
 	case ws.OpClose:
 		c.wsClose(payload)
+		return
 	case ws.OpText, ws.OpBinary:
 		if h.Fin {
-			c.wsMessage(h.OpCode, payload)
+			if h.OpCode == ws.OpText && !utf8.Valid(payload) {
+				c.wsFail(ws.StatusInvalidFramePayloadData, "invalid UTF-8")
+				return
+			}
+			c.wsMessage(payload)
 			return
 		}
-		r.msgOp = h.OpCode
+		r.msgOp, r.msgValid = h.OpCode, 0
 		r.msg = append(r.msg[:0], payload...)
 	case ws.OpContinuation:
 		r.msg = append(r.msg, payload...)
-		if h.Fin {
-			msg, op := r.msg, r.msgOp
-			r.msg, r.msgOp = nil, 0
-			c.wsMessage(op, msg)
+	}
+	// A fragment of text is checked as it arrives: invalid UTF-8 fails the
+	// connection at once (RFC 6455 8.1), not after the last fragment.
+	if r.msgOp == ws.OpText {
+		n, ok := utf8Prefix(r.msg[r.msgValid:])
+		r.msgValid += n
+		if !ok || (h.Fin && r.msgValid != len(r.msg)) {
+			c.wsFail(ws.StatusInvalidFramePayloadData, "invalid UTF-8")
+			return
 		}
+	}
+	if h.Fin {
+		msg := r.msg
+		r.msg, r.msgOp, r.msgValid = nil, 0, 0
+		c.wsMessage(msg)
 	}
 }
 
-func (c *Conn) wsMessage(op ws.OpCode, p []byte) {
-	if op == ws.OpText && !utf8.Valid(p) {
-		c.wsFail(ws.StatusInvalidFramePayloadData, "invalid UTF-8")
-		return
+// utf8Prefix checks p, which may end inside a character: ok reports
+// whether p is valid UTF-8 up to that character, whose first byte is at n
+// (n is len(p) when p ends between characters).
+func utf8Prefix(p []byte) (n int, ok bool) {
+	n = len(p)
+	for i := len(p) - 1; i >= 0 && i >= len(p)-utf8.UTFMax+1; i-- {
+		if utf8.RuneStart(p[i]) {
+			if !utf8.FullRune(p[i:]) { // a valid beginning, cut short
+				n = i
+			}
+			break
+		}
 	}
+	return n, utf8.Valid(p[:n])
+}
+
+func (c *Conn) wsMessage(p []byte) {
 	if c.Closing() {
 		return
 	}
