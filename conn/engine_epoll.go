@@ -1,3 +1,5 @@
+//go:build linux
+
 package conn
 
 import (
@@ -7,6 +9,12 @@ import (
 
 	"golang.org/x/sys/unix"
 )
+
+// epollAvailable: this engine is built on Linux only (see
+// engine_portable.go).
+const epollAvailable = true
+
+func newEpollEngine(s *Server) (engine, error) { return &epollEngine{s: s}, nil }
 
 // epollEngine keeps every client socket in one epoll instance. An idle
 // connection is a few hundred bytes in the Server's table: no goroutine, no

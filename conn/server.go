@@ -77,7 +77,10 @@ func Listen(opts Options, h Handler) (*Server, error) {
 	s.accepting.Store(true)
 	switch opts.Engine {
 	case EngineEpoll:
-		s.engine = &epollEngine{s: s}
+		var err error
+		if s.engine, err = newEpollEngine(s); err != nil {
+			return nil, err
+		}
 	case EngineGoroutine:
 		s.engine = &goroutineEngine{s: s}
 	default:
@@ -130,15 +133,6 @@ func (s *Server) attach(c *Conn) bool {
 		return false
 	}
 	return true
-}
-
-func setSocketOptions(fd int, keepAlive time.Duration) {
-	secs := int(keepAlive / time.Second)
-	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
-	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, secs)
-	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, max(secs/3, 1))
-	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPCNT, 3)
 }
 
 func netip4or6(a net.Addr) (netip.AddrPort, error) {
