@@ -51,11 +51,10 @@ type recorder struct {
 	errs   chan error
 	closes chan closed
 
-	mu       sync.Mutex
-	onClose  map[*Conn]int // OnClose calls per Conn
-	maxHeld  atomic.Int64  // most bytes the read side kept (testHookRead)
-	bytesIn  atomic.Int64  // bytes the read side handled (testHookRead)
-	onMsgRun func(c *Conn) // run by OnMessage, if set before the server starts
+	mu      sync.Mutex
+	onClose map[*Conn]int // OnClose calls per Conn
+	maxHeld atomic.Int64  // most bytes the read side kept (testHookRead)
+	bytesIn atomic.Int64  // bytes the read side handled (testHookRead)
 }
 
 func newRecorder() *recorder {
@@ -67,12 +66,7 @@ func newRecorder() *recorder {
 	}
 }
 
-func (r *recorder) OnMessage(c *Conn, p []byte) {
-	if r.onMsgRun != nil {
-		r.onMsgRun(c)
-	}
-	r.msgs <- message{c, string(p)}
-}
+func (r *recorder) OnMessage(c *Conn, p []byte) { r.msgs <- message{c, string(p)} }
 
 func (r *recorder) OnFramingError(_ *Conn, err error) { r.errs <- err }
 

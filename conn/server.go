@@ -1,7 +1,8 @@
 // Package conn accepts client connections on one port, tells raw-TCP JSON
 // streams from WebSocket upgrades, frames messages both ways, and queues
-// output per connection. It is built on epoll so that an idle connection
-// costs no goroutine and no buffer.
+// output per connection. On Linux it is built on epoll so that an idle
+// connection costs no goroutine and no buffer; elsewhere it runs a reader
+// and a writer goroutine per connection.
 package conn
 
 import (
