@@ -18,11 +18,14 @@ type engine interface {
 	// writeBlocked is called, under c.mu, when the socket took less than
 	// was queued; the engine calls c.onWritable once it can take more.
 	writeBlocked(c *Conn)
-	// unregister stops watching c; the read side's owner calls it once.
+	// unregister stops watching c; the read side's owner calls it once,
+	// maybe after stop.
 	unregister(c *Conn)
 	// closeFd closes c's descriptor.
 	closeFd(c *Conn)
-	// stopAccepting ends accepting; s.ln is closed right after.
+	// stopAccepting ends accepting and returns when no connection can be
+	// attached any more; s.ln is closed right after (an engine that closed
+	// it to end Accept gets a harmless second Close).
 	stopAccepting()
 	// stop ends the engine's goroutines once connections are closed.
 	stop()

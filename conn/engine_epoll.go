@@ -1,3 +1,5 @@
+//go:build linux
+
 package conn
 
 import (
@@ -7,6 +9,12 @@ import (
 
 	"golang.org/x/sys/unix"
 )
+
+// epollAvailable: this engine is built on Linux only (see
+// engine_portable.go).
+const epollAvailable = true
+
+func newEpollEngine(s *Server) (engine, error) { return &epollEngine{s: s}, nil }
 
 // epollEngine keeps every client socket in one epoll instance. An idle
 // connection is a few hundred bytes in the Server's table: no goroutine, no
@@ -129,7 +137,14 @@ func (e *epollEngine) register(c *Conn) error { return e.poller.add(c.fd) }
 // edge-triggered, so the poller calls onWritable when space frees up.
 func (e *epollEngine) writeBlocked(*Conn) {}
 
-func (e *epollEngine) unregister(c *Conn) { e.poller.remove(c.fd) }
+// unregister is skipped once the engine has stopped: the epoll fd is closed
+// then, and its number may belong to another file. Closing c.fd removes it
+// from the set anyway.
+func (e *epollEngine) unregister(c *Conn) {
+	if e.poller != nil {
+		e.poller.remove(c.fd)
+	}
+}
 
 func (e *epollEngine) closeFd(c *Conn) { unix.Close(c.fd) }
 
@@ -144,5 +159,7 @@ func (e *epollEngine) stop() {
 	e.poller.wake()
 	<-e.loopDone
 	e.pool.stop()
+	// No goroutine of the engine is left to see this write.
 	e.poller.close()
+	e.poller = nil
 }

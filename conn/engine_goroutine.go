@@ -15,8 +15,9 @@ import (
 // that waits for the socket to drain. It runs the same framing and queues
 // as the epoll engine and exists to measure what epoll saves.
 type goroutineEngine struct {
-	s  *Server
-	wg sync.WaitGroup
+	s          *Server
+	wg         sync.WaitGroup // connection goroutines
+	acceptDone chan struct{}  // closed when the accept loop ends
 }
 
 // goroutineConn is the per-connection state only this engine needs.
@@ -30,13 +31,13 @@ type goroutineConn struct {
 const goroutineReadBuffer = 4 << 10
 
 func (e *goroutineEngine) start() error {
-	e.wg.Add(1)
+	e.acceptDone = make(chan struct{})
 	go e.acceptLoop()
 	return nil
 }
 
 func (e *goroutineEngine) acceptLoop() {
-	defer e.wg.Done()
+	defer close(e.acceptDone)
 	s := e.s
 	var backoff time.Duration
 	for {
@@ -95,15 +96,11 @@ func (e *goroutineEngine) readLoop(c *Conn) {
 			c.onData(buf[:n])
 			continue
 		case err == nil && rerr == nil: // EOF
-			if c.setReason(ReasonClientClosed) {
-				c.srv.metrics.closing(ReasonClientClosed)
-			}
+			c.markClosing(ReasonClientClosed)
 		case errors.Is(rerr, unix.EINTR):
 			continue
 		default:
-			if c.setReason(ReasonIOError) {
-				c.srv.metrics.closing(ReasonIOError)
-			}
+			c.markClosing(ReasonIOError)
 		}
 		c.teardown()
 		return
@@ -136,7 +133,12 @@ func (e *goroutineEngine) closeFd(c *Conn) {
 	c.g.nc.Close()
 }
 
-// stopAccepting needs nothing: closing the listener ends Accept.
-func (e *goroutineEngine) stopAccepting() {}
+// stopAccepting closes the listener, which ends Accept, and waits for the
+// loop: a connection it was attaching would otherwise appear after
+// Shutdown's last look.
+func (e *goroutineEngine) stopAccepting() {
+	e.s.ln.Close()
+	<-e.acceptDone
+}
 
 func (e *goroutineEngine) stop() { e.wg.Wait() }

@@ -38,13 +38,7 @@ func (c *Conn) upgrade(head []byte) bool {
 	}{bytes.NewReader(head), &answer}
 	_, err := c.srv.upgrader.Upgrade(rw)
 	if err != nil {
-		c.setTransport(transportHTTP)
-		c.sendRaw(answer.Bytes()) // gobwas wrote the HTTP error answer
-		if c.setReason(ReasonHTTPRejected) {
-			c.srv.metrics.closing(ReasonHTTPRejected)
-		}
-		c.discardIn = true
-		c.closeAfterSend()
+		c.rejectHTTP(answer.Bytes()) // gobwas wrote the HTTP error answer
 		return false
 	}
 	c.setTransport(TransportWebSocket)
@@ -52,14 +46,12 @@ func (c *Conn) upgrade(head []byte) bool {
 	return true
 }
 
+// rejectHTTP answers a request that is not a WebSocket upgrade and closes.
 func (c *Conn) rejectHTTP(answer []byte) {
 	c.setTransport(transportHTTP)
-	c.sendRaw(answer)
-	if c.setReason(ReasonHTTPRejected) {
-		c.srv.metrics.closing(ReasonHTTPRejected)
-	}
+	c.markClosing(ReasonHTTPRejected)
 	c.discardIn = true
-	c.closeAfterSend()
+	c.closeAfterSend(answer)
 }
 
 // wantsWebSocket reports whether a request head has "Upgrade: websocket".

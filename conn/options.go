@@ -14,9 +14,11 @@ import (
 type Options struct {
 	// Listen is the client address, host:port. Default ":5000".
 	Listen string
-	// Engine drives the sockets: "epoll" (default: no goroutine and no
-	// buffer per idle connection) or "goroutine" (a reader and a writer
-	// goroutine per connection, the classic design, kept as a baseline).
+	// Engine drives the sockets: "epoll" (no goroutine and no buffer per
+	// idle connection; Linux only) or "goroutine" (a reader and a writer
+	// goroutine per connection, the classic design, kept as a baseline and
+	// for other systems). Default "epoll" on Linux, "goroutine" elsewhere;
+	// asking for "epoll" elsewhere makes Listen fail.
 	Engine string
 	// Workers is the number of goroutines reading from sockets and running
 	// handlers. Default 64.
@@ -54,7 +56,10 @@ func (o *Options) setDefaults() {
 		o.Listen = ":5000"
 	}
 	if o.Engine == "" {
-		o.Engine = EngineEpoll
+		o.Engine = EngineGoroutine
+		if epollAvailable {
+			o.Engine = EngineEpoll
+		}
 	}
 	if o.Workers == 0 {
 		o.Workers = 64

@@ -57,16 +57,20 @@ func (c *Conn) sendRaw(p []byte) bool {
 func (c *Conn) enqueue(it *outItem) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.dead || c.writeShut {
+	return c.enqueueLocked(it)
+}
+
+// enqueueLocked queues it and writes what the socket takes. c.mu must be
+// held.
+func (c *Conn) enqueueLocked(it *outItem) bool {
+	if c.state >= stateWriteShut {
 		return false
 	}
 	size := it.size()
 	// One message larger than the whole limit still goes out on an empty
 	// queue, so a big read-all answer is never refused by itself.
 	if limit := c.srv.opts.MaxQueueBytes; c.outBytes > 0 && c.outBytes+size > limit {
-		if c.setReason(ReasonSlowConsumer) {
-			c.srv.metrics.closing(ReasonSlowConsumer)
-		}
+		c.markClosing(ReasonSlowConsumer)
 		c.srv.metrics.queueOverflows.Inc()
 		c.abortLocked()
 		return false
@@ -93,7 +97,7 @@ func (c *Conn) onWritable() {
 // c.mu must be held.
 func (c *Conn) flushLocked() {
 	var iovs [maxIovecs][]byte
-	for len(c.out) > 0 && !c.dead {
+	for len(c.out) > 0 && c.state != stateDead {
 		n := c.fillIovecs(iovs[:0])
 		written, err := unix.Writev(c.fd, iovs[:n])
 		if written > 0 {
@@ -108,15 +112,13 @@ func (c *Conn) flushLocked() {
 			return
 		}
 		// EPIPE, ECONNRESET…: the read side will see it too and tear down.
-		if c.setReason(ReasonIOError) {
-			c.srv.metrics.closing(ReasonIOError)
-		}
+		c.markClosing(ReasonIOError)
 		c.abortLocked()
 		return
 	}
 	if len(c.out) == 0 {
 		c.out = nil // an idle connection keeps no buffer
-		if c.closeWhenSent {
+		if c.state == stateClosing {
 			c.shutWriteLocked()
 		}
 	}

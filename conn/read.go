@@ -14,37 +14,6 @@ const maxReadsPerTurn = 16
 
 func nowNano() int64 { return time.Now().UnixNano() }
 
-func shutdownFd(fd int, both bool) {
-	how := unix.SHUT_WR
-	if both {
-		how = unix.SHUT_RDWR
-	}
-	_ = unix.Shutdown(fd, how) // ENOTCONN after the peer's reset is expected
-}
-
-// scheduleRead hands the connection to a worker unless one already owns its
-// read side; in that case it tells the owner to read once more, so an edge
-// that arrives while the owner is finishing is never lost.
-//
-// readState: 0 idle, 1 a worker is reading, 2 reading and more arrived.
-func (c *Conn) scheduleRead(p *pool) {
-	for {
-		switch c.readState.Load() {
-		case 0:
-			if c.readState.CompareAndSwap(0, 1) {
-				p.submit(c)
-				return
-			}
-		case 1:
-			if c.readState.CompareAndSwap(1, 2) {
-				return
-			}
-		default:
-			return
-		}
-	}
-}
-
 type readStatus uint8
 
 const (
@@ -66,10 +35,9 @@ func (c *Conn) readTurn(buf []byte, p *pool) {
 			}
 			continue // the queue is full: keep the turn rather than block
 		}
-		if c.readState.CompareAndSwap(1, 0) {
+		if c.releaseRead() {
 			return
 		}
-		c.readState.Store(1) // was 2: an event came in meanwhile
 	}
 }
 
@@ -82,23 +50,23 @@ func (c *Conn) readAvailable(buf []byte) readStatus {
 		}
 		switch {
 		case err == nil: // n == 0: orderly EOF
-			if c.setReason(ReasonClientClosed) {
-				c.srv.metrics.closing(ReasonClientClosed)
-			}
+			c.markClosing(ReasonClientClosed)
 			return readClosed
 		case errors.Is(err, unix.EAGAIN):
 			return readDrained
 		case errors.Is(err, unix.EINTR):
 			continue
 		default:
-			if c.setReason(ReasonIOError) {
-				c.srv.metrics.closing(ReasonIOError)
-			}
+			c.markClosing(ReasonIOError)
 			return readClosed
 		}
 	}
 	return readBusy
 }
+
+// testHookRead, set only by tests (before any Server starts), is called by
+// the read side after it has handled n bytes, to watch what it keeps.
+var testHookRead func(c *Conn, n int)
 
 // onData handles bytes just read. Complete messages go to the handler
 // straight from the worker's buffer; only an incomplete tail is copied into
@@ -128,6 +96,9 @@ func (c *Conn) onData(p []byte) {
 	default:
 		c.in = append(make([]byte, 0, max(len(rest)*2, 512)), rest...)
 		c.inSince.Store(nowNano())
+	}
+	if testHookRead != nil {
+		testHookRead(c, len(p))
 	}
 }
 

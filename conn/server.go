@@ -1,7 +1,8 @@
 // Package conn accepts client connections on one port, tells raw-TCP JSON
 // streams from WebSocket upgrades, frames messages both ways, and queues
-// output per connection. It is built on epoll so that an idle connection
-// costs no goroutine and no buffer.
+// output per connection. On Linux it is built on epoll so that an idle
+// connection costs no goroutine and no buffer; elsewhere it runs a reader
+// and a writer goroutine per connection.
 package conn
 
 import (
@@ -77,7 +78,10 @@ func Listen(opts Options, h Handler) (*Server, error) {
 	s.accepting.Store(true)
 	switch opts.Engine {
 	case EngineEpoll:
-		s.engine = &epollEngine{s: s}
+		var err error
+		if s.engine, err = newEpollEngine(s); err != nil {
+			return nil, err
+		}
 	case EngineGoroutine:
 		s.engine = &goroutineEngine{s: s}
 	default:
@@ -123,25 +127,13 @@ func (s *Server) attach(c *Conn) bool {
 	s.count.Add(1)
 	s.metrics.opened()
 	if err := s.engine.register(c); err != nil {
+		// No event can come for c: this goroutine owns its read side.
 		s.log.Error().Err(err).Msg("register connection")
-		s.mu.Lock()
-		delete(s.conns, c.fd)
-		s.mu.Unlock()
-		s.count.Add(-1)
-		s.metrics.closed(TransportUnknown)
-		s.engine.closeFd(c)
+		c.markClosing(ReasonIOError)
+		c.teardown()
 		return false
 	}
 	return true
-}
-
-func setSocketOptions(fd int, keepAlive time.Duration) {
-	secs := int(keepAlive / time.Second)
-	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
-	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, secs)
-	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, max(secs/3, 1))
-	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPCNT, 3)
 }
 
 func netip4or6(a net.Addr) (netip.AddrPort, error) {
@@ -157,26 +149,6 @@ func addrPort(sa unix.Sockaddr) netip.AddrPort {
 		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr).Unmap(), uint16(a.Port))
 	}
 	return netip.AddrPort{}
-}
-
-// teardown closes the socket. Only the read side's owner calls it, once.
-func (c *Conn) teardown() {
-	c.mu.Lock()
-	c.dead = true
-	c.out, c.outOff, c.outBytes = nil, 0, 0
-	c.mu.Unlock()
-	s := c.srv
-	s.engine.unregister(c)
-	s.mu.Lock()
-	if s.conns[c.fd] == c {
-		delete(s.conns, c.fd)
-	}
-	s.mu.Unlock()
-	s.engine.closeFd(c)
-	c.in, c.ws = nil, wsReader{}
-	s.count.Add(-1)
-	s.metrics.closed(c.Transport())
-	s.handler.OnClose(c, c.CloseReason())
 }
 
 // Each calls fn for every open connection until fn returns false.
@@ -219,9 +191,7 @@ func (s *Server) checkDeadlines(c *Conn, now int64) {
 		return since != 0 && now-since > int64(d)
 	}
 	switch {
-	case expired(c.shutWrAt.Load(), s.opts.LingerTimeout):
-		c.Abort(ReasonTimeout)
-	case expired(c.closingAt.Load(), s.opts.WriteTimeout):
+	case c.closeExpired(now):
 		c.Abort(ReasonTimeout)
 	case !c.Closing() && expired(c.inSince.Load(), s.opts.ReadTimeout):
 		if c.Transport() == TransportTCP || c.Transport() == TransportWebSocket {
@@ -248,7 +218,9 @@ func (s *Server) Accepting() bool { return s.accepting.Load() }
 
 // Shutdown stops accepting, closes every connection gracefully with reason
 // (a WebSocket gets a close frame) and waits until they are gone or ctx ends;
-// then it stops the workers and the epoll loop and closes what is left.
+// then it aborts what is left, stops the workers and the epoll loop, and
+// tears down the connections no worker got to. OnClose is called once for
+// every connection.
 func (s *Server) Shutdown(ctx context.Context, reason CloseReason) error {
 	s.StopAccepting()
 	s.Each(func(c *Conn) bool { c.Close(reason); return true })
@@ -267,18 +239,13 @@ wait:
 	s.stopOnce.Do(func() {
 		close(s.stopSweep)
 		s.done.Wait()
+		// Both directions shut: a reader blocked on a silent peer sees EOF
+		// and ends, so stopping the engine cannot wait on a client.
+		s.Each(func(c *Conn) bool { c.Abort(reason); return true })
 		s.engine.stop()
-		// No goroutine touches a socket any more: close the stragglers.
-		s.Each(func(c *Conn) bool {
-			c.mu.Lock()
-			c.dead = true
-			c.mu.Unlock()
-			s.engine.closeFd(c)
-			s.count.Add(-1)
-			s.metrics.closed(c.Transport())
-			s.handler.OnClose(c, ReasonShutdown)
-			return true
-		})
+		// No worker or reader runs any more: this goroutine owns every read
+		// side left, so it may tear those connections down.
+		s.Each(func(c *Conn) bool { c.teardown(); return true })
 	})
 	return err
 }

@@ -16,6 +16,7 @@ const maxWSHeader = 10
 type wsReader struct {
 	msg        []byte    // payload of a fragmented message so far
 	msgOp      ws.OpCode // its opcode; 0 when no message is open
+	msgValid   int       // bytes of a text msg checked to be whole UTF-8 characters
 	discard    int64     // payload bytes of the current frame still to skip
 	discardMsg bool      // skip continuation frames until the one with FIN
 }
@@ -103,7 +104,10 @@ func (c *Conn) consumeWS(p []byte) int {
 			return len(p)
 		}
 		if !h.OpCode.IsControl() {
-			if limit := int64(c.srv.opts.MaxMessageBytes); r.discardMsg || h.Length+int64(len(r.msg)) > limit {
+			// h.Length is the client's, up to 2^63-1: compare without adding
+			// to it. len(r.msg) never exceeds the limit, so the subtraction
+			// cannot overflow either.
+			if limit := int64(c.srv.opts.MaxMessageBytes); r.discardMsg || h.Length > limit-int64(len(r.msg)) {
 				// Skip the payload as it streams in instead of buffering it:
 				// the connection stays usable and memory stays bounded.
 				if !r.discardMsg {
@@ -134,6 +138,8 @@ func startsMessage(op ws.OpCode) bool { return op == ws.OpText || op == ws.OpBin
 func (c *Conn) wsHeaderValid(h ws.Header) bool {
 	r := &c.ws
 	switch {
+	case h.Length < 0: // the most significant bit of a 64-bit length is set
+		c.wsFail(ws.StatusProtocolError, "invalid payload length")
 	case !h.Masked:
 		c.wsFail(ws.StatusProtocolError, "client frames must be masked")
 	case h.Rsv != 0:
@@ -157,68 +163,116 @@ func (c *Conn) wsFrame(h ws.Header, payload []byte) {
 	switch h.OpCode {
 	case ws.OpPing:
 		c.sendRaw(wsControlFrame(ws.OpPong, bytes.Clone(payload)))
+		return
 	case ws.OpPong:
+		return
 	case ws.OpClose:
-		code, _ := ws.ParseCloseFrameDataUnsafe(payload)
-		if code.Empty() {
-			code = ws.StatusNormalClosure
-		}
-		if c.setReason(ReasonClientClosed) {
-			c.srv.metrics.closing(ReasonClientClosed)
-			c.sendRaw(wsCloseFrame(code, ""))
-		}
-		c.discardIn = true // nothing may follow a close frame
-		c.closeAfterSend()
+		c.wsClose(payload)
+		return
 	case ws.OpText, ws.OpBinary:
 		if h.Fin {
-			c.wsMessage(h.OpCode, payload)
+			if h.OpCode == ws.OpText && !utf8.Valid(payload) {
+				c.wsFail(ws.StatusInvalidFramePayloadData, "invalid UTF-8")
+				return
+			}
+			c.wsMessage(payload)
 			return
 		}
-		r.msgOp = h.OpCode
+		r.msgOp, r.msgValid = h.OpCode, 0
 		r.msg = append(r.msg[:0], payload...)
 	case ws.OpContinuation:
 		r.msg = append(r.msg, payload...)
-		if h.Fin {
-			msg, op := r.msg, r.msgOp
-			r.msg, r.msgOp = nil, 0
-			c.wsMessage(op, msg)
+	}
+	// A fragment of text is checked as it arrives: invalid UTF-8 fails the
+	// connection at once (RFC 6455 8.1), not after the last fragment.
+	if r.msgOp == ws.OpText {
+		n, ok := utf8Prefix(r.msg[r.msgValid:])
+		r.msgValid += n
+		if !ok || (h.Fin && r.msgValid != len(r.msg)) {
+			c.wsFail(ws.StatusInvalidFramePayloadData, "invalid UTF-8")
+			return
 		}
+	}
+	if h.Fin {
+		msg := r.msg
+		r.msg, r.msgOp, r.msgValid = nil, 0, 0
+		c.wsMessage(msg)
 	}
 }
 
-func (c *Conn) wsMessage(op ws.OpCode, p []byte) {
-	if op == ws.OpText && !utf8.Valid(p) {
-		c.wsFail(ws.StatusInvalidFramePayloadData, "invalid UTF-8")
-		return
+// utf8Prefix checks p, which may end inside a character: ok reports
+// whether p is valid UTF-8 up to that character, whose first byte is at n
+// (n is len(p) when p ends between characters).
+func utf8Prefix(p []byte) (n int, ok bool) {
+	n = len(p)
+	for i := len(p) - 1; i >= 0 && i >= len(p)-utf8.UTFMax+1; i-- {
+		if utf8.RuneStart(p[i]) {
+			if !utf8.FullRune(p[i:]) { // a valid beginning, cut short
+				n = i
+			}
+			break
+		}
 	}
+	return n, utf8.Valid(p[:n])
+}
+
+func (c *Conn) wsMessage(p []byte) {
 	if c.Closing() {
 		return
 	}
 	c.srv.handler.OnMessage(c, p)
 }
 
+// wsClose answers the peer's close frame: its code echoed, or a protocol
+// error for a frame RFC 6455 does not allow.
+func (c *Conn) wsClose(payload []byte) {
+	code, ok := parseClose(payload)
+	if !ok {
+		c.wsFail(ws.StatusProtocolError, "invalid close frame")
+		return
+	}
+	var echo []byte
+	if c.markClosing(ReasonClientClosed) {
+		echo = wsCloseFrame(code, "")
+	}
+	c.discardIn = true // nothing may follow a close frame
+	c.closeAfterSend(echo)
+}
+
+// parseClose returns the code of a client's close frame, to echo. RFC 6455
+// 7.1.5: no body means no code (answered with 1000); a body is a valid code
+// (7.4) followed by a UTF-8 reason.
+func parseClose(payload []byte) (ws.StatusCode, bool) {
+	if len(payload) == 0 {
+		return ws.StatusNormalClosure, true
+	}
+	if len(payload) < 2 {
+		return 0, false
+	}
+	code, reason := ws.ParseCloseFrameDataUnsafe(payload)
+	return code, validCloseCode(code) && utf8.ValidString(reason)
+}
+
+// validCloseCode: the codes a peer may send (RFC 6455 7.4.1 and IANA's
+// registry, where 1012-1014 were added); 1004 is reserved and 1005, 1006 and
+// 1015 must never be sent; 3000-4999 belong to libraries and applications.
+func validCloseCode(code ws.StatusCode) bool {
+	switch {
+	case code >= 1000 && code <= 1014:
+		return code != 1004 && code != 1005 && code != 1006
+	case code >= 3000 && code <= 4999:
+		return true
+	}
+	return false
+}
+
 // wsFail closes the connection with a WebSocket close code after a protocol
 // violation; nothing more is read from it.
 func (c *Conn) wsFail(code ws.StatusCode, reason string) {
-	if c.setReason(ReasonProtocolError) {
-		c.srv.metrics.closing(ReasonProtocolError)
-		c.sendRaw(wsCloseFrame(code, reason))
+	var frame []byte
+	if c.markClosing(ReasonProtocolError) {
+		frame = wsCloseFrame(code, reason)
 	}
 	c.discardIn = true
-	c.closeAfterSend()
-}
-
-// closeAfterSend shuts the write side once the queue drains, without adding
-// a close frame of its own.
-func (c *Conn) closeAfterSend() {
-	c.closingAt.CompareAndSwap(0, nowNano())
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.dead {
-		return
-	}
-	c.closeWhenSent = true
-	if len(c.out) == 0 {
-		c.shutWriteLocked()
-	}
+	c.closeAfterSend(frame)
 }

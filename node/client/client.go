@@ -15,7 +15,6 @@ import (
 
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
-	"golang.org/x/sys/unix"
 )
 
 // Transport selects how a Client talks to the server.
@@ -39,17 +38,13 @@ func Dial(ctx context.Context, t Transport, addr string) (*Client, error) {
 	return DialFrom(ctx, t, addr, nil)
 }
 
-// DialFrom is Dial from a chosen local address (nil: any). The port is
-// left for connect() to choose (IP_BIND_ADDRESS_NO_PORT): bind() would not
-// reuse a port in TIME_WAIT, and a load test of tens of thousands of
-// reconnections runs out of them.
+// DialFrom is Dial from a chosen local address (nil: any). On Linux the
+// port is left for connect() to choose (see bindNoPort).
 func DialFrom(ctx context.Context, t Transport, addr string, local *net.TCPAddr) (*Client, error) {
 	d := net.Dialer{LocalAddr: local}
 	if local != nil {
 		d.Control = func(_, _ string, c syscall.RawConn) error {
-			return c.Control(func(fd uintptr) {
-				_ = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
-			})
+			return c.Control(bindNoPort)
 		}
 	}
 	switch t {

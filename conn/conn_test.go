@@ -1,0 +1,598 @@
+package conn
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
+)
+
+// Helpers for the tests of this package: a recording Handler, a server on
+// a loopback port per engine, and raw clients; and, for fuzzing, a Conn on
+// a socket pair whose read path the test drives itself. Tests wait on the
+// recorder's events or on the socket, with a deadline; they never sleep.
+
+// waitFor bounds every wait: far above what any event takes, so that only
+// a lost event reaches it.
+const waitFor = 10 * time.Second
+
+var engines = []string{EngineEpoll, EngineGoroutine}
+
+// eachEngine runs f as a subtest per engine.
+func eachEngine(t *testing.T, f func(t *testing.T, engine string)) {
+	for _, e := range engines {
+		t.Run(e, func(t *testing.T) { f(t, e) })
+	}
+}
+
+type message struct {
+	c    *Conn
+	data string
+}
+
+type closed struct {
+	c      *Conn
+	reason CloseReason
+}
+
+// recorder is a Handler that records its calls on channels to wait on.
+type recorder struct {
+	msgs   chan message
+	errs   chan error
+	closes chan closed
+
+	mu      sync.Mutex
+	onClose map[*Conn]int // OnClose calls per Conn
+	maxHeld atomic.Int64  // most bytes the read side kept (testHookRead)
+	bytesIn atomic.Int64  // bytes the read side handled (testHookRead)
+}
+
+func newRecorder() *recorder {
+	return &recorder{
+		msgs:    make(chan message, 1024),
+		errs:    make(chan error, 1024),
+		closes:  make(chan closed, 1024),
+		onClose: map[*Conn]int{},
+	}
+}
+
+func (r *recorder) OnMessage(c *Conn, p []byte) { r.msgs <- message{c, string(p)} }
+
+func (r *recorder) OnFramingError(_ *Conn, err error) { r.errs <- err }
+
+func (r *recorder) OnClose(c *Conn, reason CloseReason) {
+	r.mu.Lock()
+	r.onClose[c]++
+	r.mu.Unlock()
+	r.closes <- closed{c, reason}
+}
+
+func init() {
+	// Set before any server starts, so the read sides see it without a race.
+	testHookRead = func(c *Conn, n int) {
+		r, ok := c.srv.handler.(*recorder)
+		if !ok {
+			return
+		}
+		r.bytesIn.Add(int64(n))
+		held := int64(len(c.in) + len(c.ws.msg))
+		for old := r.maxHeld.Load(); held > old && !r.maxHeld.CompareAndSwap(old, held); old = r.maxHeld.Load() {
+		}
+	}
+}
+
+func (r *recorder) message(t *testing.T) message {
+	t.Helper()
+	select {
+	case m := <-r.msgs:
+		return m
+	case <-time.After(waitFor):
+		t.Fatal("no message arrived")
+	}
+	return message{}
+}
+
+func (r *recorder) framingError(t *testing.T) error {
+	t.Helper()
+	select {
+	case err := <-r.errs:
+		return err
+	case <-time.After(waitFor):
+		t.Fatal("no framing error arrived")
+	}
+	return nil
+}
+
+func (r *recorder) closed(t *testing.T) closed {
+	t.Helper()
+	select {
+	case c := <-r.closes:
+		return c
+	case <-time.After(waitFor):
+		t.Fatal("no connection closed")
+	}
+	return closed{}
+}
+
+// closeCount is how many times OnClose ran for c.
+func (r *recorder) closeCount(c *Conn) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.onClose[c]
+}
+
+// noEvents checks that nothing was recorded that the test did not take.
+func (r *recorder) noEvents(t *testing.T) {
+	t.Helper()
+	select {
+	case m := <-r.msgs:
+		t.Fatalf("unexpected message %q", m.data)
+	case err := <-r.errs:
+		t.Fatalf("unexpected framing error %v", err)
+	case c := <-r.closes:
+		t.Fatalf("unexpected close (%v)", c.reason)
+	default:
+	}
+}
+
+// serve starts a server on a loopback port; Shutdown runs at cleanup.
+func serve(t *testing.T, engine string, opts Options) (*Server, *recorder) {
+	t.Helper()
+	r := newRecorder()
+	opts.Listen, opts.Engine, opts.Logger = "127.0.0.1:0", engine, zerolog.Nop()
+	s, err := Listen(opts, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+		defer cancel()
+		s.Shutdown(ctx, ReasonShutdown)
+	})
+	return s, r
+}
+
+func dial(t *testing.T, s *Server) *net.TCPConn {
+	t.Helper()
+	c, err := net.Dial("tcp", s.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(waitFor))
+	return c.(*net.TCPConn)
+}
+
+// waitUntil polls cond until it holds.
+func waitUntil(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitFor)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func write(t *testing.T, c net.Conn, p []byte) {
+	t.Helper()
+	if _, err := c.Write(p); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// readToEOF reads what the server sends until it closes, then closes as a
+// well-behaved client does (the server lingers until then).
+func readToEOF(t *testing.T, c net.Conn) []byte {
+	t.Helper()
+	b, err := io.ReadAll(c)
+	if err != nil && !isReset(err) {
+		t.Fatal(err)
+	}
+	c.Close()
+	return b
+}
+
+func isReset(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && !op.Timeout()
+}
+
+// wsClient is a WebSocket client that writes frames by hand.
+type wsClient struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func dialWS(t *testing.T, s *Server) *wsClient {
+	t.Helper()
+	c := dial(t, s)
+	d := ws.Dialer{NetDial: func(context.Context, string, string) (net.Conn, error) { return c, nil }}
+	_, br, _, err := d.Dial(context.Background(), "ws://"+s.Addr().String()+"/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if br == nil {
+		br = bufio.NewReader(c)
+	}
+	return &wsClient{c, br}
+}
+
+// clientFrame is a masked frame as a client sends it.
+func clientFrame(fin bool, op ws.OpCode, payload []byte) []byte {
+	var b bytes.Buffer
+	f := ws.NewFrame(op, fin, bytes.Clone(payload))
+	_ = ws.WriteFrame(&b, ws.MaskFrameInPlace(f))
+	return b.Bytes()
+}
+
+func (w *wsClient) send(t *testing.T, fin bool, op ws.OpCode, payload []byte) {
+	t.Helper()
+	write(t, w, clientFrame(fin, op, payload))
+}
+
+func (w *wsClient) frame(t *testing.T) ws.Frame {
+	t.Helper()
+	f, err := ws.ReadFrame(w.r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// closeCode reads frames until a close frame and returns its code.
+func (w *wsClient) closeCode(t *testing.T) ws.StatusCode {
+	t.Helper()
+	for {
+		f := w.frame(t)
+		if f.Header.OpCode == ws.OpClose {
+			code, _ := ws.ParseCloseFrameData(f.Payload)
+			return code
+		}
+	}
+}
+
+func TestSniffRawTCP(t *testing.T) {
+	eachEngine(t, func(t *testing.T, engine string) {
+		s, r := serve(t, engine, Options{})
+		c := dial(t, s)
+		write(t, c, []byte("  \n{\"type\":\"login\"}"))
+		m := r.message(t)
+		if m.data != `{"type":"login"}` || m.c.Transport() != TransportTCP {
+			t.Fatalf("got %q over %v", m.data, m.c.Transport())
+		}
+		m.c.Send([]byte(`{"ok":true}`))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil || line != "{\"ok\":true}\n" {
+			t.Fatalf("answer %q, %v", line, err)
+		}
+	})
+}
+
+func TestSniffWebSocket(t *testing.T) {
+	eachEngine(t, func(t *testing.T, engine string) {
+		s, r := serve(t, engine, Options{})
+		w := dialWS(t, s)
+		w.send(t, true, ws.OpText, []byte(`{"type":"login"}`))
+		m := r.message(t)
+		if m.data != `{"type":"login"}` || m.c.Transport() != TransportWebSocket {
+			t.Fatalf("got %q over %v", m.data, m.c.Transport())
+		}
+		m.c.Send([]byte(`{"ok":true}`))
+		f := w.frame(t)
+		if f.Header.OpCode != ws.OpText || !f.Header.Fin || string(f.Payload) != `{"ok":true}` {
+			t.Fatalf("answer %+v %q", f.Header, f.Payload)
+		}
+	})
+}
+
+func TestPlainHTTPGets426(t *testing.T) {
+	eachEngine(t, func(t *testing.T, engine string) {
+		s, r := serve(t, engine, Options{})
+		c := dial(t, s)
+		write(t, c, []byte("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"))
+		answer := readToEOF(t, c)
+		if !bytes.HasPrefix(answer, []byte("HTTP/1.1 426 ")) {
+			t.Fatalf("answer %q", answer)
+		}
+		if got := r.closed(t); got.reason != ReasonHTTPRejected {
+			t.Fatalf("closed with %v", got.reason)
+		}
+		r.noEvents(t)
+	})
+}
+
+func TestRawTCPMessagesAcrossAndWithinReads(t *testing.T) {
+	eachEngine(t, func(t *testing.T, engine string) {
+		s, r := serve(t, engine, Options{})
+		c := dial(t, s)
+		one := []byte(`{"desc":"a } \" {","tags":["x"]}`)
+		for i := range one { // one byte per segment (Go sets TCP_NODELAY)
+			write(t, c, one[i:i+1])
+		}
+		if m := r.message(t); m.data != string(one) {
+			t.Fatalf("byte by byte: %q", m.data)
+		}
+		write(t, c, []byte(`{"a":1}{"b":2}`+"\n"+`[3]`))
+		for _, want := range []string{`{"a":1}`, `{"b":2}`, `[3]`} {
+			if m := r.message(t); m.data != want {
+				t.Fatalf("got %q, want %q", m.data, want)
+			}
+		}
+		r.noEvents(t)
+	})
+}
+
+func TestRawTCPInvalidJSONAnswersAndCloses(t *testing.T) {
+	eachEngine(t, func(t *testing.T, engine string) {
+		s, r := serve(t, engine, Options{})
+		c := dial(t, s)
+		write(t, c, []byte(`{"a":1}hello`))
+		if m := r.message(t); m.data != `{"a":1}` {
+			t.Fatalf("got %q", m.data)
+		}
+		if err := r.framingError(t); err != ErrInvalidJSON {
+			t.Fatalf("framing error %v", err)
+		}
+		readToEOF(t, c)
+		if got := r.closed(t); got.reason != ReasonProtocolError {
+			t.Fatalf("closed with %v", got.reason)
+		}
+	})
+}
+
+func TestCloseSendsQueuedOutputFirst(t *testing.T) {
+	eachEngine(t, func(t *testing.T, engine string) {
+		s, r := serve(t, engine, Options{})
+		c := dial(t, s)
+		write(t, c, []byte(`{}`))
+		conn := r.message(t).c
+		var want bytes.Buffer
+		for i := range 1000 {
+			msg := bytes.Repeat([]byte{'a' + byte(i%26)}, 1000)
+			conn.Send(msg)
+			want.Write(msg)
+			want.WriteByte('\n')
+		}
+		conn.Close(ReasonPolicy)
+		if conn.Send([]byte(`{}`)) {
+			t.Fatal("Send accepted a message after Close")
+		}
+		if got := readToEOF(t, c); !bytes.Equal(got, want.Bytes()) {
+			t.Fatalf("got %d bytes, want %d", len(got), want.Len())
+		}
+		if got := r.closed(t); got.c != conn || got.reason != ReasonPolicy {
+			t.Fatalf("closed with %v", got.reason)
+		}
+	})
+}
+
+// fillSocket sends until the socket takes no more and output is queued.
+func fillSocket(t *testing.T, conn *Conn) (sent int) {
+	t.Helper()
+	msg := bytes.Repeat([]byte{'x'}, 16<<10)
+	for conn.QueuedBytes() == 0 {
+		if !conn.Send(msg) {
+			t.Fatal("send refused")
+		}
+		sent += len(msg) + 1
+		if sent > 256<<20 {
+			t.Fatal("the socket never filled")
+		}
+	}
+	return sent
+}
+
+func TestAbortDropsQueuedOutput(t *testing.T) {
+	eachEngine(t, func(t *testing.T, engine string) {
+		s, r := serve(t, engine, Options{})
+		c := dial(t, s)
+		write(t, c, []byte(`{}`))
+		conn := r.message(t).c
+		sent := fillSocket(t, conn)
+		conn.Abort(ReasonPolicy)
+		if conn.QueuedBytes() != 0 {
+			t.Fatal("output still queued after Abort")
+		}
+		if got := len(readToEOF(t, c)); got >= sent {
+			t.Fatalf("the client got all %d bytes", got)
+		}
+		if got := r.closed(t); got.reason != ReasonPolicy {
+			t.Fatalf("closed with %v", got.reason)
+		}
+	})
+}
+
+func TestSlowConsumerIsDisconnected(t *testing.T) {
+	eachEngine(t, func(t *testing.T, engine string) {
+		const limit = 64 << 10
+		s, r := serve(t, engine, Options{MaxQueueBytes: limit})
+		c := dial(t, s)
+		c.SetReadBuffer(4 << 10)
+		write(t, c, []byte(`{}`))
+		conn := r.message(t).c
+		msg := bytes.Repeat([]byte{'x'}, 1000)
+		sent := 0
+		for conn.Send(msg) {
+			if conn.QueuedBytes() > limit {
+				t.Fatalf("%d bytes queued, limit %d", conn.QueuedBytes(), limit)
+			}
+			if sent += len(msg); sent > 256<<20 {
+				t.Fatal("the queue never overflowed")
+			}
+		}
+		if conn.CloseReason() != ReasonSlowConsumer {
+			t.Fatalf("reason %v", conn.CloseReason())
+		}
+		if got := r.closed(t); got.reason != ReasonSlowConsumer {
+			t.Fatalf("closed with %v", got.reason)
+		}
+	})
+}
+
+func TestReadTimeoutOfHalfSentMessage(t *testing.T) {
+	eachEngine(t, func(t *testing.T, engine string) {
+		s, r := serve(t, engine, Options{ReadTimeout: time.Millisecond})
+		c := dial(t, s)
+		write(t, c, []byte(`{"type":"log`))
+		if err := r.framingError(t); err != ErrIncompleteTimeout {
+			t.Fatalf("framing error %v", err)
+		}
+		readToEOF(t, c)
+		if got := r.closed(t); got.reason != ReasonTimeout {
+			t.Fatalf("closed with %v", got.reason)
+		}
+		r.noEvents(t)
+	})
+}
+
+func TestShutdownClosesEveryConnectionOnce(t *testing.T) {
+	eachEngine(t, func(t *testing.T, engine string) {
+		s, r := serve(t, engine, Options{})
+		tcp := dial(t, s)
+		write(t, tcp, []byte(`{}`))
+		w := dialWS(t, s)
+		w.send(t, true, ws.OpText, []byte(`{}`))
+		conns := map[*Conn]bool{r.message(t).c: true, r.message(t).c: true}
+		dial(t, s) // not sniffed yet
+		waitUntil(t, func() bool { return s.Count() == 3 })
+
+		// Well-behaved clients: close once the server has.
+		go func() { io.Copy(io.Discard, tcp); tcp.Close() }()
+		go func() {
+			for {
+				f, err := ws.ReadFrame(w.r)
+				if err != nil {
+					return
+				}
+				if f.Header.OpCode == ws.OpClose {
+					w.Write(clientFrame(true, ws.OpClose, f.Payload))
+					w.Close()
+					return
+				}
+			}
+		}()
+		// The unsniffed client never closes: Shutdown ends it at the deadline.
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		defer cancel()
+		if err := s.Shutdown(ctx, ReasonShutdown); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Shutdown: %v", err)
+		}
+		if s.Count() != 0 {
+			t.Fatalf("%d connections left", s.Count())
+		}
+		for range 3 {
+			got := r.closed(t)
+			if got.reason != ReasonShutdown {
+				t.Fatalf("closed with %v", got.reason)
+			}
+			delete(conns, got.c)
+			if n := r.closeCount(got.c); n != 1 {
+				t.Fatalf("OnClose ran %d times", n)
+			}
+		}
+		if len(conns) != 0 {
+			t.Fatal("a connection that sent a message was not closed")
+		}
+		r.noEvents(t)
+	})
+}
+
+func TestShutdownWaitsForGracefulClients(t *testing.T) {
+	eachEngine(t, func(t *testing.T, engine string) {
+		s, r := serve(t, engine, Options{})
+		w := dialWS(t, s)
+		w.send(t, true, ws.OpText, []byte(`{}`))
+		r.message(t)
+		done := make(chan error, 1)
+		go func() { done <- s.Shutdown(context.Background(), ReasonShutdown) }()
+		if code := w.closeCode(t); code != ws.StatusGoingAway {
+			t.Fatalf("close code %d", code)
+		}
+		w.send(t, true, ws.OpClose, ws.NewCloseFrameBody(ws.StatusGoingAway, ""))
+		readToEOF(t, w)
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("Shutdown: %v", err)
+			}
+		case <-time.After(waitFor):
+			t.Fatal("Shutdown did not return")
+		}
+		if got := r.closed(t); got.reason != ReasonShutdown {
+			t.Fatalf("closed with %v", got.reason)
+		}
+	})
+}
+
+// logHandler records calls as text, for a test that drives a Conn's read
+// path on its own goroutine.
+type logHandler struct{ events []string }
+
+func (h *logHandler) OnMessage(_ *Conn, p []byte) { h.events = append(h.events, "msg:"+string(p)) }
+func (h *logHandler) OnFramingError(_ *Conn, err error) {
+	h.events = append(h.events, "err:"+err.Error())
+}
+func (h *logHandler) OnClose(*Conn, CloseReason) {}
+
+// nopEngine stands in for an engine when the test feeds the read path.
+type nopEngine struct{}
+
+func (nopEngine) start() error         { return nil }
+func (nopEngine) register(*Conn) error { return nil }
+func (nopEngine) writeBlocked(*Conn)   {}
+func (nopEngine) unregister(*Conn)     {}
+func (nopEngine) closeFd(*Conn)        {}
+func (nopEngine) stopAccepting()       {}
+func (nopEngine) stop()                {}
+
+var pairMetrics = newMetrics(nil)
+
+// pairConn is a Conn writing to one end of a socket pair; the other end is
+// returned, to read what it wrote. Call c.onData to feed its read path.
+func pairConn(t *testing.T, opts Options, h Handler) (c *Conn, peer int) {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, fd := range fds {
+		if err := unix.SetNonblock(fd, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() { unix.Close(fds[0]); unix.Close(fds[1]) })
+	opts.setDefaults()
+	s := &Server{opts: opts, handler: h, metrics: pairMetrics, engine: nopEngine{}, conns: map[int]*Conn{}}
+	return &Conn{fd: fds[0], srv: s}, fds[1]
+}
+
+// drain reads what is waiting on a non-blocking socket.
+func drain(t *testing.T, fd int) []byte {
+	t.Helper()
+	var out []byte
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := unix.Read(fd, buf)
+		switch {
+		case n > 0:
+			out = append(out, buf[:n]...)
+		case errors.Is(err, unix.EINTR):
+		case err == nil || errors.Is(err, unix.EAGAIN):
+			return out
+		default:
+			t.Fatal(err)
+		}
+	}
+}
