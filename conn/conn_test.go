@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -242,9 +243,24 @@ func (w *wsClient) send(t *testing.T, fin bool, op ws.OpCode, payload []byte) {
 	write(t, w, clientFrame(fin, op, payload))
 }
 
+// readFrame reads one server frame (never masked), bounded: the length a
+// peer declares is checked before anything is read.
+func readFrame(r io.Reader) (ws.Frame, error) {
+	h, err := ws.ReadHeader(r)
+	if err != nil {
+		return ws.Frame{}, err
+	}
+	if h.Length < 0 || h.Length > 64<<20 {
+		return ws.Frame{}, fmt.Errorf("frame of %d bytes", h.Length)
+	}
+	payload := make([]byte, h.Length)
+	_, err = io.ReadFull(r, payload)
+	return ws.Frame{Header: h, Payload: payload}, err
+}
+
 func (w *wsClient) frame(t *testing.T) ws.Frame {
 	t.Helper()
-	f, err := ws.ReadFrame(w.r)
+	f, err := readFrame(w.r)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -472,7 +488,7 @@ func TestShutdownClosesEveryConnectionOnce(t *testing.T) {
 		go func() { io.Copy(io.Discard, tcp); tcp.Close() }()
 		go func() {
 			for {
-				f, err := ws.ReadFrame(w.r)
+				f, err := readFrame(w.r)
 				if err != nil {
 					return
 				}

@@ -2,7 +2,6 @@ package node_test
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -122,23 +121,4 @@ func expectClosed(t *testing.T, c *client.Client) {
 		}
 		return
 	}
-}
-
-// expectQuiet checks that nothing arrives within a short time. It is used
-// only after a message that the server sends later than the one checked
-// for, so the check cannot pass by being early.
-func expectNothingBefore(t *testing.T, c *client.Client, marker string) {
-	t.Helper()
-	m := next(t, c)
-	if m.Type() != marker {
-		t.Fatalf("got %v before the %q marker", m, marker)
-	}
-}
-
-func mustJSON(v any) string {
-	p, err := json.Marshal(v)
-	if err != nil {
-		panic(err)
-	}
-	return string(p)
 }

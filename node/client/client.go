@@ -119,13 +119,39 @@ func (c *Client) NextRaw(timeout time.Duration) ([]byte, error) {
 	return line[:len(line)-1], nil
 }
 
+// maxFrame bounds a frame ReadFrame accepts: the server's own limit on a
+// message is 4 MiB by default, and a test never needs more.
+const maxFrame = 64 << 20
+
 // ReadFrame reads one raw WebSocket frame, control frames included, for
 // tests of the framing itself.
 func (c *Client) ReadFrame(timeout time.Duration) (ws.Frame, error) {
 	if err := c.Conn.SetReadDeadline(time.Now().Add(timeout)); err != nil {
 		return ws.Frame{}, err
 	}
-	return ws.ReadFrame(c.reader)
+	return ReadFrame(c.reader, maxFrame)
+}
+
+// ReadFrame reads one WebSocket frame whose payload is at most limit
+// bytes (the length a peer declares is checked before anything is read),
+// and unmasks it.
+func ReadFrame(r io.Reader, limit int64) (ws.Frame, error) {
+	h, err := ws.ReadHeader(r)
+	if err != nil {
+		return ws.Frame{}, err
+	}
+	if h.Length < 0 || h.Length > limit {
+		return ws.Frame{}, fmt.Errorf("websocket frame of %d bytes, over %d", h.Length, limit)
+	}
+	payload := make([]byte, h.Length)
+	if _, err := io.ReadFull(r, payload); err != nil {
+		return ws.Frame{}, err
+	}
+	if h.Masked {
+		ws.Cipher(payload, h.Mask, 0)
+		h.Masked = false
+	}
+	return ws.Frame{Header: h, Payload: payload}, nil
 }
 
 // Message is a decoded server message.
