@@ -4,9 +4,10 @@ package conn
 //
 // Lifecycle states (Conn.state, under Conn.mu; they only move forward):
 //
-//	open ──Close──▶ closing ──queue drained──▶ writeShut ──EOF or error──▶ dead
+//	open ──Close──▶ closing ──queue drained──▶ writeShut
 //	  │                                           ▲
 //	  └──────────────── Abort ────────────────────┘
+//	any of them ──the read side meets EOF or an error──▶ dead
 //
 //   - open: messages flow both ways. Any goroutine may Send, Close or Abort.
 //   - closing: a graceful close was asked (Close, or the read side after the
@@ -21,7 +22,8 @@ package conn
 //     open after LingerTimeout: the sweeper aborts it. Abort also lands here,
 //     with the queue dropped and the read direction shut too, so that the
 //     read side sees EOF at once. Nothing more is queued.
-//   - dead: teardown closed the descriptor. Nothing may touch it.
+//   - dead: teardown closed the descriptor, forgot the Conn and called
+//     OnClose, once. Nothing may touch the descriptor.
 //
 // The close reason is set once, by the first markClosing: Close, Abort, or
 // the read or write side meeting the end of the stream, an error, a protocol
