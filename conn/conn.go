@@ -54,8 +54,10 @@ type Conn struct {
 	discardIn bool // closing: read and drop whatever the peer still sends
 
 	// Deadlines watched by the sweeper (unix nanos, 0 = none).
-	active  atomic.Int64 // last byte read or written, or last ping sent
-	inSince atomic.Int64 // when c.in became non-empty
+	active       atomic.Int64 // last byte read or written, or last ping sent
+	inSince      atomic.Int64 // when c.in became non-empty
+	stalledSince atomic.Int64 // when a write last left output queued with no progress since
+	identified   atomic.Bool  // the handler said the peer identified itself (SetIdentified)
 
 	mu       sync.Mutex
 	state    connState
@@ -67,6 +69,10 @@ type Conn struct {
 
 	g *goroutineConn // only with the goroutine engine
 }
+
+// SetIdentified tells the connection that its peer identified itself (a
+// login succeeded): LoginTimeout no longer applies.
+func (c *Conn) SetIdentified() { c.identified.Store(true) }
 
 // ID is a process-unique number for logs.
 func (c *Conn) ID() uint64 { return c.id }

@@ -91,11 +91,12 @@ func (e *epollEngine) acceptAll() error {
 		fd, sa, err := unix.Accept4(e.listenFd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
 		switch {
 		case err == nil:
-			if !s.admit() {
+			remote := addrPort(sa)
+			if !s.admit(remote.Addr()) {
 				unix.Close(fd)
 				continue
 			}
-			s.attach(&Conn{fd: fd, remote: addrPort(sa)})
+			s.attach(&Conn{fd: fd, remote: remote})
 		case errors.Is(err, unix.EAGAIN):
 			return nil
 		case errors.Is(err, unix.EINTR), errors.Is(err, unix.ECONNABORTED):

@@ -53,7 +53,8 @@ func (e *goroutineEngine) acceptLoop() {
 			continue
 		}
 		backoff = 0
-		if !s.admit() {
+		remote, _ := netip4or6(nc.RemoteAddr())
+		if !s.admit(remote.Addr()) {
 			nc.Close()
 			continue
 		}
@@ -63,14 +64,11 @@ func (e *goroutineEngine) acceptLoop() {
 			err = raw.Control(func(f uintptr) { fd = int(f) })
 		}
 		if err != nil {
+			s.release(remote.Addr())
 			nc.Close()
 			continue
 		}
-		c := &Conn{fd: fd, g: &goroutineConn{nc: nc, raw: raw, wake: make(chan struct{}, 1)}}
-		if ap, err := netip4or6(nc.RemoteAddr()); err == nil {
-			c.remote = ap
-		}
-		s.attach(c)
+		s.attach(&Conn{fd: fd, remote: remote, g: &goroutineConn{nc: nc, raw: raw, wake: make(chan struct{}, 1)}})
 	}
 }
 

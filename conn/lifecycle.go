@@ -262,6 +262,7 @@ func (c *Conn) teardown() {
 	// Close before the handler's cleanup, which may be slow: the peer
 	// learns at once, and the descriptor is free for the next accept.
 	s.engine.closeFd(c)
+	s.release(c.remote.Addr())
 	c.in, c.ws = nil, wsReader{}
 	s.count.Add(-1)
 	s.metrics.closed(c.Transport())

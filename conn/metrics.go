@@ -5,7 +5,7 @@ import "github.com/prometheus/client_golang/prometheus"
 type metrics struct {
 	open           *prometheus.GaugeVec
 	accepted       prometheus.Counter
-	refused        prometheus.Counter
+	refused        *prometheus.CounterVec
 	acceptErrors   prometheus.Counter
 	closes         *prometheus.CounterVec
 	queueOverflows prometheus.Counter
@@ -21,10 +21,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "kronos_connections_accepted_total",
 			Help: "Client connections accepted.",
 		}),
-		refused: prometheus.NewCounter(prometheus.CounterOpts{
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kronos_connections_refused_total",
-			Help: "Client connections refused at the connection limit.",
-		}),
+			Help: "Client connections refused, by limit: max_conns, max_conns_per_ip.",
+		}, []string{"limit"}),
 		acceptErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "kronos_accept_pauses_total",
 			Help: "Times accepting paused for lack of descriptors or memory.",
@@ -40,6 +40,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	for _, t := range []string{"pending", "tcp", "websocket"} {
 		m.open.WithLabelValues(t) // exported as 0 from the start
+	}
+	for _, l := range []string{"max_conns", "max_conns_per_ip"} {
+		m.refused.WithLabelValues(l)
 	}
 	if reg != nil {
 		reg.MustRegister(m.open, m.accepted, m.refused, m.acceptErrors, m.closes, m.queueOverflows)

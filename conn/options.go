@@ -28,14 +28,27 @@ type Options struct {
 	// MaxQueueBytes bounds a connection's unsent output; a client that lets
 	// it fill is disconnected. Default 8 MiB.
 	MaxQueueBytes int
-	// MaxConns refuses connections past this count. Default 0: no limit
-	// other than the process's descriptor limit.
+	// MaxConns refuses connections past this count. Default: the
+	// process's descriptor limit less 256 (kept for the admin port, the
+	// store and the cluster), so that a flood of connections cannot take
+	// the descriptors those need; negative: no limit.
 	MaxConns int
+	// MaxConnsPerIP refuses connections from one address past this count.
+	// Default 0: no limit (behind a load balancer every client has its
+	// address, unless the balancer passes the client's own).
+	MaxConnsPerIP int
+	// HandshakeTimeout closes a connection that has not sent its first
+	// request line or JSON byte within it. Default 10s.
+	HandshakeTimeout time.Duration
+	// LoginTimeout closes a connection that has not identified itself
+	// (Conn.SetIdentified) within it. Default 60s; negative: never.
+	LoginTimeout time.Duration
 	// ReadTimeout is how long a started message may take to arrive whole.
 	// Default 30s.
 	ReadTimeout time.Duration
-	// WriteTimeout is how long a closing connection may take to send what
-	// is queued. Default 10s.
+	// WriteTimeout bounds a write that makes no progress: a connection whose
+	// queued output the peer has not taken any of for this long is dropped,
+	// and so is a closing one that has not sent all of it. Default 10s.
 	WriteTimeout time.Duration
 	// LingerTimeout is how long a closed write side waits for the peer to
 	// close before the socket is closed. Default 2s.
@@ -73,6 +86,15 @@ func (o *Options) setDefaults() {
 	if o.ReadTimeout == 0 {
 		o.ReadTimeout = 30 * time.Second
 	}
+	if o.HandshakeTimeout == 0 {
+		o.HandshakeTimeout = 10 * time.Second
+	}
+	if o.LoginTimeout == 0 {
+		o.LoginTimeout = 60 * time.Second
+	}
+	if o.MaxConns == 0 {
+		o.MaxConns = defaultMaxConns()
+	}
 	if o.WriteTimeout == 0 {
 		o.WriteTimeout = 10 * time.Second
 	}
@@ -96,10 +118,24 @@ func (o *Options) Validate() error {
 	c.Add(o.Workers < 0, "Workers", o.Workers, "must be 0 (default 64) or more")
 	c.Add(o.MaxMessageBytes < 0, "MaxMessageBytes", o.MaxMessageBytes, "must be 0 (default 4 MiB) or more")
 	c.Add(o.MaxQueueBytes < 0, "MaxQueueBytes", o.MaxQueueBytes, "must be 0 (default 8 MiB) or more")
-	c.Add(o.MaxConns < 0, "MaxConns", o.MaxConns, "must be 0 (no limit) or more")
+	c.Add(o.MaxConnsPerIP < 0, "MaxConnsPerIP", o.MaxConnsPerIP, "must be 0 (no limit) or more")
+	c.Add(o.HandshakeTimeout < 0, "HandshakeTimeout", o.HandshakeTimeout, "must be 0 (default 10s) or more")
 	c.Add(o.ReadTimeout < 0, "ReadTimeout", o.ReadTimeout, "must be 0 (default 30s) or more")
 	c.Add(o.WriteTimeout < 0, "WriteTimeout", o.WriteTimeout, "must be 0 (default 10s) or more")
 	c.Add(o.LingerTimeout < 0, "LingerTimeout", o.LingerTimeout, "must be 0 (default 2s) or more")
 	c.Add(o.KeepAlive < 0, "KeepAlive", o.KeepAlive, "must be 0 (default 30s) or more")
 	return c.Err()
+}
+
+// fdReserve is the descriptors kept out of MaxConns's default.
+const fdReserve = 256
+
+// defaultMaxConns is the descriptor limit less fdReserve, or no limit
+// (negative) when the limit cannot be read.
+func defaultMaxConns() int {
+	n, ok := descriptorLimit()
+	if !ok || n <= 2*fdReserve {
+		return -1
+	}
+	return n - fdReserve
 }

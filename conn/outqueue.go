@@ -102,12 +102,19 @@ func (c *Conn) flushLocked() {
 		written, err := unix.Writev(c.fd, iovs[:n])
 		if written > 0 {
 			c.advance(written)
-			c.active.Store(nowNano())
+			now := nowNano()
+			c.active.Store(now)
+			if c.stalledSince.Load() != 0 {
+				c.stalledSince.Store(now) // progress: the clock starts again
+			}
 		}
 		if err == nil || errors.Is(err, unix.EINTR) {
 			continue
 		}
 		if errors.Is(err, unix.EAGAIN) {
+			if c.stalledSince.Load() == 0 {
+				c.stalledSince.Store(nowNano())
+			}
 			c.srv.engine.writeBlocked(c)
 			return
 		}
@@ -117,6 +124,7 @@ func (c *Conn) flushLocked() {
 		return
 	}
 	if len(c.out) == 0 {
+		c.stalledSince.Store(0)
 		c.out = nil // an idle connection keeps no buffer
 		if c.state == stateClosing {
 			c.shutWriteLocked()

@@ -58,6 +58,7 @@ var (
 	ErrInvalidJSON       = errors.New("invalid JSON")
 	ErrIncompleteTimeout = errors.New("incomplete message: timed out waiting for the rest")
 	ErrInvalidUTF8       = errors.New("invalid UTF-8 in text message")
+	ErrLoginTimeout      = errors.New("not logged in in time")
 )
 
 // TooBigError reports a message larger than the configured limit.

@@ -52,6 +52,9 @@ type Server struct {
 	conns  map[int]*Conn // by fd
 	nextID atomic.Uint64
 
+	ipMu  sync.Mutex         // leaf
+	perIP map[netip.Addr]int // open connections by address, with MaxConnsPerIP
+
 	accepting atomic.Bool
 	count     atomic.Int64
 
@@ -73,6 +76,7 @@ func Listen(opts Options, h Handler) (*Server, error) {
 		metrics:   newMetrics(opts.Registerer),
 		upgrader:  newUpgrader(),
 		conns:     make(map[int]*Conn),
+		perIP:     make(map[netip.Addr]int),
 		stopSweep: make(chan struct{}),
 	}
 	s.accepting.Store(true)
@@ -107,14 +111,37 @@ func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 // Count is the number of open connections.
 func (s *Server) Count() int { return int(s.count.Load()) }
 
-// admit reports whether one more connection fits under MaxConns.
-func (s *Server) admit() bool {
+// admit reports whether one more connection fits under MaxConns and, from
+// its address, under MaxConnsPerIP; if so, it counts it for its address
+// (release gives the count back).
+func (s *Server) admit(from netip.Addr) bool {
 	s.metrics.accepted.Inc()
 	if s.opts.MaxConns > 0 && s.Count() >= s.opts.MaxConns {
-		s.metrics.refused.Inc()
+		s.metrics.refused.WithLabelValues("max_conns").Inc()
 		return false
 	}
+	if s.opts.MaxConnsPerIP > 0 {
+		s.ipMu.Lock()
+		defer s.ipMu.Unlock()
+		if s.perIP[from] >= s.opts.MaxConnsPerIP {
+			s.metrics.refused.WithLabelValues("max_conns_per_ip").Inc()
+			return false
+		}
+		s.perIP[from]++
+	}
 	return true
+}
+
+// release gives back an address's count taken by admit.
+func (s *Server) release(from netip.Addr) {
+	if s.opts.MaxConnsPerIP <= 0 {
+		return
+	}
+	s.ipMu.Lock()
+	if s.perIP[from]--; s.perIP[from] <= 0 {
+		delete(s.perIP, from)
+	}
+	s.ipMu.Unlock()
 }
 
 // attach tracks a new connection and hands it to the engine.
@@ -193,6 +220,18 @@ func (s *Server) checkDeadlines(c *Conn, now int64) {
 	switch {
 	case c.closeExpired(now):
 		c.Abort(ReasonTimeout)
+	case !c.Closing() && c.Transport() == TransportUnknown && expired(c.created, s.opts.HandshakeTimeout):
+		// Not a byte, or not a whole request line, in time: nothing to
+		// answer, and a silent connection must not hold a descriptor.
+		c.Abort(ReasonTimeout)
+	case !c.Closing() && !c.identified.Load() && s.opts.LoginTimeout > 0 &&
+		(c.Transport() == TransportTCP || c.Transport() == TransportWebSocket) && expired(c.created, s.opts.LoginTimeout):
+		s.handler.OnFramingError(c, ErrLoginTimeout)
+		c.Close(ReasonTimeout)
+	case !c.Closing() && expired(c.stalledSince.Load(), s.opts.WriteTimeout):
+		// The peer took nothing for WriteTimeout while output waited.
+		s.metrics.queueOverflows.Inc()
+		c.Abort(ReasonSlowConsumer)
 	case !c.Closing() && expired(c.inSince.Load(), s.opts.ReadTimeout):
 		if c.Transport() == TransportTCP || c.Transport() == TransportWebSocket {
 			s.handler.OnFramingError(c, ErrIncompleteTimeout)

@@ -177,6 +177,7 @@ func (s *session) login(ctx context.Context, req *request) {
 		return
 	}
 	s.loggedIn = true
+	s.conn.SetIdentified()
 	s.loginAt = time.Now().UnixNano()
 	s.active.Store(true)
 	s.node.takeOver(s)

@@ -86,8 +86,8 @@ func openStore(ctx context.Context, url string, opts feed.Options, admin *adminP
 			return b, err
 		}
 		// The error names the store by its URL with the password hidden.
-		log.Warn().Err(err).Dur("retry_in", backoff).Msg("store unreachable; retrying")
 		admin.waiting("store unreachable: " + err.Error())
+		log.Warn().Err(err).Dur("retry_in", backoff).Msg("store unreachable; retrying")
 		select {
 		case <-ctx.Done():
 			return feed.Backend{}, ctx.Err()
