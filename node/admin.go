@@ -12,8 +12,9 @@ import (
 
 // AdminHandler serves the operator's endpoints: /healthz (the process is
 // alive), /readyz (200 only while the node accepts clients and its store
-// answers), /cluster (the members, as JSON), /metrics (Prometheus) and
-// /debug/pprof.
+// answers), /cluster (the members, as JSON), /metrics (Prometheus) and,
+// with Options.AdminPprof, /debug/pprof (profiles cost CPU on the node's
+// hot paths and show its internals: off unless asked for).
 func (n *Node) AdminHandler(gatherer prometheus.Gatherer) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -30,9 +31,11 @@ func (n *Node) AdminHandler(gatherer prometheus.Gatherer) http.Handler {
 	})
 	mux.HandleFunc("GET /cluster", n.clusterHandler)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	if n.opts.AdminPprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	}
 	return mux
 }

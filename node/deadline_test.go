@@ -113,3 +113,23 @@ func TestStalledReaderIsDropped(t *testing.T) {
 		t.Fatalf("the writer got %v", m)
 	}
 }
+
+// One address may create only so many users a minute; another address
+// is not held back by it.
+func TestNewUsersPerAddressAreBounded(t *testing.T) {
+	h := start(t, node.Options{NewUsersPerMinute: 3})
+	for range 3 {
+		h.login(client.TCP, "", "")
+	}
+	c := h.dial(client.TCP)
+	send(t, c, map[string]any{"type": "login"})
+	expectError(t, c, "login", "too many new users from this address")
+	other, err := client.DialFrom(context.Background(), client.WebSocket, h.addr, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 3)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if _, err := other.Login("", "", wait); err != nil {
+		t.Fatalf("another address was held back: %v", err)
+	}
+}

@@ -44,6 +44,13 @@ type Options struct {
 	RebalanceThreshold float64
 	// RebalanceRate bounds the connections shed per second. Default 50.
 	RebalanceRate int
+	// NewUsersPerMinute bounds the users one client address may create per
+	// minute (a login without user_id), in bursts of as many. Default 0: no
+	// limit (behind a load balancer every client has its address, unless
+	// the balancer passes the client's own).
+	NewUsersPerMinute int
+	// AdminPprof serves /debug/pprof on the admin handler. Default off.
+	AdminPprof bool
 
 	Logger     zerolog.Logger
 	Registerer prometheus.Registerer // nil: metrics are not registered
@@ -84,6 +91,7 @@ func (o *Options) Validate() error {
 	c.Add(math.IsNaN(o.RebalanceThreshold) || math.IsInf(o.RebalanceThreshold, 0), "RebalanceThreshold", o.RebalanceThreshold,
 		"must be 0 (default 0.2), a positive fraction, or negative (off)")
 	c.Add(o.RebalanceRate < 0, "RebalanceRate", o.RebalanceRate, "must be 0 (default 50) or more")
+	c.Add(o.NewUsersPerMinute < 0, "NewUsersPerMinute", o.NewUsersPerMinute, "must be 0 (no limit) or more")
 	return c.Err()
 }
 
@@ -95,6 +103,7 @@ type Node struct {
 	feed    feed.Feed
 	hub     *hub
 	fanout  *fanout
+	signups *addrLimiter // new users per client address
 	metrics *metrics
 	srv     *conn.Server
 	ready   atomic.Bool
@@ -127,6 +136,7 @@ func New(b feed.Backend, opts Options) (*Node, error) {
 		stop:  make(chan struct{}),
 	}
 	n.metrics = newMetrics(opts.Registerer, n.hub)
+	n.signups = newAddrLimiter(float64(opts.NewUsersPerMinute)/60, float64(opts.NewUsersPerMinute))
 	n.fanout = newFanout(n.deliver)
 	b.Feed.Subscribe(n.fanout.publish)
 	return n, nil

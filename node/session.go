@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -150,6 +151,11 @@ func (s *session) login(ctx context.Context, req *request) {
 	}
 	if err != nil {
 		s.sendError(typeLogin, err.Error())
+		return
+	}
+	if userID == "" && !s.node.signups.allow(s.conn.RemoteAddr().Addr(), time.Now()) {
+		s.node.metrics.logins.WithLabelValues("refused").Inc()
+		s.sendError(typeLogin, fmt.Sprintf("too many new users from this address: at most %d per minute", s.node.opts.NewUsersPerMinute))
 		return
 	}
 	// An existing user may get changes from other devices while the store

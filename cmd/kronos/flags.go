@@ -114,6 +114,8 @@ func parseServeFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.Float64Var(&o.RateLimit, "rate-limit", 100, "requests per second per connection, sustained")
 	fs.IntVar(&o.RateBurst, "rate-burst", 200, "requests one connection may send at once")
 	fs.DurationVar(&o.StoreTimeout, "store-timeout", 10*time.Second, "time allowed for one store call")
+	fs.IntVar(&o.NewUsersPerMinute, "new-users-per-minute", 0, "users one client address may create per minute (0: no limit)")
+	fs.BoolVar(&o.AdminPprof, "admin-pprof", false, "serve /debug/pprof on the admin port")
 
 	var problems []string
 	fs.VisitAll(func(f *flag.Flag) {

@@ -115,7 +115,11 @@ func serve(cfg *config, stderr io.Writer) error {
 		return fmt.Errorf("admin listen %s: %w", cfg.adminListen, err)
 	}
 	adminPort := newAdminPort(reg)
-	admin := &http.Server{Handler: adminPort, ReadHeaderTimeout: 5 * time.Second}
+	// Bounded like any server a network can reach: idle keep-alive
+	// connections go, heads are small, slow senders are cut (a CPU
+	// profile answers after its own seconds, hence the write timeout).
+	admin := &http.Server{Handler: adminPort, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+		WriteTimeout: 2 * time.Minute, IdleTimeout: time.Minute, MaxHeaderBytes: 16 << 10}
 	go func() {
 		if err := admin.Serve(adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error().Err(err).Msg("admin server stopped")
