@@ -33,7 +33,8 @@ type reply struct {
 	FirstErr string  `json:"first_error,omitempty"`
 	Sent     int64   `json:"sent,omitempty"`
 	Received int64   `json:"received,omitempty"`
-	Bytes    int64   `json:"bytes,omitempty"` // of the notifications received
+	Bytes    int64   `json:"bytes,omitempty"`   // of the notifications received
+	LastNS   int64   `json:"last_ns,omitempty"` // Unix time of the last one
 	Hist     *Hist   `json:"hist,omitempty"`
 	StormMS  float64 `json:"storm_ms,omitempty"`
 }
@@ -76,6 +77,7 @@ type worker struct {
 	order    []*benchDevice // connection order: user by user
 	received atomic.Int64
 	bytes    atomic.Int64
+	lastRecv atomic.Int64 // Unix nanoseconds of the last notification measured
 	measure  atomic.Bool
 	histMu   sync.Mutex
 	hist     *Hist
@@ -152,6 +154,7 @@ func (w *worker) serve(in io.Reader, out io.Writer) error {
 			w.connectUpTo(cmd.Count)
 		case "load":
 			r.Sent, r.Received, r.Bytes, r.Hist = w.load(cmd.Rate, cmd.Duration)
+			r.LastNS = w.lastRecv.Load()
 		case "storm":
 			r.StormMS = float64(w.storm()) / float64(time.Millisecond)
 		case "quit":
@@ -238,8 +241,10 @@ func (w *worker) read(d *benchDevice, l *link) {
 		if !w.measure.Load() {
 			continue
 		}
+		now := time.Now()
 		w.received.Add(1)
 		w.bytes.Add(int64(len(msg)))
+		w.lastRecv.Store(now.UnixNano())
 		i := bytes.Index(msg, sentKey)
 		if i < 0 || bytes.Contains(msg, []byte(d.deviceID)) {
 			continue // not a bench update, or this device's own
@@ -250,7 +255,7 @@ func (w *worker) read(d *benchDevice, l *link) {
 		if err != nil {
 			continue
 		}
-		lat := time.Duration(time.Now().UnixNano() - sent)
+		lat := time.Duration(now.UnixNano() - sent)
 		w.histMu.Lock()
 		w.hist.Add(lat)
 		w.histMu.Unlock()
@@ -265,6 +270,7 @@ func (w *worker) load(rate float64, d time.Duration) (sent, received, size int64
 	w.histMu.Unlock()
 	w.received.Store(0)
 	w.bytes.Store(0)
+	w.lastRecv.Store(0)
 	w.measure.Store(true)
 	var writers []*benchDevice
 	for _, u := range w.users {
