@@ -13,6 +13,7 @@
 //
 //	kronos-bench --addr 127.0.0.1:5000 --admin 127.0.0.1:9090 --users 1900 --devices 10
 //	kronos-bench --server centrifugo --centrifugo-secret KEY --addr 127.0.0.1:8000 --admin 127.0.0.1:9000
+//	kronos-bench compare-report --in DIR --out PREFIX
 package main
 
 import (
@@ -51,7 +52,8 @@ type options struct {
 
 // subcommands are the modes other than a run; a run takes only flags.
 var subcommands = map[string]func(args []string) error{
-	"worker":            runWorker,           // a child process holding connections
+	"worker":            runWorker, // a child process holding connections
+	"compare-report":    runCompareReport,
 	"centrifugo-config": runCentrifugoConfig, // the configuration compare.sh runs it with
 }
 
