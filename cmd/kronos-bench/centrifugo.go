@@ -31,8 +31,8 @@ import (
 //
 // The server must have a namespace named by centrifugoNamespace with
 // allow_user_limited_channels and allow_publish_for_subscriber, and verify
-// connection tokens with client.token.hmac_secret_key (compare.sh writes
-// such a configuration).
+// connection tokens with client.token.hmac_secret_key: centrifugoConfig
+// is such a configuration.
 type centrifugoTarget struct {
 	addr    string
 	secret  []byte // HMAC-SHA256 key of the connection tokens
@@ -95,6 +95,8 @@ func (t centrifugoTarget) connect(ctx context.Context, d *benchDevice, local *ne
 		channel: centrifugoNamespace + ":user#" + d.user.id,
 	}
 	s.nextID.Store(2)
+	// %q quotes as JSON does for what it quotes here: UUIDs, base64url
+	// and names, all plain ASCII.
 	login := fmt.Appendf(nil, `{"id":1,"connect":{"token":%q,"name":"kronos-bench"}}`+"\n"+`{"id":2,"subscribe":{"channel":%q}}`,
 		hs256Token(t.secret, d.user.id), s.channel)
 	if err := s.send(login); err != nil {
@@ -137,6 +139,7 @@ func (s *centrifugoSession) awaitLogin(timeout time.Duration) error {
 // with a publish reply, which next skips.
 func (s *centrifugoSession) write(sent, version int64) error {
 	id := s.nextID.Add(1)
+	// %q is JSON's quoting for these ASCII values, as in connect.
 	cmd := fmt.Appendf(nil, `{"id":%d,"publish":{"channel":%q,"data":{"success":true,"type":"update","task":{"id":1,"desc":"bench","sent":%d},"device_id":%q,"version":%d}}}`,
 		id, s.channel, sent, s.device, version)
 	return s.send(cmd)
