@@ -1,4 +1,6 @@
-// Command kronos-bench is a load generator for a running Kronos node.
+// Command kronos-bench is a load generator for a running Kronos node, or
+// for a Centrifugo server driven the same way (--server centrifugo) to
+// compare the two.
 //
 // It opens connections over raw TCP and WebSocket, spread over several
 // loopback source addresses and several child processes (so that no process
@@ -10,6 +12,8 @@
 // results as JSON and as PNG charts.
 //
 //	kronos-bench --addr 127.0.0.1:5000 --admin 127.0.0.1:9090 --users 1900 --devices 10
+//	kronos-bench --server centrifugo --centrifugo-secret KEY --addr 127.0.0.1:8000 --admin 127.0.0.1:9000
+//	kronos-bench compare-report --in DIR --out PREFIX
 package main
 
 import (
@@ -29,6 +33,7 @@ import (
 )
 
 type options struct {
+	server, secret    string
 	addr, admin       string
 	users, devices    int
 	wsShare           float64
@@ -45,21 +50,32 @@ type options struct {
 	dialConc          int
 }
 
+// subcommands are the modes other than a run; a run takes only flags.
+var subcommands = map[string]func(args []string) error{
+	"worker":            runWorker, // a child process holding connections
+	"compare-report":    runCompareReport,
+	"centrifugo-config": runCentrifugoConfig, // the configuration compare.sh runs it with
+}
+
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == "worker" {
-		if err := runWorker(os.Args[2:]); err != nil {
-			fmt.Fprintln(os.Stderr, "kronos-bench worker:", err)
-			os.Exit(1)
+	if len(os.Args) > 1 {
+		if sub, ok := subcommands[os.Args[1]]; ok {
+			if err := sub(os.Args[2:]); err != nil {
+				fmt.Fprintf(os.Stderr, "kronos-bench %s: %v\n", os.Args[1], err)
+				os.Exit(1)
+			}
+			return
 		}
-		return
 	}
 	var o options
 	fs := flag.NewFlagSet("kronos-bench", flag.ExitOnError)
-	fs.StringVar(&o.addr, "addr", "127.0.0.1:5000", "the node's client address")
-	fs.StringVar(&o.admin, "admin", "127.0.0.1:9090", "the node's admin address (for /metrics)")
+	fs.StringVar(&o.server, "server", serverKronos, "the server under test: kronos, or centrifugo (its JSON protocol over WebSocket)")
+	fs.StringVar(&o.secret, "centrifugo-secret", "", "centrifugo: the HMAC key of its client.token.hmac_secret_key, to sign connection tokens")
+	fs.StringVar(&o.addr, "addr", "127.0.0.1:5000", "the server's client address")
+	fs.StringVar(&o.admin, "admin", "127.0.0.1:9090", "the server's admin address (for /metrics; Centrifugo's internal port)")
 	fs.IntVar(&o.users, "users", 100, "users")
 	fs.IntVar(&o.devices, "devices", 5, "devices (connections) per user")
-	fs.Float64Var(&o.wsShare, "ws", 0.5, "share of connections over WebSocket (the rest raw TCP)")
+	fs.Float64Var(&o.wsShare, "ws", 0.5, "share of connections over WebSocket, the rest raw TCP (centrifugo: always 1, it has no raw TCP)")
 	fs.IntVar(&o.procs, "procs", 0, "worker processes (0: enough for --max-conns-per-proc)")
 	fs.IntVar(&o.maxConnsPerProc, "max-conns-per-proc", 15000, "connections one worker process may hold")
 	fs.StringVar(&o.sources, "sources", "127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5,127.0.0.6,127.0.0.7,127.0.0.8", "local addresses to connect from")
@@ -71,9 +87,13 @@ func main() {
 	fs.StringVar(&o.out, "out", "bench.json", "results file (JSON)")
 	fs.StringVar(&o.image, "png", "", "chart file prefix: writes PREFIX-latency.png and PREFIX-memory.png")
 	fs.StringVar(&o.label, "label", "", "a name for this run in the results")
-	fs.DurationVar(&o.timeout, "timeout", 30*time.Second, "timeout of one dial and login")
+	fs.DurationVar(&o.timeout, "timeout", 30*time.Second, "timeout of one dial and login, and of waiting for the server's /metrics at the start")
 	fs.IntVar(&o.dialConc, "dial-concurrency", 256, "logins in flight per worker while ramping")
 	fs.Parse(os.Args[1:])
+	if err := o.validate(); err != nil {
+		fmt.Fprintln(os.Stderr, "kronos-bench:", err)
+		os.Exit(2)
+	}
 	res, err := run(o)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "kronos-bench:", err)
@@ -89,10 +109,30 @@ func main() {
 	}
 }
 
+// validate checks the options that depend on the server, and sets what
+// one server allows only one way.
+func (o *options) validate() error {
+	switch o.server {
+	case serverKronos:
+		if o.secret != "" {
+			return errors.New("--centrifugo-secret is for --server centrifugo")
+		}
+	case serverCentrifugo:
+		if o.secret == "" {
+			return errors.New("--server centrifugo needs --centrifugo-secret (its client.token.hmac_secret_key)")
+		}
+		o.wsShare = 1 // Centrifugo has no raw TCP transport
+	default:
+		return fmt.Errorf("--server %q: want %s or %s", o.server, serverKronos, serverCentrifugo)
+	}
+	return nil
+}
+
 func runWorker(args []string) error {
 	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
 	var cfg workerConfig
 	var sources string
+	fs.StringVar(&cfg.server, "server", serverKronos, "")
 	fs.StringVar(&cfg.addr, "addr", "", "")
 	fs.IntVar(&cfg.users, "users", 0, "")
 	fs.IntVar(&cfg.devices, "devices", 0, "")
@@ -109,8 +149,17 @@ func runWorker(args []string) error {
 			cfg.sources = append(cfg.sources, ip)
 		}
 	}
-	return newWorker(cfg).serve(os.Stdin, os.Stdout)
+	// The secret comes through the environment, not argv, where ps shows it.
+	cfg.secret = os.Getenv(secretEnv)
+	w, err := newWorker(cfg)
+	if err != nil {
+		return err
+	}
+	return w.serve(os.Stdin, os.Stdout)
 }
+
+// secretEnv carries --centrifugo-secret to the workers.
+const secretEnv = "KRONOS_BENCH_CENTRIFUGO_SECRET"
 
 // child is one worker process.
 type child struct {
@@ -160,10 +209,11 @@ func spawn(o options) ([]*child, error) {
 	for i := range procs {
 		users := usersLeft / (procs - i)
 		usersLeft -= users
-		cmd := exec.Command(self, "worker", "--addr", o.addr, "--users", strconv.Itoa(users),
+		cmd := exec.Command(self, "worker", "--server", o.server, "--addr", o.addr, "--users", strconv.Itoa(users),
 			"--devices", strconv.Itoa(o.devices), "--ws", fmt.Sprint(o.wsShare), "--index", strconv.Itoa(i),
 			"--sources", o.sources, "--timeout", o.timeout.String(), "--dial-concurrency", strconv.Itoa(o.dialConc))
 		cmd.Stderr = os.Stderr
+		cmd.Env = append(os.Environ(), secretEnv+"="+o.secret)
 		in, err := cmd.StdinPipe()
 		if err != nil {
 			return nil, err

@@ -5,12 +5,14 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 )
 
 // Results is what one run measured.
 type Results struct {
+	Server      string    `json:"server"` // serverKronos or serverCentrifugo
 	Label       string    `json:"label"`
 	When        time.Time `json:"when"`
 	Machine     string    `json:"machine"`
@@ -29,32 +31,38 @@ type Results struct {
 	BytesPerConn float64 `json:"rss_bytes_per_idle_connection"`
 	RampSeconds  float64 `json:"ramp_seconds"`
 
-	Rate             float64 `json:"writes_per_second_asked"`
-	WritesSent       int64   `json:"writes_sent"`
-	Notifications    int64   `json:"notifications_received"`
-	NotificationsPS  float64 `json:"notifications_per_second"`
-	LoadSeconds      float64 `json:"load_seconds"`
-	LatencyP50MS     float64 `json:"latency_p50_ms"`
-	LatencyP90MS     float64 `json:"latency_p90_ms"`
-	LatencyP99MS     float64 `json:"latency_p99_ms"`
-	LatencyMaxMS     float64 `json:"latency_max_ms"`
-	LatencySamples   uint64  `json:"latency_samples"`
-	StormSeconds     float64 `json:"reconnect_storm_seconds,omitempty"`
-	StormReconnected int     `json:"reconnect_storm_connections,omitempty"`
-	Errors           int     `json:"errors"`
-	FirstError       string  `json:"first_error,omitempty"`
+	Rate            float64 `json:"writes_per_second_asked"`
+	WritesSent      int64   `json:"writes_sent"`
+	Notifications   int64   `json:"notifications_received"`
+	NotificationsPS float64 `json:"notifications_per_second"`
+	// LoadSeconds runs from the first write to the last notification.
+	LoadSeconds    float64 `json:"load_seconds"`
+	LatencyP50MS   float64 `json:"latency_p50_ms"`
+	LatencyP90MS   float64 `json:"latency_p90_ms"`
+	LatencyP99MS   float64 `json:"latency_p99_ms"`
+	LatencyMaxMS   float64 `json:"latency_max_ms"`
+	LatencySamples uint64  `json:"latency_samples"`
+	// NotificationBytes is the mean size of a notification as received:
+	// the JSON message, without WebSocket framing or the raw stream's
+	// newline.
+	NotificationBytes float64 `json:"notification_bytes_mean"`
+	StormSeconds      float64 `json:"reconnect_storm_seconds,omitempty"`
+	StormReconnected  int     `json:"reconnect_storm_connections,omitempty"`
+	Errors            int     `json:"errors"`
+	FirstError        string  `json:"first_error,omitempty"`
 
 	hist *Hist
 }
 
 func (r *Results) summary() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s: %d connections (%d users x %d devices, %.0f%% WebSocket) in %d worker processes\n",
-		r.Label, r.Conns, r.Users, r.Devices, r.WSShare*100, r.WorkerProcs)
+	fmt.Fprintf(&b, "%s (%s): %d connections (%d users x %d devices, %.0f%% WebSocket) in %d worker processes\n",
+		r.Label, r.Server, r.Conns, r.Users, r.Devices, r.WSShare*100, r.WorkerProcs)
 	fmt.Fprintf(&b, "  idle: server RSS %.1f MiB (+%.0f B per connection), %.0f goroutines, ramp %.1fs\n",
 		r.Idle.RSSBytes/(1<<20), r.BytesPerConn, r.Idle.Goroutines, r.RampSeconds)
 	fmt.Fprintf(&b, "  load: %d writes -> %d notifications in %.1fs = %.0f/s; latency p50 %.2fms p90 %.2fms p99 %.2fms max %.2fms\n",
 		r.WritesSent, r.Notifications, r.LoadSeconds, r.NotificationsPS, r.LatencyP50MS, r.LatencyP90MS, r.LatencyP99MS, r.LatencyMaxMS)
+	fmt.Fprintf(&b, "  a notification as received: %.0f bytes on average\n", r.NotificationBytes)
 	if r.StormSeconds > 0 {
 		fmt.Fprintf(&b, "  reconnect storm: %d connections back in %.2fs\n", r.StormReconnected, r.StormSeconds)
 	}
@@ -78,6 +86,24 @@ func cpuModel() string {
 	return "unknown CPU"
 }
 
+// redactSecret hides the value of --centrifugo-secret from the record of
+// the command, which results files carry into reports.
+func redactSecret(args []string) []string {
+	out := slices.Clone(args)
+	for i, a := range out {
+		switch {
+		case a == "--centrifugo-secret" || a == "-centrifugo-secret":
+			if i+1 < len(out) {
+				out[i+1] = "REDACTED"
+			}
+		case strings.HasPrefix(a, "--centrifugo-secret=") || strings.HasPrefix(a, "-centrifugo-secret="):
+			name, _, _ := strings.Cut(a, "=")
+			out[i] = name + "=REDACTED"
+		}
+	}
+	return out
+}
+
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 func (r *Results) addErrors(replies []reply) {
@@ -91,13 +117,13 @@ func (r *Results) addErrors(replies []reply) {
 
 func run(o options) (*Results, error) {
 	res := &Results{
-		Label: o.label, When: time.Now().UTC(), Users: o.users, Devices: o.devices,
+		Server: o.server, Label: o.label, When: time.Now().UTC(), Users: o.users, Devices: o.devices,
 		Conns: o.users * o.devices, WSShare: o.wsShare, Rate: o.rate,
 		Machine: fmt.Sprintf("%s, %d CPUs, %s/%s", cpuModel(), runtime.NumCPU(), runtime.GOOS, runtime.GOARCH),
-		Command: strings.Join(append([]string{filepath.Base(os.Args[0])}, os.Args[1:]...), " "),
+		Command: strings.Join(append([]string{filepath.Base(os.Args[0])}, redactSecret(os.Args[1:])...), " "),
 	}
 	var err error
-	if res.Baseline, err = scrape(o.admin); err != nil {
+	if res.Baseline, err = waitForMetrics(o.admin, o.timeout); err != nil {
 		return nil, err
 	}
 	children, err := spawn(o)
@@ -115,15 +141,16 @@ func run(o options) (*Results, error) {
 
 	// Ramp up in steps, sampling the server after each.
 	rampStart := time.Now()
+	var connected []reply // the workers' last word on their connections
 	for step := 1; step <= o.steps; step++ {
-		replies, err := all(children, func(c *child) command {
+		connected, err = all(children, func(c *child) command {
 			return command{Cmd: "connect", Count: c.conns * step / o.steps}
 		})
 		if err != nil {
 			return nil, err
 		}
-		res.addErrors(replies)
-		sample, err := scrape(o.admin)
+		res.addErrors(connected)
+		sample, err := scrapeCounted(o, connected)
 		if err != nil {
 			return nil, err
 		}
@@ -132,7 +159,7 @@ func run(o options) (*Results, error) {
 	}
 	res.RampSeconds = time.Since(rampStart).Seconds()
 	time.Sleep(o.idle)
-	if res.Idle, err = scrape(o.admin); err != nil {
+	if res.Idle, err = scrapeCounted(o, connected); err != nil {
 		return nil, err
 	}
 	if n := res.Idle.Conns - res.Baseline.Conns; n > 0 {
@@ -151,21 +178,34 @@ func run(o options) (*Results, error) {
 	}
 	res.addErrors(replies)
 	res.hist = NewHist()
+	var size int64
 	for _, rep := range replies {
 		res.WritesSent += rep.Sent
 		res.Notifications += rep.Received
+		size += rep.Bytes
 		if rep.Hist != nil {
 			res.hist.Merge(rep.Hist)
 		}
 	}
-	// The workers wait for a quiet second after the last notification.
-	res.LoadSeconds = max(time.Since(loadStart).Seconds()-1, o.duration.Seconds())
+	// The span runs from the first write to the last notification
+	// received. The workers then wait for a quiet second, which is not
+	// counted: counting it whenever a notification came after the last
+	// write, as the run's wall time did, took up to a second off the rate
+	// of the slower server.
+	var last int64
+	for _, rep := range replies {
+		last = max(last, rep.LastNS)
+	}
+	res.LoadSeconds = max(time.Duration(last-loadStart.UnixNano()).Seconds(), o.duration.Seconds())
 	res.NotificationsPS = float64(res.Notifications) / res.LoadSeconds
 	res.LatencyP50MS = ms(res.hist.Quantile(0.50))
 	res.LatencyP90MS = ms(res.hist.Quantile(0.90))
 	res.LatencyP99MS = ms(res.hist.Quantile(0.99))
 	res.LatencyMaxMS = res.hist.MaxUS / 1000
 	res.LatencySamples = res.hist.Count
+	if res.Notifications > 0 {
+		res.NotificationBytes = float64(size) / float64(res.Notifications)
+	}
 
 	if o.storm {
 		fmt.Fprintln(os.Stderr, "reconnect storm")

@@ -18,6 +18,9 @@ type serverSample struct {
 }
 
 // scrape reads the few metrics the report needs from the admin endpoint.
+// Kronos and Centrifugo both export the Prometheus Go and process
+// collectors; the open connections are Kronos's own gauge (0 from
+// Centrifugo: see scrapeCounted).
 func scrape(admin string) (serverSample, error) {
 	client := http.Client{Timeout: 10 * time.Second}
 	resp, err := client.Get("http://" + admin + "/metrics")
@@ -58,4 +61,33 @@ func scrape(admin string) (serverSample, error) {
 		return s, fmt.Errorf("%s/metrics has no process_resident_memory_bytes", admin)
 	}
 	return s, sc.Err()
+}
+
+// scrapeCounted is scrape with the connections counted by the workers
+// when the server is Centrifugo: its centrifugo_node_num_clients gauge is
+// refreshed only every 10 s, too late for a sample taken right after a
+// ramp step. Kronos's gauge is live, and it is the server's own count.
+func scrapeCounted(o options, workers []reply) (serverSample, error) {
+	s, err := scrape(o.admin)
+	if err != nil || o.server != serverCentrifugo {
+		return s, err
+	}
+	s.Conns = 0
+	for _, r := range workers {
+		s.Conns += r.Conns
+	}
+	return s, nil
+}
+
+// waitForMetrics scrapes until the server answers or timeout passes, so
+// that a script may start the server and the tool together.
+func waitForMetrics(admin string, timeout time.Duration) (serverSample, error) {
+	end := time.Now().Add(timeout)
+	for {
+		s, err := scrape(admin)
+		if err == nil || time.Now().After(end) {
+			return s, err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -32,11 +33,15 @@ type reply struct {
 	FirstErr string  `json:"first_error,omitempty"`
 	Sent     int64   `json:"sent,omitempty"`
 	Received int64   `json:"received,omitempty"`
+	Bytes    int64   `json:"bytes,omitempty"`   // of the notifications received
+	LastNS   int64   `json:"last_ns,omitempty"` // Unix time of the last one
 	Hist     *Hist   `json:"hist,omitempty"`
 	StormMS  float64 `json:"storm_ms,omitempty"`
 }
 
 type workerConfig struct {
+	server   string // serverKronos or serverCentrifugo
+	secret   string // Centrifugo's HMAC key for connection tokens
 	addr     string
 	users    int
 	devices  int
@@ -57,16 +62,22 @@ type benchDevice struct {
 	user     *benchUser
 	index    int
 	global   int
-	tr       client.Transport
+	tr       client.Transport // Kronos only: Centrifugo is all WebSocket
 	deviceID string
-	c        atomic.Pointer[client.Client]
+	link     atomic.Pointer[link] // nil while disconnected
 }
+
+// link holds a device's session, so that it can be swapped atomically.
+type link struct{ session }
 
 type worker struct {
 	cfg      workerConfig
+	target   target
 	users    []*benchUser
 	order    []*benchDevice // connection order: user by user
 	received atomic.Int64
+	bytes    atomic.Int64
+	lastRecv atomic.Int64 // Unix nanoseconds of the last notification measured
 	measure  atomic.Bool
 	histMu   sync.Mutex
 	hist     *Hist
@@ -75,8 +86,12 @@ type worker struct {
 	firstErr string
 }
 
-func newWorker(cfg workerConfig) *worker {
-	w := &worker{cfg: cfg, hist: NewHist()}
+func newWorker(cfg workerConfig) (*worker, error) {
+	t, err := newTarget(cfg)
+	if err != nil {
+		return nil, err
+	}
+	w := &worker{cfg: cfg, target: t, hist: NewHist()}
 	for u := range cfg.users {
 		user := &benchUser{}
 		for d := range cfg.devices {
@@ -91,7 +106,7 @@ func newWorker(cfg workerConfig) *worker {
 		}
 		w.users = append(w.users, user)
 	}
-	return w
+	return w, nil
 }
 
 func (w *worker) fail(err error) {
@@ -114,7 +129,7 @@ func (w *worker) takeErrors() (int, string) {
 func (w *worker) connected() int {
 	n := 0
 	for _, d := range w.order {
-		if d.c.Load() != nil {
+		if d.link.Load() != nil {
 			n++
 		}
 	}
@@ -138,7 +153,8 @@ func (w *worker) serve(in io.Reader, out io.Writer) error {
 		case "connect":
 			w.connectUpTo(cmd.Count)
 		case "load":
-			r.Sent, r.Received, r.Hist = w.load(cmd.Rate, cmd.Duration)
+			r.Sent, r.Received, r.Bytes, r.Hist = w.load(cmd.Rate, cmd.Duration)
+			r.LastNS = w.lastRecv.Load()
 		case "storm":
 			r.StormMS = float64(w.storm()) / float64(time.Millisecond)
 		case "quit":
@@ -155,38 +171,21 @@ func (w *worker) serve(in io.Reader, out io.Writer) error {
 	}
 }
 
-func (w *worker) dial(d *benchDevice) (*client.Client, error) {
+// login connects one device and starts its reader.
+func (w *worker) login(d *benchDevice) error {
 	var local *net.TCPAddr
 	if n := len(w.cfg.sources); n > 0 {
 		local = &net.TCPAddr{IP: w.cfg.sources[d.global%n]}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), w.cfg.timeout)
 	defer cancel()
-	return client.DialFrom(ctx, d.tr, w.cfg.addr, local)
-}
-
-// login connects one device. The first device of a user creates the user
-// and its one task; the others join it.
-func (w *worker) login(d *benchDevice) error {
-	c, err := w.dial(d)
+	s, err := w.target.connect(ctx, d, local)
 	if err != nil {
 		return err
 	}
-	m, err := c.Login(d.user.id, d.deviceID, w.cfg.timeout)
-	if err != nil {
-		c.Close()
-		return err
-	}
-	if d.user.id == "" {
-		d.user.id = m.Str("user_id")
-		if err := c.SendRaw([]byte(`{"type":"create","task":{"id":1,"desc":"bench"},"version":0}`)); err != nil {
-			c.Close()
-			return err
-		}
-	}
-	d.deviceID = m.Str("device_id")
-	d.c.Store(c)
-	go w.read(d, c)
+	l := &link{s}
+	d.link.Store(l)
+	go w.read(d, l)
 	return nil
 }
 
@@ -201,14 +200,14 @@ func (w *worker) connectUpTo(count int) {
 		if first.global-w.order[0].global >= count {
 			break
 		}
-		if first.c.Load() == nil {
+		if first.link.Load() == nil {
 			if err := w.login(first); err != nil {
 				w.fail(err)
 				continue
 			}
 		}
 		for _, d := range u.devices[1:] {
-			if d.global-w.order[0].global >= count || d.c.Load() != nil {
+			if d.global-w.order[0].global >= count || d.link.Load() != nil {
 				continue
 			}
 			sem <- struct{}{}
@@ -226,18 +225,26 @@ func (w *worker) connectUpTo(count int) {
 
 var sentKey = []byte(`"sent":`)
 
-// read counts notifications; for updates from another device it records
-// the latency from the writer's send time in the task.
-func (w *worker) read(d *benchDevice, c *client.Client) {
+// read counts notifications; for those from another device it records
+// the latency from the writer's send time, which the notification carries.
+func (w *worker) read(d *benchDevice, l *link) {
 	for {
-		msg, err := c.NextRaw(time.Hour)
+		msg, err := l.next()
+		var refused *replyError
+		if errors.As(err, &refused) {
+			w.fail(err)
+			continue
+		}
 		if err != nil {
 			return
 		}
 		if !w.measure.Load() {
 			continue
 		}
+		now := time.Now()
 		w.received.Add(1)
+		w.bytes.Add(int64(len(msg)))
+		w.lastRecv.Store(now.UnixNano())
 		i := bytes.Index(msg, sentKey)
 		if i < 0 || bytes.Contains(msg, []byte(d.deviceID)) {
 			continue // not a bench update, or this device's own
@@ -248,7 +255,7 @@ func (w *worker) read(d *benchDevice, c *client.Client) {
 		if err != nil {
 			continue
 		}
-		lat := time.Duration(time.Now().UnixNano() - sent)
+		lat := time.Duration(now.UnixNano() - sent)
 		w.histMu.Lock()
 		w.hist.Add(lat)
 		w.histMu.Unlock()
@@ -257,15 +264,17 @@ func (w *worker) read(d *benchDevice, c *client.Client) {
 
 // load sends updates at rate per second, round robin over the users whose
 // first device is connected, for d; then waits for the tail to arrive.
-func (w *worker) load(rate float64, d time.Duration) (sent, received int64, h *Hist) {
+func (w *worker) load(rate float64, d time.Duration) (sent, received, size int64, h *Hist) {
 	w.histMu.Lock()
 	w.hist = NewHist()
 	w.histMu.Unlock()
 	w.received.Store(0)
+	w.bytes.Store(0)
+	w.lastRecv.Store(0)
 	w.measure.Store(true)
 	var writers []*benchDevice
 	for _, u := range w.users {
-		if u.devices[0].c.Load() != nil {
+		if u.devices[0].link.Load() != nil {
 			writers = append(writers, u.devices[0])
 		}
 	}
@@ -283,9 +292,10 @@ func (w *worker) load(rate float64, d time.Duration) (sent, received int64, h *H
 				dev := writers[next%len(writers)]
 				next++
 				v := dev.user.version.Add(1)
-				req := fmt.Appendf(nil, `{"type":"update","task":{"id":1,"sent":%d},"version":%d}`, time.Now().UnixNano(), v)
-				if c := dev.c.Load(); c == nil || c.SendRaw(req) != nil {
-					w.fail(fmt.Errorf("write on a closed connection"))
+				if l := dev.link.Load(); l == nil {
+					w.fail(errors.New("write on a closed connection"))
+				} else if err := l.write(time.Now().UnixNano(), v); err != nil {
+					w.fail(fmt.Errorf("write: %w", err))
 				}
 			}
 		}
@@ -300,7 +310,7 @@ func (w *worker) load(rate float64, d time.Duration) (sent, received int64, h *H
 	w.histMu.Lock()
 	h = w.hist
 	w.histMu.Unlock()
-	return sent, w.received.Load(), h
+	return sent, w.received.Load(), w.bytes.Load(), h
 }
 
 // storm drops every connection at once, then logs every device in again at
@@ -332,8 +342,8 @@ func (w *worker) storm() time.Duration {
 
 func (w *worker) closeAll() {
 	for _, d := range w.order {
-		if c := d.c.Swap(nil); c != nil {
-			c.Close()
+		if l := d.link.Swap(nil); l != nil {
+			l.close()
 		}
 	}
 }
