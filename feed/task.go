@@ -2,6 +2,7 @@ package feed
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -413,7 +414,10 @@ func CheckVersion(raw json.RawMessage) (json.RawMessage, error) {
 	switch {
 	case len(raw) == 0 || isNull(raw):
 		return nil, nil
-	case isString(raw) || isNumber(raw):
+	case (isString(raw) || isNumber(raw)) && json.Valid(raw):
+		if !utf8.Valid(raw) {
+			return nil, errors.New("version is not valid UTF-8")
+		}
 		return raw, nil
 	}
 	return nil, errors.New("version must be a number or a string")
@@ -421,12 +425,105 @@ func CheckVersion(raw json.RawMessage) (json.RawMessage, error) {
 
 // versionOlder reports whether a is a smaller number than b. Versions are
 // compared only when both are numbers; they may pass 2^53 and carry
-// fractions or exponents, so they are compared exactly.
+// fractions or exponents, so they are compared exactly, as decimals.
 func versionOlder(a, b json.RawMessage) bool {
 	if !isNumber(a) || !isNumber(b) {
 		return false
 	}
-	ra, ok1 := new(big.Rat).SetString(string(a))
-	rb, ok2 := new(big.Rat).SetString(string(b))
-	return ok1 && ok2 && ra.Cmp(rb) < 0
+	da, ok1 := parseDecimal(a)
+	db, ok2 := parseDecimal(b)
+	return ok1 && ok2 && da.cmp(db) < 0
+}
+
+// decimal is a JSON number as 0.digits × 10^point, digits without leading
+// or trailing zeros (none for zero). Comparing two takes no arithmetic on
+// their values: big.Rat would build 10^exponent, which for 1e999999 takes
+// tens of milliseconds and for larger exponents fails.
+type decimal struct {
+	neg    bool
+	digits []byte
+	point  *big.Int // the exponent may have any number of digits
+}
+
+// parseDecimal reads a number in JSON's grammar.
+func parseDecimal(raw []byte) (decimal, bool) {
+	var d decimal
+	i := 0
+	if i < len(raw) && raw[i] == '-' {
+		d.neg = true
+		i++
+	}
+	intStart := i
+	for i < len(raw) && raw[i] >= '0' && raw[i] <= '9' {
+		i++
+	}
+	intPart := raw[intStart:i]
+	if len(intPart) == 0 || len(intPart) > 1 && intPart[0] == '0' {
+		return d, false
+	}
+	var frac []byte
+	if i < len(raw) && raw[i] == '.' {
+		i++
+		fracStart := i
+		for i < len(raw) && raw[i] >= '0' && raw[i] <= '9' {
+			i++
+		}
+		if frac = raw[fracStart:i]; len(frac) == 0 {
+			return d, false
+		}
+	}
+	exp := new(big.Int)
+	if i < len(raw) && (raw[i] == 'e' || raw[i] == 'E') {
+		i++
+		expStart := i
+		if i < len(raw) && (raw[i] == '+' || raw[i] == '-') {
+			i++
+		}
+		digitsStart := i
+		for i < len(raw) && raw[i] >= '0' && raw[i] <= '9' {
+			i++
+		}
+		if i == digitsStart {
+			return d, false
+		}
+		exp.SetString(string(raw[expStart:i]), 10)
+	}
+	if i != len(raw) {
+		return d, false
+	}
+	// digits = intPart frac; the point sits after intPart, moved by exp.
+	all := make([]byte, 0, len(intPart)+len(frac))
+	all = append(append(all, intPart...), frac...)
+	lead := 0
+	for lead < len(all) && all[lead] == '0' {
+		lead++
+	}
+	d.digits = bytes.TrimRight(all[lead:], "0")
+	d.point = exp.Add(exp, big.NewInt(int64(len(intPart)-lead)))
+	return d, true
+}
+
+func (d decimal) sign() int {
+	switch {
+	case len(d.digits) == 0:
+		return 0 // -0 and 0.0e5 are zero
+	case d.neg:
+		return -1
+	}
+	return 1
+}
+
+// cmp compares d and e as numbers: -1, 0 or +1.
+func (d decimal) cmp(e decimal) int {
+	ds, es := d.sign(), e.sign()
+	if ds != es || ds == 0 {
+		return cmp.Compare(ds, es)
+	}
+	// Same sign, both not zero: compare the magnitudes, then flip for
+	// negatives.
+	c := d.point.Cmp(e.point)
+	if c == 0 {
+		c = bytes.Compare(d.digits, e.digits)
+	}
+	return c * ds
 }

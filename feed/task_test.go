@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/big"
 	"strconv"
 	"strings"
 	"testing"
@@ -486,6 +487,125 @@ func TestTaskIndexIs(t *testing.T) {
 	}
 }
 
+func TestCheckVersion(t *testing.T) {
+	for _, tc := range []struct {
+		in, want string
+		err      string
+	}{
+		{in: ``, want: ``},
+		{in: `null`, want: ``},
+		{in: ` null `, want: ``},
+		{in: `1732540800123`, want: `1732540800123`},
+		{in: ` 5 `, want: `5`},
+		{in: `-1`, want: `-1`},
+		{in: `1.5e300`, want: `1.5e300`},
+		{in: `123456789012345678901234567890`, want: `123456789012345678901234567890`},
+		{in: `"1732540800123"`, want: `"1732540800123"`},
+		{in: `""`, want: `""`},
+		{in: `"v\u00e9"`, want: `"v\u00e9"`},
+		{in: `{}`, err: "version must be a number or a string"},
+		{in: `[1]`, err: "version must be a number or a string"},
+		{in: `true`, err: "version must be a number or a string"},
+		{in: `-`, err: "version must be a number or a string"},
+		{in: `1x`, err: "version must be a number or a string"},
+		{in: `"open`, err: "version must be a number or a string"},
+		{in: `1 2`, err: "version must be a number or a string"},
+		{in: "\"\xff\"", err: "version is not valid UTF-8"},
+	} {
+		got, err := CheckVersion(json.RawMessage(tc.in))
+		if tc.err != "" {
+			if err == nil || err.Error() != tc.err {
+				t.Errorf("CheckVersion(%s) = %s, %v; want error %q", tc.in, got, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || string(got) != tc.want || (tc.want == "") != (got == nil) {
+			t.Errorf("CheckVersion(%s) = %q, %v; want %q", tc.in, got, err, tc.want)
+		}
+	}
+}
+
+// versionCases drive TestVersionOlder and BenchmarkVersionOlder: whether a
+// is older than b.
+var versionCases = []struct {
+	a, b  string
+	older bool
+}{
+	{"1", "2", true},
+	{"2", "1", false},
+	{"1", "1", false},
+	{"1732540800123", "1732540800124", true},
+	// Beyond 2^53, where float64 reads both as the same number.
+	{"9007199254740993", "9007199254740994", true},
+	{"9007199254740994", "9007199254740993", false},
+	{"123456789012345678901234567890", "123456789012345678901234567891", true},
+	// Fractions.
+	{"1.25", "1.5", true},
+	{"1.5", "1.25", false},
+	{"0.1", "0.10", false},
+	{"0.10", "0.1", false},
+	{"0.001", "0.01", true},
+	{"1.0000000000000000000001", "1.0000000000000000000002", true},
+	{"2", "2.0000000000000000000001", true},
+	// Exponents.
+	{"999", "1e3", true},
+	{"1e3", "999", false},
+	{"1E3", "1000", false},
+	{"1000", "1e+3", false},
+	{"1.5e2", "151", true},
+	{"12e-1", "1.3", true},
+	{"1.3", "12e-1", false},
+	{"0.5e1", "5", false},
+	{"1732540800123", "1.732540800124e12", true},
+	// Signs and zeros.
+	{"-1", "0", true},
+	{"0", "-1", false},
+	{"-2", "-1", true},
+	{"-1e2", "-99", true},
+	{"-99", "-1e2", false},
+	{"-0", "0", false},
+	{"0", "-0", false},
+	{"0.0e5", "0", false},
+	{"-0.5", "-0", true},
+	{"-1", "1", true},
+	// Exponents too large for big.Rat, or costly for it: still exact.
+	{"1e1000000", "2e1000000", true},
+	{"2e1000000", "1e1000000", false},
+	{"1e999999999999999999999", "1e1000000000000000000000", true},
+	{"1e-1000000000000000000000", "1e-999999999999999999999", true},
+	{"-1e999999999999999999999", "1", true},
+	{"1e-999999999999999999999", "0", false},
+	// Strings are never compared, with anything.
+	{`"1"`, `"2"`, false},
+	{`"1"`, "2", false},
+	{"1", `"2"`, false},
+	{`"2"`, "1", false},
+	// Nothing to compare.
+	{"", "1", false},
+	{"1", "", false},
+	{"null", "1", false},
+}
+
+func TestVersionOlder(t *testing.T) {
+	for _, tc := range versionCases {
+		if got := versionOlder(json.RawMessage(tc.a), json.RawMessage(tc.b)); got != tc.older {
+			t.Errorf("versionOlder(%s, %s) = %v, want %v", tc.a, tc.b, got, tc.older)
+		}
+	}
+}
+
+func BenchmarkVersionOlder(b *testing.B) {
+	for _, tc := range versionCases {
+		b.Run(tc.a+"<"+tc.b, func(b *testing.B) {
+			b.ReportAllocs()
+			x, y := json.RawMessage(tc.a), json.RawMessage(tc.b)
+			for b.Loop() {
+				versionOlder(x, y)
+			}
+		})
+	}
+}
+
 // FuzzParseTask: whatever the input, ParseTask either refuses it with an
 // *Error or returns a compact JSON object, valid UTF-8, within the limit,
 // whose id is its "id" member for any JSON reader and which parses again to
@@ -605,4 +725,37 @@ func decoderFields(raw []byte) ([]decodedField, error) {
 		fields = append(fields, decodedField{tok.(string), v})
 	}
 	return fields, nil
+}
+
+// FuzzVersionOlder checks the decimal comparison against big.Rat wherever
+// big.Rat is cheap: numbers of JSON's grammar with small exponents.
+func FuzzVersionOlder(f *testing.F) {
+	for _, tc := range versionCases {
+		f.Add(tc.a, tc.b)
+	}
+	f.Fuzz(func(t *testing.T, a, b string) {
+		ra, okA := smallRat(a)
+		rb, okB := smallRat(b)
+		if !okA || !okB {
+			versionOlder(json.RawMessage(a), json.RawMessage(b)) // must not panic
+			return
+		}
+		if got, want := versionOlder(json.RawMessage(a), json.RawMessage(b)), ra.Cmp(rb) < 0; got != want {
+			t.Fatalf("versionOlder(%s, %s) = %v, want %v", a, b, got, want)
+		}
+	})
+}
+
+// smallRat reads a JSON number whose exponent is small enough for big.Rat.
+func smallRat(s string) (*big.Rat, bool) {
+	var n json.Number
+	if !isNumber([]byte(s)) || json.Unmarshal([]byte(s), &n) != nil || len(s) > 200 {
+		return nil, false
+	}
+	if i := strings.IndexAny(s, "eE"); i >= 0 {
+		if e, err := strconv.Atoi(strings.TrimPrefix(s[i+1:], "+")); err != nil || e > 1000 || e < -1000 {
+			return nil, false
+		}
+	}
+	return new(big.Rat).SetString(s)
 }
