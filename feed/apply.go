@@ -3,6 +3,7 @@ package feed
 import (
 	"cmp"
 	"encoding/json"
+	"fmt"
 	"slices"
 )
 
@@ -43,7 +44,9 @@ func Apply(tx UserTx, w *Write, limits Limits) ([]Change, error) {
 		if err != nil {
 			return nil, err
 		}
-		changes = diff(old, w.Tasks, change)
+		if changes, err = diff(old, w.Tasks, change); err != nil {
+			return nil, err
+		}
 		for _, c := range changes {
 			if c.Kind == ChangeDelete {
 				err = tx.Delete(c.TaskID)
@@ -121,6 +124,9 @@ func Apply(tx UserTx, w *Write, limits Limits) ([]Change, error) {
 			return nil, err
 		}
 		changes = []Change{change(ChangeDelete, id, nil)}
+
+	default:
+		return nil, fmt.Errorf("feed: unknown write kind %d", w.Kind)
 	}
 	if w.Version != nil {
 		if err := tx.SetVersion(w.Version); err != nil {
@@ -131,8 +137,10 @@ func Apply(tx UserTx, w *Write, limits Limits) ([]Change, error) {
 }
 
 // diff turns a write-all into per-task changes: deletes, then updates, then
-// creates, each in id order. Identical tasks produce nothing.
-func diff(old, new []Task, change func(ChangeKind, int64, json.RawMessage) Change) []Change {
+// creates, each in id order. Identical tasks produce nothing. Two new tasks
+// with one id are refused: the node refuses them first, but the backend's
+// key is at stake, whoever the caller.
+func diff(old, new []Task, change func(ChangeKind, int64, json.RawMessage) Change) ([]Change, error) {
 	oldByID := make(map[int64]json.RawMessage, len(old))
 	for _, t := range old {
 		oldByID[t.ID] = t.Raw
@@ -142,6 +150,9 @@ func diff(old, new []Task, change func(ChangeKind, int64, json.RawMessage) Chang
 	slices.SortFunc(sorted, func(a, b Task) int { return cmp.Compare(a.ID, b.ID) })
 	var deletes, updates, creates []Change
 	for _, t := range sorted {
+		if newIDs[t.ID] {
+			return nil, errInvalidTask("duplicate task id %d", t.ID)
+		}
 		newIDs[t.ID] = true
 		prev, existed := oldByID[t.ID]
 		switch {
@@ -156,5 +167,5 @@ func diff(old, new []Task, change func(ChangeKind, int64, json.RawMessage) Chang
 			deletes = append(deletes, change(ChangeDelete, t.ID, nil))
 		}
 	}
-	return slices.Concat(deletes, updates, creates)
+	return slices.Concat(deletes, updates, creates), nil
 }

@@ -50,6 +50,43 @@ func TestFloodIsRateLimited(t *testing.T) {
 	}
 }
 
+// Bad requests are rate-limited as good ones are: a client that floods
+// messages the server refuses, on a connection that stays open, does not
+// get an answer for each.
+func TestBadRequestFloodIsRateLimited(t *testing.T) {
+	h := start(t, node.Options{RateLimit: 50, RateBurst: 100})
+	for _, tr := range transports {
+		t.Run(string(tr), func(t *testing.T) {
+			flooder, _ := h.login(tr, "", "")
+			const n = 1000
+			go func() {
+				for range n {
+					if flooder.SendRaw([]byte(`{"no":"type"}`)) != nil {
+						return
+					}
+				}
+			}()
+			answered, limited := 0, 0
+			for answered+limited < n {
+				m := next(t, flooder)
+				switch {
+				case m.Str("error") == "missing request type":
+					answered++
+				case strings.Contains(m.Str("error"), "rate limit exceeded"):
+					limited++
+				default:
+					t.Fatalf("unexpected %v", m)
+				}
+			}
+			// As in TestFloodIsRateLimited: the burst less the login's
+			// token, and what the rate refills while the flood is read.
+			if answered < 99 || limited < n/2 {
+				t.Fatalf("%d answered, %d refused: the limit did not hold", answered, limited)
+			}
+		})
+	}
+}
+
 // A device that never reads is disconnected when its queue passes the
 // bound; the other devices of the user keep receiving everything.
 func TestNonReaderIsDisconnected(t *testing.T) {

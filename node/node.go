@@ -217,17 +217,21 @@ func knownType(t string) bool {
 // handle runs one request and returns its type and outcome label.
 func (n *Node) handle(s *session, p []byte, now time.Time) (string, string) {
 	req, typ, err := decodeRequest(p)
-	if err != nil {
+	if err == errInvalidJSON && s.conn.Transport() == conn.TransportTCP {
+		// A raw stream that is not JSON cannot be re-synchronised.
 		s.sendError(typ, err.Error())
-		if err == errInvalidJSON && s.conn.Transport() == conn.TransportTCP {
-			// A raw stream that is not JSON cannot be re-synchronised.
-			s.conn.Close(conn.ReasonProtocolError)
-		}
+		s.conn.Close(conn.ReasonProtocolError)
 		return typ, "invalid"
 	}
+	// Bad requests count too: each costs an answer, and a WebSocket (or
+	// a raw stream of valid JSON) stays open after one.
 	if !s.allow(now) {
 		s.sendError(typ, fmt.Sprintf("rate limit exceeded: at most %g requests per second", n.opts.RateLimit))
 		return typ, "rate_limited"
+	}
+	if err != nil {
+		s.sendError(typ, err.Error())
+		return typ, "invalid"
 	}
 	if !knownType(typ) {
 		s.sendError(typ, fmt.Sprintf("unknown request type %q", typ))

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/gobwas/ws/wsutil"
+
 	"github.com/kronos-sync/kronos-server/conn"
 	"github.com/kronos-sync/kronos-server/feed"
 	"github.com/kronos-sync/kronos-server/node"
@@ -284,7 +286,15 @@ func TestTaskValidation(t *testing.T) {
 			{`{"desc":"x"}`, "task has no id"},
 			{`{"id":"1"}`, "task id must be an integer"},
 			{`{"id":1.5}`, "task id must be an integer"},
+			// Integers written as integers only: one spelling per id.
+			{`{"id":1.0}`, "task id must be an integer"},
+			{`{"id":1e2}`, "task id must be an integer"},
+			{`{"id":-0}`, "task id must be an integer"},
 			{`{"id":9007199254740992}`, "task id must be an integer"},
+			// Each key once: otherwise the checks and the clients may
+			// read different values.
+			{`{"id":1,"id":2}`, `task has duplicate key "id"`},
+			{`{"id":1,"desc":"a","desc":5}`, `task has duplicate key "desc"`},
 			{`{"id":1,"desc":5}`, "desc must be a string"},
 			{`{"id":1,"tags":"x"}`, "tags must be an array of strings"},
 			{`{"id":1,"tags":["a",2]}`, "tags must be an array of strings"},
@@ -297,6 +307,84 @@ func TestTaskValidation(t *testing.T) {
 		expectError(t, c, "create", "missing task")
 		sendRaw(t, c, `{"type":"create","task":{"id":-9007199254740991,"desc":null,"tags":null},"version":1}`)
 		expectType(t, c, "create")
+		// Updates and write-all are held to the same rules.
+		sendRaw(t, c, `{"type":"update","task":{"id":-9007199254740991,"desc":"a","desc":"b"},"version":2}`)
+		expectError(t, c, "update", `task has duplicate key "desc"`)
+		sendRaw(t, c, `{"type":"update","task_id":-9007199254740991,"task":{"id":2.0},"version":2}`)
+		expectError(t, c, "update", "task id must be an integer")
+		sendRaw(t, c, `{"type":"write-all","tasks":[{"id":1},{"id":2,"x":1,"x":2}],"version":2}`)
+		expectError(t, c, "write-all", `task has duplicate key "x"`)
+		sendRaw(t, c, `{"type":"write-all","tasks":[{"id":1e0}],"version":2}`)
+		expectError(t, c, "write-all", "task id must be an integer")
+		send(t, c, map[string]any{"type": "read-all"})
+		if got := nextRaw(t, c); got != `{"success":true,"type":"read-all","tasks":[{"id":-9007199254740991,"desc":null,"tags":null}],"version":1}` {
+			t.Fatalf("refused writes changed the data: %s", got)
+		}
+	})
+}
+
+// task_id is an integer written as one, or a string of its digits; 1.0 and
+// 1e0 name no task.
+func TestTaskIDRequests(t *testing.T) {
+	each(t, node.Options{}, func(t *testing.T, h *harness, tr client.Transport) {
+		c, _ := h.login(tr, "", "")
+		sendRaw(t, c, `{"type":"write-all","tasks":[{"id":1},{"id":2},{"id":3}],"version":1}`)
+		for range 3 {
+			expectType(t, c, "create")
+		}
+		for _, ref := range []string{`1.0`, `1e0`, `"1.0"`, `"01"`, `-0`} {
+			sendRaw(t, c, `{"type":"delete","task_id":`+ref+`,"version":2}`)
+			expectError(t, c, "delete", "task_id must be an integer between -9007199254740991 and 9007199254740991")
+			sendRaw(t, c, `{"type":"update","task_id":`+ref+`,"task":{"done":true},"version":2}`)
+			expectError(t, c, "update", "task_id must be an integer")
+		}
+		sendRaw(t, c, `{"type":"delete","task_index":1.5,"version":2}`)
+		expectError(t, c, "delete", "task_index must be a string or an integer")
+		sendRaw(t, c, `{"type":"delete","task_id":"1","version":2}`)
+		if n := expectType(t, c, "delete"); n["task_id"] != float64(1) {
+			t.Fatalf("delete: %v", n)
+		}
+		sendRaw(t, c, `{"type":"update","task_id":"2","task":{"done":true},"version":3}`)
+		if n := expectType(t, c, "update"); n["task"].(map[string]any)["done"] != true {
+			t.Fatalf("update: %v", n)
+		}
+	})
+}
+
+// Raw TCP streams and binary WebSocket messages carry any bytes (text
+// messages that are not UTF-8 close the WebSocket, see conn). A request
+// that is not UTF-8 is refused whole and stores nothing; the connection
+// stays open.
+func TestInvalidUTF8IsRefused(t *testing.T) {
+	each(t, node.Options{}, func(t *testing.T, h *harness, tr client.Transport) {
+		c, _ := h.login(tr, "", "")
+		sendBytes := func(s string) {
+			t.Helper()
+			var err error
+			if tr == client.WebSocket {
+				err = wsutil.WriteClientBinary(c.Conn, []byte(s))
+			} else {
+				_, err = c.Conn.Write([]byte(s))
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, tc := range []struct{ typ, msg string }{
+			{"create", "{\"type\":\"create\",\"task\":{\"id\":1,\"desc\":\"caf\xe9\"},\"version\":1}"},
+			{"create", "{\"type\":\"create\",\"task\":{\"id\":1,\"\xff\":1},\"version\":1}"},
+			{"write-all", "{\"type\":\"write-all\",\"tasks\":[{\"id\":1},{\"id\":2,\"desc\":\"\xed\xa0\x80\"}],\"version\":1}"},
+			{"update", "{\"type\":\"update\",\"task\":{\"id\":1,\"desc\":\"\xc3\"},\"version\":1}"},
+			{"create", "{\"type\":\"create\",\"task\":{\"id\":1},\"version\":\"v\x80\"}"},
+			{"read-all", "{\"type\":\"read-all\",\"device_id\":\"\xfe\"}"},
+		} {
+			sendBytes(tc.msg)
+			expectError(t, c, tc.typ, "invalid UTF-8")
+		}
+		send(t, c, map[string]any{"type": "read-all"})
+		if got := nextRaw(t, c); got != `{"success":true,"type":"read-all","tasks":[],"version":-1}` {
+			t.Fatalf("refused writes changed the data: %s", got)
+		}
 	})
 }
 

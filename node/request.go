@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"unicode/utf8"
 
 	"github.com/kronos-sync/kronos-server/feed"
 )
@@ -45,10 +46,15 @@ func badRequest(format string, args ...any) error {
 	return &errRequest{fmt.Sprintf(format, args...)}
 }
 
-var errInvalidJSON = &errRequest{"invalid JSON"}
+var (
+	errInvalidJSON = &errRequest{"invalid JSON"}
+	errInvalidUTF8 = &errRequest{"invalid UTF-8"}
+)
 
 // decodeRequest parses one message and returns it with its type ("" when
-// the message names none).
+// the message names none). A message that is not valid UTF-8 is refused
+// whole: raw TCP and binary WebSocket messages carry any bytes, and a store
+// must not keep, nor a WebSocket client receive as text, what is not UTF-8.
 func decodeRequest(p []byte) (*request, string, error) {
 	req := new(request)
 	if err := json.Unmarshal(p, req); err != nil {
@@ -64,6 +70,11 @@ func decodeRequest(p []byte) (*request, string, error) {
 	var typ string
 	if json.Unmarshal(req.Type, &typ) != nil {
 		return req, "", badRequest("type must be a string")
+	}
+	// Checked once the type is known, so that the answer names it.
+	// (encoding/json reads an invalid byte as U+FFFD: typ is UTF-8.)
+	if !utf8.Valid(p) {
+		return req, typ, errInvalidUTF8
 	}
 	return req, typ, nil
 }
@@ -93,7 +104,8 @@ func requestVersion(req *request) (json.RawMessage, error) {
 	return v, nil
 }
 
-// parseTaskRef reads task_id: an integer, or a string holding one.
+// parseTaskRef reads task_id: an integer written as one (feed.ParseTaskID),
+// or a string holding one ("7").
 func parseTaskRef(raw json.RawMessage) (int64, error) {
 	if len(raw) > 0 && raw[0] == '"' {
 		var s string
@@ -108,7 +120,8 @@ func parseTaskRef(raw json.RawMessage) (int64, error) {
 	return id, nil
 }
 
-// parseTaskIndex reads task_index: a string (older clients), or a number.
+// parseTaskIndex reads task_index: a string (older clients), or an integer
+// written as one, which names the task whose index is that number.
 func parseTaskIndex(raw json.RawMessage) (string, error) {
 	index := string(raw)
 	if raw[0] == '"' {
@@ -116,7 +129,7 @@ func parseTaskIndex(raw json.RawMessage) (string, error) {
 			return "", badRequest("task_index must be a string")
 		}
 	} else if _, ok := feed.ParseTaskID(raw); !ok {
-		return "", badRequest("task_index must be a string")
+		return "", badRequest("task_index must be a string or an integer")
 	}
 	if index == "" {
 		return "", badRequest("task_index must not be empty")
@@ -165,26 +178,23 @@ func buildWrite(typ string, req *request, limits feed.Limits) (*feed.Write, erro
 }
 
 // parseUpdate returns the fields to merge and the id of the task to update:
-// task_id when given, else task.id.
+// task_id when given, else task.id. The fields are checked here as far as
+// they can be without the stored task: a patch with a key twice names no
+// task and is refused for that, before the store is asked.
 func parseUpdate(req *request) (json.RawMessage, int64, error) {
 	if isAbsent(req.Task) {
 		return nil, 0, badRequest("missing task")
 	}
-	var fields map[string]json.RawMessage
-	if json.Unmarshal(req.Task, &fields) != nil {
-		return nil, 0, badRequest("task must be a JSON object")
+	id, hasID, err := feed.ParsePatch(req.Task)
+	if err != nil {
+		return nil, 0, err
 	}
 	if !isAbsent(req.TaskID) {
 		id, err := parseTaskRef(req.TaskID)
 		return req.Task, id, err
 	}
-	raw, ok := fields["id"]
-	if !ok {
+	if !hasID {
 		return nil, 0, badRequest("missing task_id (or task.id)")
-	}
-	id, ok := feed.ParseTaskID(raw)
-	if !ok {
-		return nil, 0, badRequest("task id must be an integer between -%d and %d", feed.MaxTaskID, feed.MaxTaskID)
 	}
 	return req.Task, id, nil
 }
