@@ -38,11 +38,12 @@ func (l *addrLimiter) allow(addr netip.Addr, now time.Time) bool {
 	return b.allow(now, l.rate, l.burst)
 }
 
-// sweep forgets the buckets that have refilled. l.mu must be held.
+// sweep forgets the buckets that have refilled: a new one is the same.
+// l.mu must be held.
 func (l *addrLimiter) sweep(now time.Time) {
-	full := time.Duration(l.burst / l.rate * float64(time.Second))
+	t := now.Sub(clockBase)
 	for addr, b := range l.buckets {
-		if now.Sub(time.Unix(0, b.last)) > full {
+		if float64(t-b.last) >= b.debt {
 			delete(l.buckets, addr)
 		}
 	}
