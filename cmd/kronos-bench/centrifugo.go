@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+	"github.com/kronos-sync/kronos-server/node/client"
 )
 
 // centrifugoTarget drives Centrifugo (v6) through its bidirectional JSON
@@ -174,7 +175,7 @@ func (s *centrifugoSession) next() ([]byte, error) {
 // one frame, one per line.
 func (s *centrifugoSession) message() ([]byte, error) {
 	for len(s.pending) == 0 {
-		f, err := ws.ReadFrame(s.br)
+		f, err := client.ReadFrame(s.br, 64<<20)
 		if err != nil {
 			return nil, err
 		}

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+
+	kclient "github.com/kronos-sync/kronos-server/node/client"
 )
 
 // installCentrifugo returns a centrifugo binary: $KRONOS_BENCH_CENTRIFUGO
@@ -148,11 +150,11 @@ func TestCentrifugoSessionNext(t *testing.T) {
 	answers := make(chan ws.Frame, 2)
 	go func() {
 		for range 2 {
-			f, err := ws.ReadFrame(server)
+			f, err := kclient.ReadFrame(server, 1<<20)
 			if err != nil {
 				return
 			}
-			answers <- ws.UnmaskFrameInPlace(f)
+			answers <- f
 		}
 	}()
 	msg, err := s.next()
