@@ -1,13 +1,13 @@
 package rethinkdb
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
 	mrand "math/rand/v2"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	r "gopkg.in/rethinkdb/rethinkdb-go.v6"
@@ -17,9 +17,9 @@ import (
 
 // Moving data in and out (kronos migrate).
 //
-// Reading: a user is read as read-all reads it (readAll: the user, its
-// task documents, then its records not applied yet), so a dump sees every
-// user settled, never half a write.
+// Reading: users are read as read-all reads one (the user, its task
+// documents, then its records not applied yet), a page at a time, so a
+// dump sees every user settled, never half a write.
 //
 // Loading a user the database lacks: its task documents are written at
 // record 0, then its devices, then its user document, last. The user
@@ -42,9 +42,6 @@ const indexDeviceUser = "user_id"
 
 // loadChunk bounds the documents written by one query.
 const loadChunk = 1000
-
-// readConcurrency bounds the users read at once by a dump.
-const readConcurrency = 8
 
 var (
 	_ feed.Dumper = (*Store)(nil)
@@ -78,70 +75,79 @@ func (s *Store) LookupUsers(ctx context.Context, ids []string) ([]feed.UserData,
 	return s.readUsers(ctx, docs)
 }
 
-// readUsers reads the settled state of users (readAll, a few at a time)
-// and their devices.
+// readUsers reads the settled state of users whose documents were just
+// read, as readAll reads one user's, but a page at a time and without
+// rolling anything forward (a dump only reads): their task documents, then
+// their records past each user's w, the newest record winning for each
+// task. The order matters as in readAll: a task document newer than its
+// user's w was written by a record inserted before it, so it is read.
 func (s *Store) readUsers(ctx context.Context, docs []userDoc) ([]feed.UserData, error) {
-	out := make([]feed.UserData, len(docs))
-	errs := make([]error, len(docs))
-	sem := make(chan struct{}, readConcurrency)
-	var wg sync.WaitGroup
-	for i := range docs {
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			out[i], errs[i] = s.readUser(ctx, docs[i].ID)
-		})
+	if len(docs) == 0 {
+		return nil, nil
 	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			return nil, err
+	ids := make([]any, len(docs))
+	applied := make(map[string]any, len(docs)) // user → w
+	for i, d := range docs {
+		ids[i], applied[d.ID] = d.ID, d.W
+	}
+	var tasks []taskDoc
+	if err := s.all(ctx, s.table(tableTasks).GetAll(ids...).OptArgs(r.GetAllOpts{Index: indexUser}), &tasks); err != nil {
+		return nil, err
+	}
+	var recs []recordDoc
+	if err := s.all(ctx, s.table(tableWrites).GetAll(ids...).OptArgs(r.GetAllOpts{Index: indexUser}).
+		Filter(func(rec r.Term) r.Term { return rec.Field("w").Gt(r.Expr(applied).Field(rec.Field("user_id"))) }), &recs); err != nil {
+		return nil, err
+	}
+	slices.SortFunc(recs, func(a, b recordDoc) int { return cmp.Compare(a.W, b.W) })
+	type state struct {
+		w    uint64
+		task *string
+	}
+	byUser := make(map[string]map[int64]state, len(docs))
+	version := make(map[string]string, len(docs))
+	for _, d := range docs {
+		byUser[d.ID], version[d.ID] = map[int64]state{}, d.Version
+	}
+	for _, t := range tasks {
+		byUser[t.UserID][t.TaskID] = state{t.W, t.Task}
+	}
+	for _, rec := range recs {
+		states := byUser[rec.UserID]
+		for _, op := range rec.ops() {
+			id := toInt64(op["id"])
+			if cur, ok := states[id]; !ok || cur.w < rec.W {
+				var task *string
+				if t, ok := op["t"].(string); ok {
+					task = &t
+				}
+				states[id] = state{rec.W, task}
+			}
 		}
+		version[rec.UserID] = rec.Version
 	}
-	devices, err := s.devicesOf(ctx, docs)
+	devices, err := s.devicesOf(ctx, ids)
 	if err != nil {
 		return nil, err
 	}
-	for i := range out {
-		out[i].Devices = devices[out[i].ID]
-		slices.Sort(out[i].Devices)
+	out := make([]feed.UserData, len(docs))
+	for i, d := range docs {
+		u := feed.UserData{ID: d.ID, Version: json.RawMessage(version[d.ID]), Devices: devices[d.ID], Tasks: []feed.Task{}}
+		for id, st := range byUser[d.ID] {
+			if st.task != nil {
+				u.Tasks = append(u.Tasks, feed.Task{ID: id, Raw: json.RawMessage(*st.task)})
+			}
+		}
+		slices.SortFunc(u.Tasks, func(a, b feed.Task) int { return cmp.Compare(a.ID, b.ID) })
+		slices.Sort(u.Devices)
+		out[i] = u
 	}
 	return out, nil
 }
 
-func (s *Store) readUser(ctx context.Context, id string) (feed.UserData, error) {
-	snap, err := s.readAll(ctx, id)
-	if err != nil {
-		return feed.UserData{}, err
-	}
-	u := feed.UserData{ID: id, Version: snap.Version, Tasks: make([]feed.Task, len(snap.Tasks))}
-	for i, raw := range snap.Tasks {
-		// Every stored task's id was checked when it was written.
-		var t struct {
-			ID json.RawMessage `json:"id"`
-		}
-		if err := json.Unmarshal(raw, &t); err != nil {
-			return feed.UserData{}, fmt.Errorf("rethinkdb store: a stored task is not JSON: %w", err)
-		}
-		tid, ok := feed.ParseTaskID(t.ID)
-		if !ok {
-			return feed.UserData{}, fmt.Errorf("rethinkdb store: a stored task has id %s", t.ID)
-		}
-		u.Tasks[i] = feed.Task{ID: tid, Raw: raw}
-	}
-	return u, nil
-}
-
 // devicesOf reads the devices of users, by the index on user_id.
-func (s *Store) devicesOf(ctx context.Context, docs []userDoc) (map[string][]string, error) {
+func (s *Store) devicesOf(ctx context.Context, ids []any) (map[string][]string, error) {
 	out := map[string][]string{}
-	if len(docs) == 0 {
-		return out, nil
-	}
-	ids := make([]any, len(docs))
-	for i, d := range docs {
-		ids[i] = d.ID
-	}
 	var devs []deviceDoc
 	err := s.withDeviceIndex(ctx, func() error {
 		devs = nil
