@@ -41,9 +41,9 @@ func (p *progress) update(m migrate.Progress) {
 	}
 	rate := float64(m.Done) / max(time.Since(p.start).Seconds(), 0.001)
 	if p.tty {
-		const width = 30
+		const width = 30 // \x1b[K clears what a longer line left behind
 		fill := int(pct * width / 100)
-		fmt.Fprintf(p.w, "\r[%s%s] %d/%d users %3d%%  %d copied  %.0f users/s ",
+		fmt.Fprintf(p.w, "\r[%s%s] %d/%d users %3d%%  %d copied  %.0f users/s\x1b[K",
 			strings.Repeat("=", fill), strings.Repeat(" ", width-fill), m.Done, m.Total, pct, m.Copied, rate)
 		p.shown = true
 		return
