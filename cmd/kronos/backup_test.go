@@ -18,7 +18,14 @@ import (
 // kronos runs a subcommand of the real binary and returns its output.
 func kronos(t *testing.T, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
+	return kronosEnv(t, nil, args...)
+}
+
+// kronosEnv is kronos with variables added to the environment.
+func kronosEnv(t *testing.T, env []string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
 	cmd := exec.Command(kronosBinary(t), args...)
+	cmd.Env = append(os.Environ(), env...)
 	var out, errOut strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	err := cmd.Run()

@@ -23,8 +23,8 @@ import (
 func runMigrate(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("kronos migrate", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	from := fs.String("from", os.Getenv("KRONOS_MIGRATE_FROM"), "source store URL: bolt:PATH, postgres://… or rethinkdb://… (or KRONOS_MIGRATE_FROM)")
-	to := fs.String("to", os.Getenv("KRONOS_MIGRATE_TO"), "target store URL (or KRONOS_MIGRATE_TO)")
+	from := fs.String("from", "", "source store URL: bolt:PATH, postgres://… or rethinkdb://… (default $KRONOS_MIGRATE_FROM)")
+	to := fs.String("to", "", "target store URL (default $KRONOS_MIGRATE_TO)")
 	merge := fs.Bool("merge", false, "copy over a target that holds other data: its own users are kept, users in both take the source's tasks and version")
 	pageSize := fs.Int("page-size", 200, "users read at a time")
 	fs.Usage = func() {
@@ -35,6 +35,14 @@ func runMigrate(args []string, stdout, stderr io.Writer) int {
 	}
 	if err := fs.Parse(args); err != nil {
 		return usageCode(err)
+	}
+	// From the environment, the URLs (and their passwords) stay out of
+	// process listings; they are not flag defaults, which -h would print.
+	if *from == "" {
+		*from = os.Getenv("KRONOS_MIGRATE_FROM")
+	}
+	if *to == "" {
+		*to = os.Getenv("KRONOS_MIGRATE_TO")
 	}
 	if *from == "" || *to == "" || fs.NArg() > 0 || *pageSize < 1 {
 		fs.Usage()

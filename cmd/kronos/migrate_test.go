@@ -170,8 +170,10 @@ func TestMigrateResumesAfterKill(t *testing.T) {
 				t.Fatalf("resumed: %d copied, %d skipped; want the rest copied and what was done skipped", copied, skipped)
 			}
 			sameUsers(t, want, dumpStore(t, dst))
-			if copied, skipped := migrateOK(t, "--from", src, "--to", dst); copied != 0 || skipped != users {
-				t.Fatalf("again: %d copied, %d skipped", copied, skipped)
+			// Again, the URLs from the environment (kept out of process listings).
+			out, errOut, code := kronosEnv(t, []string{"KRONOS_MIGRATE_FROM=" + src, "KRONOS_MIGRATE_TO=" + dst}, "migrate")
+			if m := copiedLine.FindStringSubmatch(out); code != 0 || m == nil || m[1] != "0" || m[2] != strconv.Itoa(users) {
+				t.Fatalf("again: exit %d\n%s%s", code, out, errOut)
 			}
 			sameUsers(t, want, dumpStore(t, dst))
 
