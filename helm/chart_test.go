@@ -21,9 +21,12 @@ import (
 	"helm.sh/helm/v3/pkg/lint/support"
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	"sigs.k8s.io/yaml"
+
+	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 )
 
 const chartDir = "kronos"
@@ -33,12 +36,21 @@ const testGossipKey = "c2l4dGVlbi1ieXRlLWtleS1mb3ItdGVzdHMtb25seSE="
 
 var valueSets = map[string]map[string]any{
 	"single node": {},
+	"single node with backups and monitoring": {
+		"backup":           map[string]any{"enabled": true, "keep": 5},
+		"config":           map[string]any{"maxConns": 20000},
+		"serviceMonitor":   map[string]any{"enabled": true},
+		"grafanaDashboard": map[string]any{"enabled": true, "annotations": map[string]any{"grafana_folder": "Kronos"}},
+		"prometheusRule":   map[string]any{"enabled": true, "labels": map[string]any{"release": "prometheus"}},
+	},
 	"cluster on PostgreSQL": {
-		"replicaCount":   3,
-		"store":          map[string]any{"type": "postgres", "url": "postgres://kronos:secret@db:5432/kronos?sslmode=require"},
-		"cluster":        map[string]any{"gossipKey": testGossipKey},
-		"autoscaling":    map[string]any{"enabled": true, "connectionsPerPod": 50000},
-		"serviceMonitor": map[string]any{"enabled": true},
+		"replicaCount":     3,
+		"store":            map[string]any{"type": "postgres", "url": "postgres://kronos:secret@db:5432/kronos?sslmode=require"},
+		"cluster":          map[string]any{"gossipKey": testGossipKey},
+		"autoscaling":      map[string]any{"enabled": true, "connectionsPerPod": 50000},
+		"serviceMonitor":   map[string]any{"enabled": true},
+		"grafanaDashboard": map[string]any{"enabled": true, "namespace": "monitoring"},
+		"prometheusRule":   map[string]any{"enabled": true},
 	},
 	"cluster on RethinkDB": {
 		"replicaCount": 2,
@@ -122,6 +134,9 @@ type manifests struct {
 	pdbs        []policyv1.PodDisruptionBudget
 	hpas        []autoscalingv2.HorizontalPodAutoscaler
 	monitors    []map[string]any
+	cronJobs    []batchv1.CronJob
+	dashboards  []corev1.ConfigMap // ConfigMaps for Grafana's sidecar
+	rules       []monitoringv1.PrometheusRule
 }
 
 func typed(t *testing.T, objs []object) manifests {
@@ -140,7 +155,19 @@ func typed(t *testing.T, objs []object) manifests {
 		case "ConfigMap":
 			var c corev1.ConfigMap
 			decodeStrict(t, o, &c)
-			m.configMaps = append(m.configMaps, c)
+			if strings.HasSuffix(c.Name, "-dashboard") {
+				m.dashboards = append(m.dashboards, c)
+			} else {
+				m.configMaps = append(m.configMaps, c)
+			}
+		case "CronJob":
+			var c batchv1.CronJob
+			decodeStrict(t, o, &c)
+			m.cronJobs = append(m.cronJobs, c)
+		case "PrometheusRule":
+			var r monitoringv1.PrometheusRule
+			decodeStrict(t, o, &r)
+			m.rules = append(m.rules, r)
 		case "Secret":
 			var s corev1.Secret
 			decodeStrict(t, o, &s)
@@ -189,7 +216,7 @@ func TestChartRendersValidObjects(t *testing.T) {
 				t.Fatal(err)
 			}
 			m := typed(t, objs)
-			clustered := name != "single node"
+			clustered := !strings.HasPrefix(name, "single node")
 			if len(m.deployments) != 1 {
 				t.Fatalf("%d deployments", len(m.deployments))
 			}
@@ -203,17 +230,20 @@ func TestChartRendersValidObjects(t *testing.T) {
 				if len(m.pdbs) != 1 || m.pdbs[0].Spec.MaxUnavailable == nil {
 					t.Error("no PodDisruptionBudget for a cluster")
 				}
-				if len(m.pvcs) != 0 {
-					t.Error("stateless nodes should not claim volumes")
+				if len(m.pvcs) != 0 || len(m.cronJobs) != 0 {
+					t.Error("stateless nodes should not claim volumes nor be backed up by the chart")
 				}
 			} else {
 				if m.deployments[0].Spec.Strategy.Type != appsv1.RecreateDeploymentStrategyType {
 					t.Error("one process at a time may hold the bolt file: the strategy must be Recreate")
 				}
-				if len(m.pvcs) != 1 || len(m.pdbs) != 0 || len(m.hpas) != 0 {
+				if len(m.pvcs) != 1+len(m.cronJobs) || len(m.pdbs) != 0 || len(m.hpas) != 0 {
 					t.Errorf("single node: %d PVCs, %d PDBs, %d HPAs", len(m.pvcs), len(m.pdbs), len(m.hpas))
 				}
 			}
+			checkBackup(t, m, values)
+			checkDashboards(t, m, values)
+			checkRules(t, m, values)
 			if name == "cluster on PostgreSQL" {
 				checkAutoscaling(t, m)
 				if len(m.monitors) != 1 {
@@ -387,6 +417,11 @@ func TestChartRefusesBadValues(t *testing.T) {
 		{"grace period too short", map[string]any{"terminationGracePeriodSeconds": 20}, "must exceed"},
 		{"unknown store", map[string]any{"store": map[string]any{"type": "mongodb"}}, "/store/type"},
 		{"wrong URL scheme", map[string]any{"store": map[string]any{"type": "postgres", "url": "mysql://x"}}, "/store/url"},
+		{"backup of a shared store", map[string]any{"store": map[string]any{"type": "postgres", "url": "postgres://db/k"},
+			"backup": map[string]any{"enabled": true}}, "backup.enabled copies the embedded store"},
+		{"alert delay not a duration", map[string]any{"prometheusRule": map[string]any{"enabled": true, "notReadyFor": "5 minutes"}},
+			"/prometheusRule/notReadyFor"},
+		{"unknown backup value", map[string]any{"backup": map[string]any{"enabled": true, "retention": 3}}, "/backup"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := render(t, tc.values)

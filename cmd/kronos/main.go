@@ -1,6 +1,9 @@
 // Command kronos runs the Kronos sync server.
 //
 //	kronos serve [flags]   run a node (every flag has a KRONOS_* equivalent)
+//	kronos backup          copy a running node's embedded store (backup.go)
+//	kronos restore         put a backup in place of a stopped node's store (restore.go)
+//	kronos migrate         copy every user from one store to another (migrate.go)
 //	kronos version         print the version
 package main
 
@@ -34,7 +37,7 @@ func main() {
 
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
-		fmt.Fprintln(stderr, "usage: kronos serve [flags] | kronos version")
+		fmt.Fprintln(stderr, "usage: kronos serve [flags] | backup | restore | migrate | version")
 		return 2
 	}
 	switch args[0] {
@@ -55,8 +58,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		return 0
+	case "backup":
+		return runBackup(args[1:], stdout, stderr)
+	case "restore":
+		return runRestore(args[1:], stdout, stderr)
+	case "migrate":
+		return runMigrate(args[1:], stdout, stderr)
 	}
-	fmt.Fprintf(stderr, "kronos: unknown command %q (want serve or version)\n", args[0])
+	fmt.Fprintf(stderr, "kronos: unknown command %q (want serve, backup, restore, migrate or version)\n", args[0])
 	return 2
 }
 

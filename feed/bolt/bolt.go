@@ -374,6 +374,10 @@ func loadUser(tx *bbolt.Tx, userID string) (*userRecord, error) {
 	if v == nil {
 		return nil, feed.ErrUserNotFound()
 	}
+	return decodeUser(v)
+}
+
+func decodeUser(v []byte) (*userRecord, error) {
 	rec := new(userRecord)
 	if err := json.Unmarshal(v, rec); err != nil {
 		return nil, fmt.Errorf("bolt store: corrupt user record: %w", err)
@@ -382,11 +386,15 @@ func loadUser(tx *bbolt.Tx, userID string) (*userRecord, error) {
 }
 
 func saveUser(tx *bbolt.Tx, userID string, rec *userRecord) error {
-	v, err := json.Marshal(rec)
-	if err != nil {
+	// Not json.Marshal: it would rewrite <, > and & in a string version
+	// as \u003c…, and versions are echoed verbatim.
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(rec); err != nil {
 		return err
 	}
-	return tx.Bucket(bucketUsers).Put([]byte(userID), v)
+	return tx.Bucket(bucketUsers).Put([]byte(userID), bytes.TrimSuffix(b.Bytes(), []byte("\n")))
 }
 
 // ReadAll implements feed.Store.

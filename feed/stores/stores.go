@@ -32,12 +32,14 @@ func Open(ctx context.Context, url string, opts feed.Options) (feed.Backend, err
 		if err != nil {
 			return feed.Backend{}, err
 		}
+		registerFeedUp(opts.Registerer, s)
 		return feed.Backend{Store: s, Feed: s}, nil
 	case "rethinkdb":
 		s, err := rethinkdb.Open(ctx, url, opts)
 		if err != nil {
 			return feed.Backend{}, err
 		}
+		registerFeedUp(opts.Registerer, s)
 		return feed.Backend{Store: s, Feed: s}, nil
 	}
 	return feed.Backend{}, fmt.Errorf("store %q: %w: unknown scheme %q (want bolt:PATH, postgres://… or rethinkdb://…)",

@@ -356,7 +356,7 @@ func testWriteAllRefusals(t *testing.T, open Open) {
 func testVersionVerbatim(t *testing.T, open Open) {
 	f := setup(t, open, feed.Limits{})
 	a := f.newUser()
-	for i, v := range []string{`1732540800123`, `"1732540800124"`, `12345678901234567890123`, `1.5e300`, `-0.25`} {
+	for i, v := range []string{`1732540800123`, `"1732540800124"`, `12345678901234567890123`, `1.5e300`, `"<v&2>"`, `-0.25`} {
 		f.mustWrite(create(a, fmt.Sprintf(`{"id":%d}`, i), v))
 		if got := f.readAll(a.UserID).Version; string(got) != v {
 			t.Fatalf("version %s came back as %s", v, got)
@@ -370,8 +370,8 @@ func testVersionVerbatim(t *testing.T, open Open) {
 	if got := f.readAll(a.UserID).Version; string(got) != `-0.25` {
 		t.Fatalf("version after a write without one = %s", got)
 	}
-	if got := f.rec.Wait(t, a.UserID, 6); string(got[5].Version) != `-0.25` {
-		t.Fatalf("change version = %s, want the stored -0.25", got[5].Version)
+	if got := f.rec.Wait(t, a.UserID, 7); string(got[6].Version) != `-0.25` {
+		t.Fatalf("change version = %s, want the stored -0.25", got[6].Version)
 	}
 }
 

@@ -41,6 +41,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- fail "store.type bolt (the embedded store) cannot autoscale: use store.type postgres or rethinkdb" }}
 {{- end }}
 {{- else }}
+{{- if .Values.backup.enabled }}
+{{- fail (printf "backup.enabled copies the embedded store (store.type bolt); back up %s with its own tools, or copy it with kronos migrate" .Values.store.type) }}
+{{- end }}
 {{- if and (not .Values.store.url) (not .Values.store.existingSecret) }}
 {{- fail (printf "store.type %s needs store.url or store.existingSecret" .Values.store.type) }}
 {{- end }}
@@ -49,4 +52,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if le (int .Values.terminationGracePeriodSeconds) (add $drain (int .Values.preStopSleepSeconds) 5) }}
 {{- fail (printf "terminationGracePeriodSeconds %d must exceed preStopSleepSeconds + cluster.drainPeriodSeconds + 5 (%d)" (int .Values.terminationGracePeriodSeconds) (add $drain (int .Values.preStopSleepSeconds) 5)) }}
 {{- end }}
+{{- end }}
+
+{{/* Labels of the backup job's pods: not the nodes' selector labels, so
+that no Service sends clients to them. */}}
+{{- define "kronos.backupLabels" -}}
+app.kubernetes.io/name: {{ include "kronos.name" . }}-backup
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: backup
+{{- end }}
+
+{{/* The PromQL matchers of this release's nodes. */}}
+{{- define "kronos.ruleSelector" -}}
+{{- .Values.prometheusRule.selector | default (printf "job=%q, namespace=%q" (printf "%s-admin" (include "kronos.fullname" .)) .Release.Namespace) }}
 {{- end }}
