@@ -1,23 +1,158 @@
 package cluster
 
 import (
+	"crypto/rand"
+	"fmt"
+	"runtime"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/memberlist"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 )
 
-type fakeLocal struct{ conns int }
+func newKey(t *testing.T) []byte {
+	key := make([]byte, 32)
+	rand.Read(key)
+	return key
+}
 
-func (f fakeLocal) Local() (int, string) { return f.conns, StateDraining }
-func (fakeLocal) TakeOver(string, int64) {}
+// start runs a member on a random loopback port, with fast timers, and
+// leaves when the test ends.
+func start(t *testing.T, opts Options, h Handler) *Cluster {
+	t.Helper()
+	opts.Bind, opts.Fast = "127.0.0.1:0", true
+	if opts.ClientAddr == "" {
+		opts.ClientAddr = "127.0.0.1:5000"
+	}
+	if opts.Logger.GetLevel() == zerolog.TraceLevel { // the zero Logger
+		opts.Logger = zerolog.Nop()
+	}
+	c, err := Start(opts, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Leave(time.Second) })
+	return c
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not after %v", what, within)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func memberOf(c *Cluster, name string) (Member, bool) {
+	for _, m := range c.Members() {
+		if m.Name == name {
+			return m, true
+		}
+	}
+	return Member{}, false
+}
+
+// counter sums the samples of a metric whose labels include the pairs.
+func counter(t *testing.T, reg *prometheus.Registry, name string, pairs ...string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0.0
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range f.GetMetric() {
+			for i := 0; i < len(pairs); i += 2 {
+				found := false
+				for _, l := range m.GetLabel() {
+					found = found || l.GetName() == pairs[i] && l.GetValue() == pairs[i+1]
+				}
+				if !found {
+					continue next
+				}
+			}
+			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+	}
+	return sum
+}
+
+type idle struct{}
+
+func (idle) Local() (int, string)   { return 0, StateReady }
+func (idle) TakeOver(string, int64) {}
+
+// recorder keeps the takeovers it is told of, in order.
+type recorder struct {
+	mu      sync.Mutex
+	devices []string
+	delays  []time.Duration // from loggedInAt to arrival
+	changed chan struct{}
+}
+
+func newRecorder() *recorder { return &recorder{changed: make(chan struct{}, 1)} }
+
+func (*recorder) Local() (int, string) { return 0, StateReady }
+func (r *recorder) TakeOver(device string, at int64) {
+	r.mu.Lock()
+	r.devices = append(r.devices, device)
+	r.delays = append(r.delays, time.Duration(time.Now().UnixNano()-at))
+	r.mu.Unlock()
+	select {
+	case r.changed <- struct{}{}:
+	default:
+	}
+}
+
+// wait returns once n takeovers arrived.
+func (r *recorder) wait(t *testing.T, n int, within time.Duration) {
+	t.Helper()
+	deadline := time.After(within)
+	for {
+		r.mu.Lock()
+		got := len(r.devices)
+		r.mu.Unlock()
+		if got >= n {
+			return
+		}
+		select {
+		case <-r.changed:
+		case <-deadline:
+			t.Fatalf("%d of %d takeovers arrived within %v", got, n, within)
+		}
+	}
+}
+
+func (r *recorder) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.devices)
+}
+
+func percentile(d []time.Duration, p float64) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[min(int(float64(len(s))*p), len(s)-1)]
+}
 
 // memberlist panics on metadata over 512 bytes: a node refuses to start
 // with too long a client address or version, and NodeMeta never hands
 // memberlist more than its limit.
 func TestMetadataStaysUnderTheLimit(t *testing.T) {
-	_, err := Start(Options{Bind: "127.0.0.1:0", ClientAddr: strings.Repeat("x", 600), Logger: zerolog.Nop()}, fakeLocal{})
+	_, err := Start(Options{Bind: "127.0.0.1:0", ClientAddr: strings.Repeat("x", 600), Logger: zerolog.Nop()}, idle{})
 	if err == nil || !strings.Contains(err.Error(), "512") {
 		t.Fatalf("an oversized client address was accepted: %v", err)
 	}
@@ -39,21 +174,192 @@ func TestMetadataStaysUnderTheLimit(t *testing.T) {
 	}
 }
 
-func TestTakeoverMessage(t *testing.T) {
-	var got struct {
-		device string
-		at     int64
+type fakeLocal struct{ conns int }
+
+func (f fakeLocal) Local() (int, string) { return f.conns, StateDraining }
+func (fakeLocal) TakeOver(string, int64) {}
+
+func TestWireFormat(t *testing.T) {
+	msg := appendHeader(nil, "node-a")
+	msg = appendTakeover(msg, "0f4b0e7c-3a1e-4f67", 1732540800123456789)
+	msg = append(msg, 0x7f, 3, 'x', 'y', 'z') // a kind from a newer node
+	msg = appendTakeover(msg, "d2", -5)
+	r := newRecorder()
+	c := &Cluster{handler: r, metrics: newMetrics(nil)}
+	c.receive(msg)
+	if !slices.Equal(r.devices, []string{"0f4b0e7c-3a1e-4f67", "d2"}) {
+		t.Fatalf("got %v", r.devices)
 	}
-	c := &Cluster{handler: takeoverRecorder(func(d string, at int64) { got.device, got.at = d, at })}
-	c.receive([]byte("\x011732540800123456789 0f4b0e7c-3a1e-4f67"))
-	if got.device != "0f4b0e7c-3a1e-4f67" || got.at != 1732540800123456789 {
-		t.Fatalf("got %+v", got)
+	sender, _, err := splitHeader(msg)
+	if err != nil || sender != "node-a" {
+		t.Fatalf("header: %q %v", sender, err)
 	}
-	c.receive([]byte("\x02junk")) // unknown kinds are ignored
-	c.receive([]byte{1})
+	for _, bad := range [][]byte{
+		nil, {wireVersion}, {1, 2, 'a', 'b'}, // the unbatched version 1
+		{wireVersion, 0}, {wireVersion, 9, 'a'}, {wireVersion, 1, 'a', 1}, {wireVersion, 1, 'a', 1, 200},
+		{wireVersion, 1, 'a', 1, 3, 0, 0, 0}, // a takeover without a device
+	} {
+		r := newRecorder()
+		c := &Cluster{handler: r, metrics: newMetrics(nil)}
+		c.receive(bad)
+		if len(r.devices) != 0 {
+			t.Errorf("%q delivered %v", bad, r.devices)
+		}
+	}
 }
 
-type takeoverRecorder func(string, int64)
+func FuzzReceive(f *testing.F) {
+	f.Add(appendTakeover(appendHeader(nil, "a"), "device", 1))
+	f.Add([]byte{wireVersion, 1, 'a', 0x7f, 0})
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		c := &Cluster{handler: idle{}, metrics: newMetrics(nil)}
+		c.receive(msg)
+	})
+}
 
-func (takeoverRecorder) Local() (int, string)          { return 0, StateReady }
-func (f takeoverRecorder) TakeOver(d string, at int64) { f(d, at) }
+// A burst of takeovers, as when a drained node's clients log in again
+// elsewhere, reaches the other node complete, in few sends.
+func TestTakeoverBurstIsBatched(t *testing.T) {
+	const burst = 5000
+	key := newKey(t)
+	reg := prometheus.NewRegistry()
+	a := start(t, Options{Key: key, Registerer: reg}, idle{})
+	r := newRecorder()
+	b := start(t, Options{Key: key, Join: []string{a.Addr()}}, r)
+	eventually(t, 5*time.Second, "a knows b", func() bool { _, ok := memberOf(a, b.Name()); return ok })
+
+	// A takeover after a quiet spell goes at once, in a send of its own.
+	a.BroadcastTakeover("alone", time.Now().UnixNano())
+	r.wait(t, 1, 10*time.Second)
+	t.Logf("a lone takeover arrived after %v", r.delays[0])
+	r.mu.Lock()
+	r.devices, r.delays = nil, nil
+	r.mu.Unlock()
+
+	began := time.Now()
+	for i := range burst {
+		a.BroadcastTakeover(fmt.Sprintf("device-%05d", i), time.Now().UnixNano())
+	}
+	queued := time.Since(began)
+	r.wait(t, burst, 20*time.Second)
+	all := time.Since(began)
+	// Batches travel on connections of their own and may be handled out
+	// of order; each takeover carries its login time, so order is moot.
+	got := slices.Sorted(slices.Values(r.devices))
+	for i, d := range got {
+		if want := fmt.Sprintf("device-%05d", i); d != want {
+			t.Fatalf("takeover %d is %s, want %s", i, d, want)
+		}
+	}
+	sends := counter(t, reg, "kronos_cluster_sends_total", "result", "ok") - 1 // the lone one
+	// The bound holds unless queueing 5,000 records takes over a second.
+	if sends > burst/100 {
+		t.Errorf("%d takeovers took %v sends, want at most %d", burst, sends, burst/100)
+	}
+	t.Logf("%d takeovers: queued in %v, all delivered after %v, in %v sends; delay p50 %v, p99 %v, max %v",
+		burst, queued, all, sends, percentile(r.delays, 0.5), percentile(r.delays, 0.99), percentile(r.delays, 1))
+
+}
+
+// Leave waits for every sender; nothing of the cluster runs afterwards.
+func TestLeaveStopsEverySender(t *testing.T) {
+	before := runtime.NumGoroutine()
+	key := newKey(t)
+	r := newRecorder()
+	a := start(t, Options{Key: key}, r)
+	b := start(t, Options{Key: key, Join: []string{a.Addr()}}, r)
+	c := start(t, Options{Key: key, Join: []string{a.Addr()}}, r)
+	for _, m := range []*Cluster{a, b, c} {
+		eventually(t, 5*time.Second, "three members", func() bool { return len(m.Members()) == 3 })
+	}
+	for _, m := range []*Cluster{a, b, c} {
+		m.BroadcastTakeover("d-"+m.Name(), 1)
+	}
+	r.wait(t, 6, 10*time.Second)
+	b.BroadcastTakeover("queued-at-leave", 2)
+	for _, m := range []*Cluster{b, a, c} {
+		if err := m.Leave(time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := goroutines("cluster.(*peer).run"); n > 0 {
+		t.Fatalf("%d senders still running after every node left", n)
+	}
+	if got := r.count(); got < 8 { // b's last takeover went to a and c before b left
+		t.Errorf("%d takeovers arrived, want 8", got)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%d goroutines after leaving, %d before:\n%s", runtime.NumGoroutine(), before, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func goroutines(fn string) int {
+	buf := make([]byte, 1<<20)
+	return strings.Count(string(buf[:runtime.Stack(buf, true)]), fn)
+}
+
+// A peer that does not take its messages loses the oldest ones, never
+// blocks the login path, and gets the rest in batches within the limit.
+func TestQueueDropsOldestWhenAPeerIsStuck(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	c := &Cluster{opts: Options{NodeName: "a"}, log: zerolog.Nop(), metrics: newMetrics(reg),
+		limits: sendLimits{interval: time.Millisecond, batch: 300, queue: 1000}, stop: make(chan struct{})}
+	entered, release := make(chan struct{}, 1), make(chan struct{})
+	var mu sync.Mutex
+	var got []string
+	c.send = func(_ *memberlist.Node, msg []byte) error {
+		select {
+		case entered <- struct{}{}:
+		default:
+		}
+		<-release
+		if len(msg) > 300+10 {
+			t.Errorf("a batch of %d bytes", len(msg))
+		}
+		_, records, err := splitHeader(msg)
+		for err == nil && len(records) > 0 {
+			var body []byte
+			_, body, records, err = nextRecord(records)
+			device, _, _ := parseTakeover(body)
+			mu.Lock()
+			got = append(got, device)
+			mu.Unlock()
+		}
+		return err
+	}
+	p := newPeer(c, memberlist.Node{Name: "b"})
+	c.done.Add(1)
+	go p.run()
+	rec := func(i int) []byte { return appendTakeover(nil, fmt.Sprintf("d%03d", i), 1) }
+	p.enqueue(rec(0))
+	<-entered // the sender is stuck in its first send
+	const more = 100
+	for i := 1; i <= more; i++ {
+		p.enqueue(rec(i))
+	}
+	dropped := int(counter(t, reg, "kronos_cluster_messages_dropped_total", "reason", "queue_full"))
+	kept := more - dropped
+	if dropped == 0 || kept*len(rec(1)) > 1000 {
+		t.Fatalf("%d dropped, %d kept", dropped, kept)
+	}
+	close(release)
+	eventually(t, 10*time.Second, "the kept takeovers sent", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(got) == 1+kept
+	})
+	close(c.stop)
+	c.done.Wait()
+	want := []string{"d000"}
+	for i := more - kept + 1; i <= more; i++ {
+		want = append(want, fmt.Sprintf("d%03d", i))
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("sent %v\nwant %v", got, want)
+	}
+}
