@@ -163,6 +163,9 @@ func Start(opts Options, h Handler) (*Cluster, error) {
 		conf.SuspicionMult = 2
 		conf.GossipInterval = 50 * time.Millisecond
 		conf.PushPullInterval = time.Second
+		// Not the local config's 1s: on a loaded test host a batch of
+		// thousands of messages can take longer to get through.
+		conf.TCPTimeout = 10 * time.Second
 	}
 	conf.Name = opts.NodeName
 	host, port, _ := splitHostPort(opts.Bind, 7946) // checked by Validate

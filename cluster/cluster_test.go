@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"runtime"
 	"slices"
@@ -277,9 +278,14 @@ func TestLeaveStopsEverySender(t *testing.T) {
 	}
 	r.wait(t, 6, 10*time.Second)
 	b.BroadcastTakeover("queued-at-leave", 2)
-	for _, m := range []*Cluster{b, a, c} {
-		if err := m.Leave(time.Second); err != nil {
+	// One at a time: memberlist's Leave waits for its broadcast to reach
+	// a node it believes alive, and gives up if that node left meanwhile.
+	for i, m := range []*Cluster{b, a, c} {
+		if err := m.Leave(5 * time.Second); err != nil {
 			t.Fatal(err)
+		}
+		if i == 1 {
+			eventually(t, 10*time.Second, "c alone", func() bool { return len(c.Members()) == 1 })
 		}
 	}
 	if n := goroutines("cluster.(*peer).run"); n > 0 {
@@ -361,5 +367,37 @@ func TestQueueDropsOldestWhenAPeerIsStuck(t *testing.T) {
 	}
 	if !slices.Equal(got, want) {
 		t.Fatalf("sent %v\nwant %v", got, want)
+	}
+}
+
+// A batch whose send fails is sent once more, then dropped.
+func TestFailedSendIsRetriedOnce(t *testing.T) {
+	for _, failures := range []int{1, 2} {
+		reg := prometheus.NewRegistry()
+		c := &Cluster{opts: Options{NodeName: "a"}, log: zerolog.Nop(), metrics: newMetrics(reg),
+			limits: defaultLimits, stop: make(chan struct{})}
+		attempts := make(chan int, 4)
+		n := 0
+		c.send = func(*memberlist.Node, []byte) error {
+			n++
+			attempts <- n
+			if n <= failures {
+				return errors.New("i/o timeout")
+			}
+			return nil
+		}
+		p := newPeer(c, memberlist.Node{Name: "b"})
+		c.done.Add(1)
+		go p.run()
+		p.enqueue(appendTakeover(nil, "d", 1))
+		<-attempts
+		<-attempts
+		close(c.stop)
+		c.done.Wait()
+		sent := counter(t, reg, "kronos_cluster_messages_sent_total")
+		dropped := counter(t, reg, "kronos_cluster_messages_dropped_total", "reason", "send_failed")
+		if failures == 1 && (sent != 1 || dropped != 0) || failures == 2 && (sent != 0 || dropped != 1) || n != 2 {
+			t.Errorf("%d failures: %d attempts, %v sent, %v dropped", failures, n, sent, dropped)
+		}
 	}
 }

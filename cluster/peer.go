@@ -171,7 +171,23 @@ func (p *peer) run() {
 		if n == 0 {
 			continue
 		}
-		p.send(&to, msg, n)
+		if !p.send(&to, msg, n, false) {
+			// A send can time out while the node is fine (a stall on
+			// either side). Records are idempotent: try once more.
+			pace.Reset(p.c.limits.interval)
+			select {
+			case <-pace.C:
+			case <-p.left:
+				p.c.metrics.dropped.WithLabelValues("peer_left").Add(float64(n))
+				p.drop("peer_left")
+				return
+			case <-p.c.stop:
+				p.send(&to, msg, n, true)
+				p.finish(msg)
+				return
+			}
+			p.send(&to, msg, n, true)
+		}
 		last = time.Now()
 		p.mu.Lock()
 		more := p.records > 0
@@ -185,17 +201,22 @@ func (p *peer) run() {
 	}
 }
 
-func (p *peer) send(to *memberlist.Node, msg []byte, n int) {
+// send sends a batch of n records; if it fails and this was the last
+// attempt, the records are dropped.
+func (p *peer) send(to *memberlist.Node, msg []byte, n int, last bool) bool {
 	if err := p.c.send(to, msg); err != nil {
 		p.c.metrics.sends.WithLabelValues("error").Inc()
-		p.c.metrics.dropped.WithLabelValues("send_failed").Add(float64(n))
-		p.c.warn.do("send "+p.name, func() {
-			p.c.log.Warn().Err(err).Str("node", p.name).Int("messages", n).Msg("messages for a node not sent")
-		})
-		return
+		if last {
+			p.c.metrics.dropped.WithLabelValues("send_failed").Add(float64(n))
+			p.c.warn.do("send "+p.name, func() {
+				p.c.log.Warn().Err(err).Str("node", p.name).Int("messages", n).Msg("messages for a node not sent")
+			})
+		}
+		return false
 	}
 	p.c.metrics.sends.WithLabelValues("ok").Inc()
 	p.c.metrics.sent.Add(float64(n))
+	return true
 }
 
 // finish sends what is queued when the node leaves the cluster (Leave), so
@@ -212,7 +233,7 @@ func (p *peer) finish(msg []byte) {
 		if msg, n, to = p.take(msg); n == 0 {
 			return
 		}
-		p.send(&to, msg, n)
+		p.send(&to, msg, n, true)
 	}
 }
 

@@ -18,8 +18,10 @@ import (
 // the unbatched text message of earlier builds; it is not accepted.
 //
 // Each message travels on a connection of its own and the receiver handles
-// them concurrently, so two batches may be handled out of order: a record
-// must make sense alone (a takeover carries its login time).
+// them concurrently, so two batches may be handled out of order; and a
+// batch whose send failed is sent again, so it may arrive twice. A record
+// must make sense alone and be idempotent (a takeover carries its login
+// time, and closing what is older twice is closing it once).
 const wireVersion byte = 2
 
 // kind is a record's type. Only append: the values are on the wire.
