@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -25,6 +26,9 @@ import (
 	"github.com/kronos-sync/kronos-server/internal/check"
 )
 
+// ErrNoKey: Start refuses to run without a gossip key unless told to.
+var ErrNoKey = errors.New("cluster: no gossip key: set Options.Key, or Options.Insecure on a network only Kronos nodes reach")
+
 // Options configure a Cluster. Zero fields take their defaults.
 type Options struct {
 	// Bind is the gossip address, UDP and TCP. Default ":7946".
@@ -39,9 +43,15 @@ type Options struct {
 	// NodeName must be unique. Default: the hostname and a random suffix,
 	// so a restarted pod never collides with its old entry.
 	NodeName string
-	// Key encrypts gossip and messages between nodes: 16, 24 or 32
-	// bytes. Default: none.
+	// Key encrypts and authenticates gossip and messages between nodes:
+	// 16, 24 or 32 bytes. Required unless Insecure.
 	Key []byte
+	// Insecure lets the node cluster without a Key. Then anyone who
+	// reaches the gossip port can join, read the membership, gossip
+	// figures, receive every takeover (device ids) and send messages as a
+	// member: only for a network that nothing but Kronos nodes can reach.
+	// Default false: Start returns ErrNoKey.
+	Insecure bool
 	// ClientAddr is this node's client address, gossiped to the others.
 	ClientAddr string
 	// Version is the software version, gossiped.
@@ -80,13 +90,14 @@ type Handler interface {
 
 // Cluster is this node's membership.
 type Cluster struct {
-	opts    Options
-	log     zerolog.Logger
-	list    *memberlist.Memberlist
-	handler Handler
-	metrics *metrics
-	warn    warnLimiter
-	limits  sendLimits
+	opts     Options
+	log      zerolog.Logger
+	list     *memberlist.Memberlist
+	handler  Handler
+	metrics  *metrics
+	warn     warnLimiter
+	insecure bool // no key: a message's sender must be a member
+	limits   sendLimits
 	// send is memberlist's SendReliable; tests replace it.
 	send func(*memberlist.Node, []byte) error
 
@@ -134,6 +145,9 @@ func Start(opts Options, h Handler) (*Cluster, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
+	if len(opts.Key) == 0 && !opts.Insecure {
+		return nil, ErrNoKey
+	}
 	if opts.Bind == "" {
 		opts.Bind = ":7946"
 	}
@@ -144,7 +158,7 @@ func Start(opts Options, h Handler) (*Cluster, error) {
 		opts.NodeName = DefaultNodeName()
 	}
 	c := &Cluster{opts: opts, log: opts.Logger.With().Str("component", "cluster").Logger(), handler: h,
-		metrics: newMetrics(opts.Registerer), limits: defaultLimits,
+		metrics: newMetrics(opts.Registerer), insecure: len(opts.Key) == 0, limits: defaultLimits,
 		view: map[string]member{}, peers: map[string]*peer{}, stop: make(chan struct{})}
 	if opts.limits != nil {
 		c.limits = *opts.limits
@@ -187,7 +201,10 @@ func Start(opts Options, h Handler) (*Cluster, error) {
 	c.mu.Lock()
 	c.addr = c.view[opts.NodeName].Gossip
 	c.mu.Unlock()
-	c.log.Info().Str("node", opts.NodeName).Str("gossip", c.addr).Msg("cluster member started")
+	c.log.Info().Str("node", opts.NodeName).Str("gossip", c.addr).Bool("encrypted", !c.insecure).Msg("cluster member started")
+	if c.insecure {
+		c.log.Warn().Msg("clustering without a key: anyone who reaches the gossip port can join, gossip figures and send messages as a member")
+	}
 	c.join()
 	c.done.Add(1)
 	go c.rejoinLoop()
@@ -366,6 +383,14 @@ func (c *Cluster) listPeers() {
 	c.peerList.Store(&list)
 }
 
+// isMember reports whether name is another node of the membership.
+func (c *Cluster) isMember(name string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.view[name]
+	return ok && name != c.opts.NodeName
+}
+
 // Members lists the nodes this one knows, itself included, by name.
 func (c *Cluster) Members() []Member {
 	c.mu.Lock()
@@ -415,6 +440,15 @@ func (c *Cluster) receive(msg []byte) {
 	sender, records, err := splitHeader(msg)
 	if err != nil {
 		c.reject("malformed", "")
+		return
+	}
+	// With a key, memberlist has already refused whatever was not sealed
+	// with it. Without, a name is all there is to check: it keeps out
+	// senders that are not members, not one that claims a member's name.
+	// (A node's first messages may come before its join is merged, and
+	// are then refused too.)
+	if c.insecure && !c.isMember(sender) {
+		c.reject("not_member", sender)
 		return
 	}
 	takeovers := 0

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -14,6 +15,8 @@ import (
 	"github.com/hashicorp/memberlist"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
+
+	"github.com/kronos-sync/kronos-server/internal/gossiptest"
 )
 
 func newKey(t *testing.T) []byte {
@@ -153,12 +156,12 @@ func percentile(d []time.Duration, p float64) time.Duration {
 // with too long a client address or version, and NodeMeta never hands
 // memberlist more than its limit.
 func TestMetadataStaysUnderTheLimit(t *testing.T) {
-	_, err := Start(Options{Bind: "127.0.0.1:0", ClientAddr: strings.Repeat("x", 600), Logger: zerolog.Nop()}, idle{})
+	_, err := Start(Options{Bind: "127.0.0.1:0", ClientAddr: strings.Repeat("x", 600), Insecure: true, Logger: zerolog.Nop()}, idle{})
 	if err == nil || !strings.Contains(err.Error(), "512") {
 		t.Fatalf("an oversized client address was accepted: %v", err)
 	}
 	c, err := Start(Options{Bind: "127.0.0.1:0", ClientAddr: "[2001:db8::1234:5678:9abc:def0]:5000",
-		Version: "v1.2.3-rc.4+build.5678", Logger: zerolog.Nop()}, fakeLocal{conns: 1 << 30})
+		Version: "v1.2.3-rc.4+build.5678", Key: newKey(t), Logger: zerolog.Nop()}, fakeLocal{conns: 1 << 30})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,6 +182,16 @@ type fakeLocal struct{ conns int }
 
 func (f fakeLocal) Local() (int, string) { return f.conns, StateDraining }
 func (fakeLocal) TakeOver(string, int64) {}
+
+// Without a key a node clusters only when told that the network is
+// trusted.
+func TestStartNeedsAKeyOrInsecure(t *testing.T) {
+	_, err := Start(Options{Bind: "127.0.0.1:0", Logger: zerolog.Nop()}, idle{})
+	if !errors.Is(err, ErrNoKey) {
+		t.Fatalf("started without a key: %v", err)
+	}
+	start(t, Options{Insecure: true}, idle{})
+}
 
 func TestWireFormat(t *testing.T) {
 	msg := appendHeader(nil, "node-a")
@@ -368,6 +381,82 @@ func TestQueueDropsOldestWhenAPeerIsStuck(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Fatalf("sent %v\nwant %v", got, want)
 	}
+}
+
+// A member that has no key, or another key, cannot join a cluster with a
+// key, nor get a message through.
+func TestKeyKeepsStrangersOut(t *testing.T) {
+	var logs syncBuffer
+	r := newRecorder()
+	a := start(t, Options{Key: newKey(t), Logger: zerolog.New(&logs).Level(zerolog.DebugLevel)}, r)
+	meta := []byte(`{"a":"127.0.0.1:5000","c":0,"s":"ready","n":1}`)
+	for name, key := range map[string][]byte{"keyless": nil, "other-key": newKey(t)} {
+		s := gossiptest.Start(t, gossiptest.Options{Name: name, Key: key, Meta: meta})
+		if err := s.Join(a.Addr()); err == nil {
+			t.Errorf("%s joined", name)
+		}
+		if n := s.List.NumMembers(); n != 1 {
+			t.Errorf("%s sees %d members", name, n)
+		}
+		msg := appendTakeover(appendHeader(nil, name), "victim", time.Now().UnixNano())
+		if err := s.List.SendReliable(gossiptest.Node(t, a.Name(), a.Addr()), msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// memberlist logs each refused stream; both refused, nothing delivered.
+	eventually(t, 10*time.Second, "two streams refused", func() bool {
+		return strings.Count(logs.String(), "failed to receive") >= 4 // two joins, two messages
+	})
+	if len(a.Members()) != 1 || r.count() != 0 {
+		t.Fatalf("members %+v; %d takeovers delivered", a.Members(), r.count())
+	}
+}
+
+// Without a key (Insecure), messages are accepted from members only, by
+// name: a stranger that has not joined is refused. One that has joined is
+// a member, and may close a device's connections if it knows its id.
+func TestInsecureAcceptsMessagesFromMembersOnly(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	r := newRecorder()
+	a := start(t, Options{Insecure: true, Registerer: reg}, r)
+	to := gossiptest.Node(t, a.Name(), a.Addr())
+	outsider := gossiptest.Start(t, gossiptest.Options{Name: "outsider"})
+	if err := outsider.List.SendReliable(to, appendTakeover(appendHeader(nil, "outsider"), "victim", 1)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the outsider refused", func() bool {
+		return counter(t, reg, "kronos_cluster_messages_rejected_total", "reason", "not_member") == 1
+	})
+	joined := gossiptest.Start(t, gossiptest.Options{Name: "joined", Meta: []byte(`{"a":"127.0.0.1:5000","c":0,"s":"ready"}`)})
+	if err := joined.Join(a.Addr()); err != nil {
+		t.Fatal(err)
+	}
+	// memberlist answers a join before it merges it.
+	eventually(t, 10*time.Second, "the stranger a member", func() bool { _, ok := memberOf(a, "joined"); return ok })
+	if err := joined.List.SendReliable(to, appendTakeover(appendHeader(nil, "joined"), "victim", 1)); err != nil {
+		t.Fatal(err)
+	}
+	r.wait(t, 1, 10*time.Second)
+	if r.count() != 1 {
+		t.Fatalf("%d takeovers delivered", r.count())
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // A batch whose send fails is sent once more, then dropped.

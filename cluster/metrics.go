@@ -40,7 +40,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"kind"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kronos_cluster_messages_rejected_total",
-			Help: "Batches from other nodes refused as malformed.",
+			Help: "Batches from other nodes refused: malformed, or not_member (no key, and the sender is not a member).",
 		}, []string{"reason"}),
 	}
 	if reg != nil {

@@ -26,15 +26,19 @@ type member struct {
 	node    *node.Node
 	cluster *cluster.Cluster
 	addr    string
+	key     []byte // the cluster's gossip key
 }
 
-func startMember(t *testing.T, store feed.Backend, opts node.Options, join ...string) *member {
+// startMember starts a node that joins seed's cluster, or starts one (with
+// a random key) if seed is nil.
+func startMember(t *testing.T, store feed.Backend, opts node.Options, seed *member) *member {
 	t.Helper()
-	if join == nil {
-		join = []string{}
+	o := nodetest.Options{Node: opts, Backend: &store, Join: []string{}}
+	if seed != nil {
+		o.Join, o.Key = []string{seed.cluster.Addr()}, seed.key
 	}
-	n := nodetest.Start(t, nodetest.Options{Node: opts, Backend: &store, Join: join})
-	return &member{node: n.Node, cluster: n.Cluster, addr: n.Addr}
+	n := nodetest.Start(t, o)
+	return &member{node: n.Node, cluster: n.Cluster, addr: n.Addr, key: n.Key}
 }
 
 // eventually polls cond until it holds or the deadline passes.
@@ -72,9 +76,9 @@ func TestClusterMembershipTakeoverAndDrain(t *testing.T) {
 		return feed.Backend{Store: s, Feed: s}
 	}
 	opts := node.Options{DrainPeriod: time.Second}
-	a := startMember(t, open(), opts)
-	b := startMember(t, open(), opts, a.cluster.Addr())
-	c := startMember(t, open(), opts, a.cluster.Addr())
+	a := startMember(t, open(), opts, nil)
+	b := startMember(t, open(), opts, a)
+	c := startMember(t, open(), opts, a)
 	// Three nodes join through one seed, and see each other's metadata.
 	eventually(t, 10*time.Second, "three members on every node", func() bool {
 		for _, m := range []*member{a, b, c} {
@@ -206,7 +210,7 @@ func TestRebalanceAfterScaleOut(t *testing.T) {
 		return feed.Backend{Store: s, Feed: s}
 	}
 	opts := node.Options{RebalanceThreshold: 0.2, RebalanceRate: 300}
-	a := startMember(t, openBolt("a.db"), opts)
+	a := startMember(t, openBolt("a.db"), opts, nil)
 	lb := newRoundRobin(t, a.addr)
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -246,8 +250,8 @@ func TestRebalanceAfterScaleOut(t *testing.T) {
 	eventually(t, 60*time.Second, fmt.Sprintf("%d clients on the first node", clients), func() bool {
 		return a.node.Connections() == clients
 	})
-	b := startMember(t, openBolt("b.db"), opts, a.cluster.Addr())
-	c := startMember(t, openBolt("c.db"), opts, a.cluster.Addr())
+	b := startMember(t, openBolt("b.db"), opts, a)
+	c := startMember(t, openBolt("c.db"), opts, a)
 	lb.add(b.addr)
 	lb.add(c.addr)
 	took := eventually(t, 60*time.Second, "three nodes within 20% of the mean", func() bool {
