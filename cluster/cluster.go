@@ -75,6 +75,10 @@ type Member struct {
 	Gossip string `json:"gossip"`
 	Status string `json:"status"` // alive (nodes that left or died are dropped)
 	Meta
+	// Ignored says why the node's figures must not be acted on: its
+	// metadata is invalid, or stale (see staleAfter). Empty when they can;
+	// always empty for this node.
+	Ignored string `json:"ignored,omitempty"`
 }
 
 // Handler is the node's side: what to gossip, and what to do when a device
@@ -103,8 +107,9 @@ type Cluster struct {
 
 	// mu guards the fields below. Lock order: mu, then a peer's mu. It is
 	// never held while calling memberlist or the Handler.
-	mu   sync.Mutex
-	meta Meta
+	mu       sync.Mutex
+	meta     Meta
+	gossiped time.Time // when NodeMeta last handed memberlist the metadata
 	// view is this node's copy of the membership, kept from memberlist's
 	// events: memberlist.Members returns pointers into its own table,
 	// which its goroutines go on changing, so they cannot be read later.
@@ -299,14 +304,16 @@ func (c *Cluster) rejoinLoop() {
 }
 
 // Update gossips the node's current connections and state, and refreshes
-// the membership metrics. Call it periodically, not from a Handler method.
+// the membership metrics. Call it about once a second, not from a Handler
+// method: it gossips when a figure changed, and at least every metaRefresh
+// so that the others see the node's figures stay current.
 func (c *Cluster) Update(conns int, state string) {
 	c.metrics.update(c.Members())
 	c.mu.Lock()
-	changed := c.meta.Conns != conns || c.meta.State != state
+	due := c.meta.Conns != conns || c.meta.State != state || time.Since(c.gossiped) >= metaRefresh
 	c.meta.Conns, c.meta.State = conns, state
 	c.mu.Unlock()
-	if changed {
+	if due {
 		if err := c.list.UpdateNode(time.Second); err != nil {
 			c.log.Debug().Err(err).Msg("metadata update")
 		}
@@ -327,23 +334,41 @@ func (c *Cluster) checkMetaSize() error {
 	return nil
 }
 
-// member is a Member with what is needed to send it a message.
+// member is a Member with what is needed to judge and reach it.
 type member struct {
 	Member
-	node memberlist.Node // a copy: Name, Addr, Port
+	node     memberlist.Node // a copy: Name, Addr, Port
+	problem  string          // why the metadata is invalid; empty if valid
+	advanced time.Time       // when its Seq last changed; zero: not since it joined
 }
 
 // record copies a node from an event (memberlist holds its lock while it
-// calls, so the node can be read here and only here) and starts its
-// sender. The node's State field is not kept up to date by
+// calls, so the node can be read here and only here), checks its metadata
+// and starts its sender. The node's State field is not kept up to date by
 // memberlist: a node in the view is alive, and a node that left or died is
 // removed, as memberlist.Members does.
 func (c *Cluster) record(n *memberlist.Node) {
 	m := member{Member: Member{Name: n.Name, Gossip: n.Address(), Status: "alive"},
 		node: memberlist.Node{Name: n.Name, Addr: append(net.IP(nil), n.Addr...), Port: n.Port}}
-	_ = json.Unmarshal(n.Meta, &m.Meta)
 	self := n.Name == c.opts.NodeName
+	var meta Meta
+	var err error
+	if !self { // our own figures are c.meta
+		meta, err = parseMeta(n.Meta)
+	}
+	now := time.Now()
 	c.mu.Lock()
+	prev, seen := c.view[n.Name]
+	if err != nil {
+		m.problem = err.Error()
+	} else {
+		m.Meta, m.advanced = meta, prev.advanced
+		// The first sighting proves nothing: a node's figures are fresh
+		// only once they are seen to change.
+		if seen && prev.problem == "" && meta.Seq != prev.Seq {
+			m.advanced = now
+		}
+	}
 	c.view[n.Name] = m
 	if !self && !c.stopped {
 		if p := c.peers[n.Name]; p != nil {
@@ -357,6 +382,12 @@ func (c *Cluster) record(n *memberlist.Node) {
 		}
 	}
 	c.mu.Unlock()
+	if m.problem != "" && m.problem != prev.problem {
+		c.warn.do("invalid "+n.Name, func() {
+			c.log.Warn().Str("node", n.Name).Str("gossip", m.Gossip).Str("problem", m.problem).
+				Msg("a member's metadata is invalid: its figures are ignored")
+		})
+	}
 }
 
 // forget drops a node that left or died and stops its sender.
@@ -393,23 +424,33 @@ func (c *Cluster) isMember(name string) bool {
 
 // Members lists the nodes this one knows, itself included, by name.
 func (c *Cluster) Members() []Member {
+	now := time.Now()
 	c.mu.Lock()
 	out := make([]Member, 0, len(c.view))
 	for _, m := range c.view {
-		if m.Name == c.opts.NodeName {
-			m.Meta = c.meta // our own is always current
+		mem := m.Member
+		switch {
+		case m.Name == c.opts.NodeName:
+			mem.Meta = c.meta // our own is always current
+		case m.problem != "":
+			mem.Ignored = "invalid metadata: " + m.problem
+		case m.advanced.IsZero():
+			mem.Ignored = "stale: metadata not updated since it joined"
+		case now.Sub(m.advanced) > staleAfter:
+			mem.Ignored = fmt.Sprintf("stale: metadata not updated for %v", now.Sub(m.advanced).Round(time.Second))
 		}
-		out = append(out, m.Member)
+		out = append(out, mem)
 	}
 	c.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
 }
 
-// Peers reports whether another node is alive and ready.
+// Peers reports whether another node is alive and ready, with figures
+// that can be believed.
 func (c *Cluster) Peers() bool {
 	for _, m := range c.Members() {
-		if m.Name != c.opts.NodeName && m.Status == "alive" && m.State == StateReady {
+		if m.Name != c.opts.NodeName && m.Status == "alive" && m.Ignored == "" && m.State == StateReady {
 			return true
 		}
 	}
@@ -526,11 +567,13 @@ func (d *delegate) NodeMeta(limit int) []byte {
 	conns, state := d.c.handler.Local()
 	d.c.mu.Lock()
 	d.c.meta.Conns, d.c.meta.State = conns, state
+	d.c.meta.Seq++
+	d.c.gossiped = time.Now()
 	meta := d.c.meta
 	d.c.mu.Unlock()
 	b, _ := json.Marshal(meta)
 	if len(b) > limit { // never hand memberlist more: it panics
-		b, _ = json.Marshal(Meta{Conns: conns, State: state})
+		b, _ = json.Marshal(Meta{Conns: conns, State: state, Seq: meta.Seq})
 	}
 	if len(b) > limit {
 		return nil

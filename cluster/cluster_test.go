@@ -173,7 +173,7 @@ func TestMetadataStaysUnderTheLimit(t *testing.T) {
 	if meta := d.NodeMeta(40); len(meta) > 40 {
 		t.Fatalf("metadata over a small limit: %d bytes", len(meta))
 	}
-	if members := c.Members(); len(members) != 1 || members[0].Conns != 1<<30 || members[0].Client == "" {
+	if members := c.Members(); len(members) != 1 || members[0].Conns != 1<<30 || members[0].Client == "" || members[0].Ignored != "" {
 		t.Fatalf("members: %+v", members)
 	}
 }
@@ -191,6 +191,35 @@ func TestStartNeedsAKeyOrInsecure(t *testing.T) {
 		t.Fatalf("started without a key: %v", err)
 	}
 	start(t, Options{Insecure: true}, idle{})
+}
+
+func TestParseMeta(t *testing.T) {
+	for _, tc := range []struct {
+		meta, problem string
+	}{
+		{`{"a":"10.0.0.7:5000","c":1200,"s":"ready","v":"v1.2.0","n":7}`, ""},
+		{`{"a":"[2001:db8::1]:5000","c":0,"s":"draining"}`, ""},
+		{`{"a":"10.0.0.7:5000","c":0,"s":"ready","future":[1,2]}`, ""}, // a newer node's field
+		{``, "no metadata"},
+		{`null`, "not a JSON object"},
+		{`[1]`, "not a JSON object"},
+		{`{"a":"10.0.0.7:5000","c":"12","s":"ready"}`, "shape"},
+		{`{"a":"10.0.0.7:5000","c":1.5,"s":"ready"}`, "shape"},
+		{`{"a":"10.0.0.7:5000","s":"ready"}`, "no connection count"},
+		{`{"a":"10.0.0.7:5000","c":-1,"s":"ready"}`, "outside"},
+		{`{"a":"10.0.0.7:5000","c":10000001,"s":"ready"}`, "outside"},
+		{`{"a":"10.0.0.7:5000","c":3}`, "state"},
+		{`{"a":"10.0.0.7:5000","c":3,"s":"sleeping"}`, "state"},
+		{`{"c":0,"s":"ready"}`, "no client address"},
+		{`{"a":"example.com:5000","c":0,"s":"ready"}`, "client address"},
+		{`{"a":"10.0.0.7:0","c":0,"s":"ready"}`, "client address"},
+		{`{"a":"10.0.0.7:5000","c":0,"s":"ready","v":` + strings.Repeat(" ", 500) + `"x"}`, "over 512"},
+	} {
+		_, err := parseMeta([]byte(tc.meta))
+		if tc.problem == "" && err != nil || tc.problem != "" && (err == nil || !strings.Contains(err.Error(), tc.problem)) {
+			t.Errorf("%.60s: %v, want %q", tc.meta, err, tc.problem)
+		}
+	}
 }
 
 func TestWireFormat(t *testing.T) {
@@ -439,6 +468,38 @@ func TestInsecureAcceptsMessagesFromMembersOnly(t *testing.T) {
 	r.wait(t, 1, 10*time.Second)
 	if r.count() != 1 {
 		t.Fatalf("%d takeovers delivered", r.count())
+	}
+}
+
+// Without a key (Insecure), strangers can join and gossip anything: their
+// figures count only if valid and seen to change.
+func TestStrangersFiguresAreJudged(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	a := start(t, Options{Insecure: true, Registerer: reg}, idle{})
+	attack := gossiptest.Start(t, gossiptest.Options{Name: "attack", Meta: []byte(`{"c":0,"s":"ready"}`)})
+	static := gossiptest.Start(t, gossiptest.Options{Name: "static", Meta: []byte(`{"a":"127.0.0.1:5000","c":0,"s":"ready","n":1}`)})
+	fresh := gossiptest.Start(t, gossiptest.Options{Name: "fresh"})
+	fresh.Heartbeat(100*time.Millisecond, func(i int) []byte {
+		return fmt.Appendf(nil, `{"a":"127.0.0.1:5000","c":0,"s":"ready","n":%d}`, i)
+	})
+	for _, s := range []*gossiptest.Member{attack, static, fresh} {
+		if err := s.Join(a.Addr()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 10*time.Second, "each stranger judged", func() bool {
+		at, _ := memberOf(a, "attack")
+		st, _ := memberOf(a, "static")
+		fr, ok := memberOf(a, "fresh")
+		return strings.HasPrefix(at.Ignored, "invalid metadata: no client address") &&
+			strings.HasPrefix(st.Ignored, "stale") && ok && fr.Ignored == ""
+	})
+	if !a.Peers() {
+		t.Error("the fresh stranger is not counted as a peer")
+	}
+	a.Update(0, StateReady)
+	if n := counter(t, reg, "kronos_cluster_members", "state", "invalid"); n != 1 {
+		t.Errorf("members with invalid metadata: %v", n)
 	}
 }
 

@@ -1,6 +1,10 @@
 package cluster
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 type metrics struct {
 	members  *prometheus.GaugeVec
@@ -16,7 +20,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		members: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "kronos_cluster_members",
-			Help: "Cluster members this node knows, by gossip status and node state.",
+			Help: "Cluster members this node knows, by gossip status and node state (ready, draining, or stale or invalid: figures ignored).",
 		}, []string{"status", "state"}),
 		changes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kronos_cluster_membership_changes_total",
@@ -52,6 +56,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 func (m *metrics) update(members []Member) {
 	m.members.Reset()
 	for _, mem := range members {
-		m.members.WithLabelValues(mem.Status, mem.State).Inc()
+		// A label from gossip would let any member make up series.
+		state := mem.State
+		switch {
+		case strings.HasPrefix(mem.Ignored, "invalid"):
+			state = "invalid"
+		case mem.Ignored != "":
+			state = "stale"
+		}
+		m.members.WithLabelValues(mem.Status, state).Inc()
 	}
 }
