@@ -5,10 +5,10 @@
 package cluster
 
 import (
-	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -25,11 +26,8 @@ import (
 	"github.com/kronos-sync/kronos-server/internal/check"
 )
 
-// Node states gossiped in the metadata.
-const (
-	StateReady    = "ready"
-	StateDraining = "draining"
-)
+// ErrNoKey: Start refuses to run without a gossip key unless told to.
+var ErrNoKey = errors.New("cluster: no gossip key: set Options.Key, or Options.Insecure on a network only Kronos nodes reach")
 
 // Options configure a Cluster. Zero fields take their defaults.
 type Options struct {
@@ -45,8 +43,15 @@ type Options struct {
 	// NodeName must be unique. Default: the hostname and a random suffix,
 	// so a restarted pod never collides with its old entry.
 	NodeName string
-	// Key encrypts gossip: 16, 24 or 32 bytes. Default: none.
+	// Key encrypts and authenticates gossip and messages between nodes:
+	// 16, 24 or 32 bytes. Required unless Insecure.
 	Key []byte
+	// Insecure lets the node cluster without a Key. Then anyone who
+	// reaches the gossip port can join, read the membership, gossip
+	// figures, receive every takeover (device ids) and send messages as a
+	// member: only for a network that nothing but Kronos nodes can reach.
+	// Default false: Start returns ErrNoKey.
+	Insecure bool
 	// ClientAddr is this node's client address, gossiped to the others.
 	ClientAddr string
 	// Version is the software version, gossiped.
@@ -60,15 +65,8 @@ type Options struct {
 
 	Logger     zerolog.Logger
 	Registerer prometheus.Registerer
-}
 
-// Meta is what a node gossips about itself. It must stay under
-// memberlist's 512-byte metadata limit (checked in NodeMeta).
-type Meta struct {
-	Client  string `json:"a,omitempty"`
-	Conns   int    `json:"c"`
-	State   string `json:"s"`
-	Version string `json:"v,omitempty"`
+	limits *sendLimits // tests: nil is defaultLimits
 }
 
 // Member is one node as this node sees it.
@@ -77,11 +75,15 @@ type Member struct {
 	Gossip string `json:"gossip"`
 	Status string `json:"status"` // alive (nodes that left or died are dropped)
 	Meta
+	// Ignored says why the node's figures must not be acted on: its
+	// metadata is invalid, or stale (see staleAfter). Empty when they can;
+	// always empty for this node.
+	Ignored string `json:"ignored,omitempty"`
 }
 
 // Handler is the node's side: what to gossip, and what to do when a device
-// logs in elsewhere. Its methods may be called from memberlist goroutines
-// and must not block.
+// logs in elsewhere. Its methods may be called from memberlist goroutines,
+// concurrently, and must not block.
 type Handler interface {
 	// Local returns the node's open connections and state.
 	Local() (conns int, state string)
@@ -92,26 +94,38 @@ type Handler interface {
 
 // Cluster is this node's membership.
 type Cluster struct {
-	opts    Options
-	log     zerolog.Logger
-	list    *memberlist.Memberlist
-	handler Handler
-	metrics *metrics
+	opts     Options
+	log      zerolog.Logger
+	list     *memberlist.Memberlist
+	handler  Handler
+	metrics  *metrics
+	warn     warnLimiter
+	insecure bool // no key: a message's sender must be a member
+	limits   sendLimits
+	// send is memberlist's SendReliable; tests replace it.
+	send func(*memberlist.Node, []byte) error
 
-	mu   sync.Mutex
-	meta Meta
+	// mu guards the fields below. Lock order: mu, then a peer's mu. It is
+	// never held while calling memberlist or the Handler.
+	mu       sync.Mutex
+	meta     Meta
+	gossiped time.Time // when NodeMeta last handed memberlist the metadata
 	// view is this node's copy of the membership, kept from memberlist's
 	// events: memberlist.Members returns pointers into its own table,
 	// which its goroutines go on changing, so they cannot be read later.
-	view map[string]member
-	addr string // own gossip address
+	view    map[string]member
+	addr    string           // own gossip address
+	peers   map[string]*peer // a sender per other member
+	stopped bool             // Leave or Kill began: no sender starts
+	flush   bool             // senders send what is queued before they stop (Leave)
+
+	// peerList is peers' values, replaced on every change, so that
+	// BroadcastTakeover (on every login) takes no lock of the Cluster.
+	peerList atomic.Pointer[[]*peer]
 
 	stop chan struct{}
-	done sync.WaitGroup
+	done sync.WaitGroup // rejoinLoop and every peer's run
 }
-
-// Message kinds sent between nodes. Only append.
-const msgTakeover byte = 1
 
 // Validate reports every field that is neither zero (its default) nor
 // valid, in declaration order.
@@ -136,6 +150,9 @@ func Start(opts Options, h Handler) (*Cluster, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
+	if len(opts.Key) == 0 && !opts.Insecure {
+		return nil, ErrNoKey
+	}
 	if opts.Bind == "" {
 		opts.Bind = ":7946"
 	}
@@ -146,9 +163,13 @@ func Start(opts Options, h Handler) (*Cluster, error) {
 		opts.NodeName = DefaultNodeName()
 	}
 	c := &Cluster{opts: opts, log: opts.Logger.With().Str("component", "cluster").Logger(), handler: h,
-		metrics: newMetrics(opts.Registerer), stop: make(chan struct{})}
+		metrics: newMetrics(opts.Registerer), insecure: len(opts.Key) == 0, limits: defaultLimits,
+		view: map[string]member{}, peers: map[string]*peer{}, stop: make(chan struct{})}
+	if opts.limits != nil {
+		c.limits = *opts.limits
+	}
+	c.send = func(n *memberlist.Node, msg []byte) error { return c.list.SendReliable(n, msg) }
 	c.meta = Meta{Client: opts.ClientAddr, State: StateReady, Version: opts.Version}
-	c.view = map[string]member{}
 	if err := c.checkMetaSize(); err != nil {
 		return nil, err
 	}
@@ -161,6 +182,9 @@ func Start(opts Options, h Handler) (*Cluster, error) {
 		conf.SuspicionMult = 2
 		conf.GossipInterval = 50 * time.Millisecond
 		conf.PushPullInterval = time.Second
+		// Not the local config's 1s: on a loaded test host a batch of
+		// thousands of messages can take longer to get through.
+		conf.TCPTimeout = 10 * time.Second
 	}
 	conf.Name = opts.NodeName
 	host, port, _ := splitHostPort(opts.Bind, 7946) // checked by Validate
@@ -182,7 +206,10 @@ func Start(opts Options, h Handler) (*Cluster, error) {
 	c.mu.Lock()
 	c.addr = c.view[opts.NodeName].Gossip
 	c.mu.Unlock()
-	c.log.Info().Str("node", opts.NodeName).Str("gossip", c.addr).Msg("cluster member started")
+	c.log.Info().Str("node", opts.NodeName).Str("gossip", c.addr).Bool("encrypted", !c.insecure).Msg("cluster member started")
+	if c.insecure {
+		c.log.Warn().Msg("clustering without a key: anyone who reaches the gossip port can join, gossip figures and send messages as a member")
+	}
 	c.join()
 	c.done.Add(1)
 	go c.rejoinLoop()
@@ -277,14 +304,16 @@ func (c *Cluster) rejoinLoop() {
 }
 
 // Update gossips the node's current connections and state, and refreshes
-// the membership metrics. Call it periodically, not from a Handler method.
+// the membership metrics. Call it about once a second, not from a Handler
+// method: it gossips when a figure changed, and at least every metaRefresh
+// so that the others see the node's figures stay current.
 func (c *Cluster) Update(conns int, state string) {
 	c.metrics.update(c.Members())
 	c.mu.Lock()
-	changed := c.meta.Conns != conns || c.meta.State != state
+	due := c.meta.Conns != conns || c.meta.State != state || time.Since(c.gossiped) >= metaRefresh
 	c.meta.Conns, c.meta.State = conns, state
 	c.mu.Unlock()
-	if changed {
+	if due {
 		if err := c.list.UpdateNode(time.Second); err != nil {
 			c.log.Debug().Err(err).Msg("metadata update")
 		}
@@ -305,44 +334,123 @@ func (c *Cluster) checkMetaSize() error {
 	return nil
 }
 
-// member is a Member with what is needed to send it a message.
+// member is a Member with what is needed to judge and reach it.
 type member struct {
 	Member
-	node memberlist.Node // a copy: Name, Addr, Port
+	node     memberlist.Node // a copy: Name, Addr, Port
+	problem  string          // why the metadata is invalid; empty if valid
+	advanced time.Time       // when its Seq last changed; zero: not since it joined
 }
 
 // record copies a node from an event (memberlist holds its lock while it
-// calls, so the node can be read here and only here). Its State field is
-// not kept up to date by memberlist: a node in the view is alive, and a
-// node that left or died is removed, as memberlist.Members does.
+// calls, so the node can be read here and only here), checks its metadata
+// and starts its sender. The node's State field is not kept up to date by
+// memberlist: a node in the view is alive, and a node that left or died is
+// removed, as memberlist.Members does.
 func (c *Cluster) record(n *memberlist.Node) {
 	m := member{Member: Member{Name: n.Name, Gossip: n.Address(), Status: "alive"},
 		node: memberlist.Node{Name: n.Name, Addr: append(net.IP(nil), n.Addr...), Port: n.Port}}
-	_ = json.Unmarshal(n.Meta, &m.Meta)
+	self := n.Name == c.opts.NodeName
+	var meta Meta
+	var err error
+	if !self { // our own figures are c.meta
+		meta, err = parseMeta(n.Meta)
+	}
+	now := time.Now()
 	c.mu.Lock()
+	prev, seen := c.view[n.Name]
+	if err != nil {
+		m.problem = err.Error()
+	} else {
+		m.Meta, m.advanced = meta, prev.advanced
+		// The first sighting proves nothing: a node's figures are fresh
+		// only once they are seen to change.
+		if seen && prev.problem == "" && meta.Seq != prev.Seq {
+			m.advanced = now
+		}
+	}
 	c.view[n.Name] = m
+	if !self && !c.stopped {
+		if p := c.peers[n.Name]; p != nil {
+			p.move(m.node)
+		} else {
+			p = newPeer(c, m.node)
+			c.peers[n.Name] = p
+			c.listPeers()
+			c.done.Add(1)
+			go p.run()
+		}
+	}
 	c.mu.Unlock()
+	if m.problem != "" && m.problem != prev.problem {
+		c.warn.do("invalid "+n.Name, func() {
+			c.log.Warn().Str("node", n.Name).Str("gossip", m.Gossip).Str("problem", m.problem).
+				Msg("a member's metadata is invalid: its figures are ignored")
+		})
+	}
+}
+
+// forget drops a node that left or died and stops its sender.
+func (c *Cluster) forget(name string) {
+	c.mu.Lock()
+	delete(c.view, name)
+	p := c.peers[name]
+	if p != nil {
+		delete(c.peers, name)
+		c.listPeers()
+	}
+	c.mu.Unlock()
+	if p != nil {
+		close(p.left) // not waited for here: memberlist holds its lock
+	}
+}
+
+// listPeers publishes peers for BroadcastTakeover. c.mu must be held.
+func (c *Cluster) listPeers() {
+	list := make([]*peer, 0, len(c.peers))
+	for _, p := range c.peers {
+		list = append(list, p)
+	}
+	c.peerList.Store(&list)
+}
+
+// isMember reports whether name is another node of the membership.
+func (c *Cluster) isMember(name string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.view[name]
+	return ok && name != c.opts.NodeName
 }
 
 // Members lists the nodes this one knows, itself included, by name.
 func (c *Cluster) Members() []Member {
+	now := time.Now()
 	c.mu.Lock()
 	out := make([]Member, 0, len(c.view))
 	for _, m := range c.view {
-		if m.Name == c.opts.NodeName {
-			m.Meta = c.meta // our own is always current
+		mem := m.Member
+		switch {
+		case m.Name == c.opts.NodeName:
+			mem.Meta = c.meta // our own is always current
+		case m.problem != "":
+			mem.Ignored = "invalid metadata: " + m.problem
+		case m.advanced.IsZero():
+			mem.Ignored = "stale: metadata not updated since it joined"
+		case now.Sub(m.advanced) > staleAfter:
+			mem.Ignored = fmt.Sprintf("stale: metadata not updated for %v", now.Sub(m.advanced).Round(time.Second))
 		}
-		out = append(out, m.Member)
+		out = append(out, mem)
 	}
 	c.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
 }
 
-// Peers reports whether another node is alive and ready.
+// Peers reports whether another node is alive and ready, with figures
+// that can be believed.
 func (c *Cluster) Peers() bool {
 	for _, m := range c.Members() {
-		if m.Name != c.opts.NodeName && m.Status == "alive" && m.State == StateReady {
+		if m.Name != c.opts.NodeName && m.Status == "alive" && m.Ignored == "" && m.State == StateReady {
 			return true
 		}
 	}
@@ -350,54 +458,79 @@ func (c *Cluster) Peers() bool {
 }
 
 // BroadcastTakeover tells every other node that device logged in here at
-// loggedInAt, so that they close its older connections.
+// loggedInAt, so that they close its older connections. It only queues:
+// each peer's sender batches what it finds (see sendInterval).
 func (c *Cluster) BroadcastTakeover(device string, loggedInAt int64) {
-	msg := make([]byte, 0, 9+len(device))
-	msg = append(msg, msgTakeover)
-	msg = strconv.AppendInt(msg, loggedInAt, 10)
-	msg = append(msg, ' ')
-	msg = append(msg, device...)
-	c.mu.Lock()
-	var targets []memberlist.Node
-	for _, m := range c.view {
-		if m.Name != c.opts.NodeName && m.Status == "alive" {
-			targets = append(targets, m.node)
+	peers := c.peerList.Load()
+	if peers == nil || len(*peers) == 0 {
+		return
+	}
+	var buf [64]byte
+	rec := appendTakeover(buf[:0], device, loggedInAt)
+	if len(rec) > maxRecordBytes {
+		c.metrics.dropped.WithLabelValues("too_large").Add(float64(len(*peers)))
+		return
+	}
+	for _, p := range *peers {
+		p.enqueue(rec)
+	}
+}
+
+// receive handles a message from another node (memberlist's NotifyMsg).
+func (c *Cluster) receive(msg []byte) {
+	sender, records, err := splitHeader(msg)
+	if err != nil {
+		c.reject("malformed", "")
+		return
+	}
+	// With a key, memberlist has already refused whatever was not sealed
+	// with it. Without, a name is all there is to check: it keeps out
+	// senders that are not members, not one that claims a member's name.
+	// (A node's first messages may come before its join is merged, and
+	// are then refused too.)
+	if c.insecure && !c.isMember(sender) {
+		c.reject("not_member", sender)
+		return
+	}
+	takeovers := 0
+	defer func() { c.metrics.received.WithLabelValues(kindTakeover.String()).Add(float64(takeovers)) }()
+	for len(records) > 0 {
+		var k kind
+		var body []byte
+		if k, body, records, err = nextRecord(records); err != nil {
+			c.reject("malformed", sender)
+			return
+		}
+		switch k {
+		case kindTakeover:
+			device, at, err := parseTakeover(body)
+			if err != nil {
+				c.reject("malformed", sender)
+				return
+			}
+			takeovers++
+			c.handler.TakeOver(device, at)
+		default: // a newer node's kind: skipped
+			c.metrics.received.WithLabelValues(k.String()).Inc()
 		}
 	}
-	c.mu.Unlock()
-	for _, n := range targets {
-		go func() {
-			if err := c.list.SendReliable(&n, msg); err != nil {
-				c.log.Debug().Err(err).Str("to", n.Name).Msg("takeover message not sent")
-			}
-		}()
-	}
 }
 
-func (c *Cluster) receive(msg []byte) {
-	if len(msg) < 2 || msg[0] != msgTakeover {
-		return
-	}
-	at, device, ok := bytes.Cut(msg[1:], []byte(" "))
-	if !ok {
-		return
-	}
-	nanos, err := strconv.ParseInt(string(at), 10, 64)
-	if err != nil {
-		return
-	}
-	c.handler.TakeOver(string(device), nanos)
+func (c *Cluster) reject(reason, sender string) {
+	c.metrics.rejected.WithLabelValues(reason).Inc()
+	c.warn.do("reject "+reason, func() {
+		c.log.Warn().Str("reason", reason).Str("sender", sender).Msg("message from another node rejected")
+	})
 }
 
-// Leave tells the others this node is going, then stops gossiping.
+// Leave tells the others this node is going, then stops gossiping. Each
+// peer's sender first sends what is queued: a node that does not answer
+// can hold Leave up to memberlist's TCPTimeout (10s) beyond timeout.
 func (c *Cluster) Leave(timeout time.Duration) error {
-	select {
-	case <-c.stop:
+	if !c.shut(true) {
 		return nil
-	default:
 	}
-	close(c.stop)
-	c.done.Wait()
+	c.done.Wait() // the senders: the others hear the last takeovers first
 	err := c.list.Leave(timeout)
 	if serr := c.list.Shutdown(); err == nil {
 		err = serr
@@ -405,15 +538,27 @@ func (c *Cluster) Leave(timeout time.Duration) error {
 	return err
 }
 
-// Kill stops gossiping without leaving, as a crash would (tests).
+// Kill stops gossiping without leaving or sending what is queued, as a
+// crash would (tests).
 func (c *Cluster) Kill() error {
-	select {
-	case <-c.stop:
-	default:
-		close(c.stop)
-	}
+	c.shut(false)
 	c.done.Wait()
 	return c.list.Shutdown()
+}
+
+// shut stops the rejoin loop and the senders, once; it reports whether it
+// did.
+func (c *Cluster) shut(flush bool) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stopped {
+		return false
+	}
+	c.stopped, c.flush = true, flush
+	c.peers = map[string]*peer{}
+	c.listPeers()
+	close(c.stop)
+	return true
 }
 
 type delegate struct{ c *Cluster }
@@ -422,10 +567,13 @@ func (d *delegate) NodeMeta(limit int) []byte {
 	conns, state := d.c.handler.Local()
 	d.c.mu.Lock()
 	d.c.meta.Conns, d.c.meta.State = conns, state
+	d.c.meta.Seq++
+	d.c.gossiped = time.Now()
+	meta := d.c.meta
 	d.c.mu.Unlock()
-	b := d.c.encodeMeta()
+	b, _ := json.Marshal(meta)
 	if len(b) > limit { // never hand memberlist more: it panics
-		b, _ = json.Marshal(Meta{Conns: conns, State: state})
+		b, _ = json.Marshal(Meta{Conns: conns, State: state, Seq: meta.Seq})
 	}
 	if len(b) > limit {
 		return nil
@@ -445,60 +593,8 @@ func (e *events) NotifyJoin(n *memberlist.Node) {
 	e.c.metrics.changes.WithLabelValues("join").Inc()
 }
 func (e *events) NotifyLeave(n *memberlist.Node) {
-	e.c.mu.Lock()
-	delete(e.c.view, n.Name)
-	e.c.mu.Unlock()
+	e.c.forget(n.Name)
 	e.c.log.Info().Str("node", n.Name).Msg("node left or died")
 	e.c.metrics.changes.WithLabelValues("leave").Inc()
 }
 func (e *events) NotifyUpdate(n *memberlist.Node) { e.c.record(n) }
-
-// logWriter routes memberlist's log lines ("[WARN] memberlist: …") into
-// zerolog at the level they name.
-type logWriter struct{ log zerolog.Logger }
-
-func (w *logWriter) Write(p []byte) (int, error) {
-	line := strings.TrimSpace(string(p))
-	if i := strings.Index(line, "["); i >= 0 {
-		line = line[i:]
-	}
-	level := zerolog.InfoLevel
-	for prefix, l := range map[string]zerolog.Level{"[DEBUG]": zerolog.DebugLevel, "[INFO]": zerolog.DebugLevel,
-		"[WARN]": zerolog.WarnLevel, "[ERR]": zerolog.ErrorLevel} {
-		if strings.HasPrefix(line, prefix) {
-			level, line = l, strings.TrimSpace(strings.TrimPrefix(line, prefix))
-			break
-		}
-	}
-	w.log.WithLevel(level).Msg(strings.TrimPrefix(line, "memberlist: "))
-	return len(p), nil
-}
-
-type metrics struct {
-	members *prometheus.GaugeVec
-	changes *prometheus.CounterVec
-}
-
-func newMetrics(reg prometheus.Registerer) *metrics {
-	m := &metrics{
-		members: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "kronos_cluster_members",
-			Help: "Cluster members this node knows, by gossip status and node state.",
-		}, []string{"status", "state"}),
-		changes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "kronos_cluster_membership_changes_total",
-			Help: "Nodes that joined, or left or died.",
-		}, []string{"event"}),
-	}
-	if reg != nil {
-		reg.MustRegister(m.members, m.changes)
-	}
-	return m
-}
-
-func (m *metrics) update(members []Member) {
-	m.members.Reset()
-	for _, mem := range members {
-		m.members.WithLabelValues(mem.Status, mem.State).Inc()
-	}
-}

@@ -5,6 +5,7 @@ package helm
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -24,6 +25,12 @@ import (
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/fake"
 	"sigs.k8s.io/yaml"
 
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
@@ -67,16 +74,29 @@ type object struct {
 
 func render(t *testing.T, values map[string]any) ([]object, error) {
 	t.Helper()
+	return renderIn(t, values, nil)
+}
+
+// renderIn renders as Helm does against a cluster holding objects, which
+// the chart's lookup calls see; nil: as `helm template`, without a cluster.
+func renderIn(t *testing.T, values map[string]any, objects []runtime.Object) ([]object, error) {
+	t.Helper()
 	chart, err := loader.Load(chartDir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	vals, err := chartutil.ToRenderValues(chart, values,
-		chartutil.ReleaseOptions{Name: "kronos", Namespace: "sync", IsInstall: true}, chartutil.DefaultCapabilities)
+		chartutil.ReleaseOptions{Name: "kronos", Namespace: "sync", IsInstall: objects == nil, IsUpgrade: objects != nil},
+		chartutil.DefaultCapabilities)
 	if err != nil {
 		return nil, err
 	}
-	files, err := engine.Render(chart, vals)
+	var files map[string]string
+	if objects == nil {
+		files, err = engine.Render(chart, vals)
+	} else {
+		files, err = engine.RenderWithClientProvider(chart, vals, fakeCluster{fake.NewSimpleDynamicClient(runtime.NewScheme(), objects...)})
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -381,6 +401,85 @@ func checkConfig(t *testing.T, m manifests, clustered bool) {
 	if env["KRONOS_CLUSTER_ADVERTISE"].Value != "$(POD_IP):7946" {
 		t.Errorf("advertise: %+v", env["KRONOS_CLUSTER_ADVERTISE"])
 	}
+	gossipKey(t, m)
+}
+
+// gossipKey checks that a cluster's nodes get a key from a Secret and, if
+// the chart renders that Secret, that it holds a valid key; it returns it.
+func gossipKey(t *testing.T, m manifests) []byte {
+	t.Helper()
+	var ref *corev1.SecretKeySelector
+	for _, e := range m.deployments[0].Spec.Template.Spec.Containers[0].Env {
+		if e.Name == "KRONOS_CLUSTER_KEY" && e.ValueFrom != nil {
+			ref = e.ValueFrom.SecretKeyRef
+		}
+	}
+	if ref == nil || ref.Key != "gossip-key" {
+		t.Fatalf("the nodes get no gossip key from a Secret: %+v", ref)
+	}
+	for _, s := range m.secrets {
+		if s.Name != ref.Name {
+			continue
+		}
+		text, ok := s.StringData[ref.Key]
+		if !ok {
+			text = string(s.Data[ref.Key])
+		}
+		key, err := base64.StdEncoding.DecodeString(text)
+		if err != nil || len(key) != 16 && len(key) != 24 && len(key) != 32 {
+			t.Fatalf("Secret %s: gossip key %q is not base64 of 16, 24 or 32 bytes", s.Name, text)
+		}
+		return key
+	}
+	return nil // in a Secret the chart does not make (existingSecret)
+}
+
+// A cluster given no key gets a random one, generated once: an upgrade
+// finds it in the cluster and keeps it.
+func TestGossipKeyIsGeneratedAndKept(t *testing.T) {
+	values := valueSets["cluster on RethinkDB"]
+	objs, err := render(t, values)
+	if err != nil {
+		t.Fatal(err)
+	}
+	installed := typed(t, objs)
+	first := gossipKey(t, installed)
+	if len(first) != 32 {
+		t.Fatalf("no key of 32 bytes generated: %d bytes", len(first))
+	}
+	again, err := render(t, values)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Equal(gossipKey(t, typed(t, again)), first) {
+		t.Fatal("two installs got the same key")
+	}
+	existing := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "v1",
+		"kind":       "Secret",
+		"metadata":   map[string]any{"name": "kronos-gossip-key", "namespace": "sync"},
+		"data":       map[string]any{"gossip-key": base64.StdEncoding.EncodeToString([]byte(base64.StdEncoding.EncodeToString(first)))},
+	}}
+	objs, err = renderIn(t, values, []runtime.Object{existing})
+	if err != nil {
+		t.Fatal(err)
+	}
+	upgraded := typed(t, objs)
+	if kept := gossipKey(t, upgraded); !bytes.Equal(kept, first) {
+		t.Fatal("an upgrade changed the key")
+	}
+	// The pods need not roll for it: it never changes by itself.
+	if a, b := installed.deployments[0].Spec.Template.Annotations, upgraded.deployments[0].Spec.Template.Annotations; a["checksum/secret"] != b["checksum/secret"] {
+		t.Error("the generated key is part of the pods' checksum")
+	}
+}
+
+// fakeCluster serves the chart's lookup calls from a fake API server.
+type fakeCluster struct{ client *fake.FakeDynamicClient }
+
+func (f fakeCluster) GetClientFor(apiVersion, kind string) (dynamic.NamespaceableResourceInterface, bool, error) {
+	gvr, _ := meta.UnsafeGuessKindToResource(schema.FromAPIVersionAndKind(apiVersion, kind))
+	return f.client.Resource(gvr), true, nil
 }
 
 func checkAutoscaling(t *testing.T, m manifests) {
@@ -422,6 +521,7 @@ func TestChartRefusesBadValues(t *testing.T) {
 		{"alert delay not a duration", map[string]any{"prometheusRule": map[string]any{"enabled": true, "notReadyFor": "5 minutes"}},
 			"/prometheusRule/notReadyFor"},
 		{"unknown backup value", map[string]any{"backup": map[string]any{"enabled": true, "retention": 3}}, "/backup"},
+		{"short gossip key", map[string]any{"cluster": map[string]any{"gossipKey": "c2hvcnQ="}}, "/cluster/gossipKey"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := render(t, tc.values)
@@ -434,24 +534,43 @@ func TestChartRefusesBadValues(t *testing.T) {
 
 // The plain manifests in deploy/kubernetes are the chart rendered; set
 // KRONOS_UPDATE_MANIFESTS=1 to write them again after changing the chart.
-var plainManifests = map[string]map[string]any{
-	"kronos-single.yaml": {},
+// A committed manifest must hold no secret: the cluster's refers to a
+// Secret the user creates.
+var plainManifests = map[string]struct {
+	values map[string]any
+	note   string
+}{
+	"kronos-single.yaml": {values: map[string]any{}},
 	"kronos-postgres.yaml": {
-		"replicaCount": 3,
-		"store":        map[string]any{"type": "postgres", "existingSecret": "kronos-store"},
-		"cluster":      map[string]any{"existingSecret": "kronos-store"},
+		values: map[string]any{
+			"replicaCount": 3,
+			"store":        map[string]any{"type": "postgres", "existingSecret": "kronos-store"},
+			"cluster":      map[string]any{"existingSecret": "kronos-store"},
+		},
+		note: `# First create the Secret it refers to, with the store URL and a gossip key
+# of your own (the nodes refuse to cluster without one):
+#   kubectl create secret generic kronos-store -n sync \
+#     --from-literal=store-url='postgres://…' \
+#     --from-literal=gossip-key="$(head -c32 /dev/urandom | base64)"
+`,
 	},
 }
 
 func TestPlainManifestsMatchTheChart(t *testing.T) {
-	for file, values := range plainManifests {
-		objs, err := render(t, values)
+	for file, plain := range plainManifests {
+		objs, err := render(t, plain.values)
 		if err != nil {
 			t.Fatal(err)
 		}
+		for _, o := range objs {
+			if o.Kind == "Secret" {
+				t.Errorf("%s would commit Secret %s", file, o.Name)
+			}
+		}
 		var b strings.Builder
 		fmt.Fprintf(&b, "# Rendered from helm/kronos by helm/chart_test.go; do not edit.\n")
-		fmt.Fprintf(&b, "# Release \"kronos\" in namespace \"sync\"; values: %s\n", mustJSON(values))
+		fmt.Fprintf(&b, "# Release \"kronos\" in namespace \"sync\"; values: %s\n", mustJSON(plain.values))
+		b.WriteString(plain.note)
 		for _, o := range objs {
 			y, err := yaml.JSONToYAML(o.JSON)
 			if err != nil {

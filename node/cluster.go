@@ -44,6 +44,7 @@ func (n *Node) clusterLoop() {
 	defer n.loops.Done()
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
+	var r rebalancer // this goroutine's alone
 	for {
 		select {
 		case <-n.stop:
@@ -54,44 +55,103 @@ func (n *Node) clusterLoop() {
 		c := n.cluster.Load()
 		c.Update(conns, state)
 		if n.opts.RebalanceThreshold > 0 && state == cluster.StateReady {
-			n.rebalance(c, conns)
+			n.rebalance(c, &r, conns, time.Now())
 		}
 	}
 }
 
-// rebalance closes connections, at most RebalanceRate a second, while this
-// node holds more than the mean of the ready nodes by the threshold. The
-// clients reconnect through the load balancer, which spreads them.
-func (n *Node) rebalance(c *cluster.Cluster, conns int) {
+// Rebalancing acts on figures other nodes gossip, which a node cannot
+// check, and without a cluster key anyone may gossip: a member that
+// reports 0 connections makes every node look overloaded. So:
+//
+//   - only members with valid metadata that changed within the last
+//     seconds count (cluster.Member.Ignored), and at least one such ready
+//     peer besides this node;
+//   - this node sheds to the mean, at most RebalanceRate a second;
+//   - its own count, the one figure it can trust, must confirm that
+//     shedding works. A peer that just joined and reports 0 is what a
+//     scale-out looks like, and also what a foreign member looks like, so
+//     being new proves nothing either way; but clients closed here
+//     reconnect through the load balancer, and if the low peers are real
+//     many land there and this node's count falls. When it does not (the
+//     peer is not behind the balancer, or lies), the clients are only
+//     churning. Beyond rebalanceAllowance seconds' worth of closes, the
+//     node sheds only while its count has fallen, since shedding began,
+//     by a 1/rebalanceConfirm of all it closed beyond those. Else
+//     rebalancing pauses, for rebalancePause, doubling while it keeps
+//     failing, up to rebalancePauseMax.
+//
+// With round-robin balancing over k nodes, (k-1)/k of the closed clients
+// land elsewhere: a fall of at least half what was shed, well above a
+// third. A member lying with fresh, plausible figures can thus cause about
+// rebalanceAllowance seconds of shedding per pause, no more.
+const (
+	rebalanceAllowance = 5
+	rebalanceConfirm   = 3
+	rebalancePause     = 30 * time.Second
+	rebalancePauseMax  = 10 * time.Minute
+)
+
+// rebalancer is the state of shedding that began at startConns.
+type rebalancer struct {
+	active      bool
+	startConns  int
+	shed        int
+	pause       time.Duration // the last pause; 0 after a balance is reached
+	pausedUntil time.Time
+}
+
+// rebalance closes connections while this node holds more than the mean
+// of the ready nodes by the threshold (see above). The clients reconnect
+// through the load balancer, which spreads them.
+func (n *Node) rebalance(c *cluster.Cluster, r *rebalancer, conns int, now time.Time) {
 	total, ready := 0, 0
 	for _, m := range c.Members() {
-		if m.Status == "alive" && m.State == cluster.StateReady {
+		if m.Status == "alive" && m.Ignored == "" && m.State == cluster.StateReady {
 			total += m.Conns
 			ready++
 		}
 	}
 	if ready < 2 {
+		r.active = false
 		return
 	}
 	mean := float64(total) / float64(ready)
-	limit := mean * (1 + n.opts.RebalanceThreshold)
-	if float64(conns) <= limit {
+	if float64(conns) <= mean*(1+n.opts.RebalanceThreshold) {
+		r.active, r.pause = false, 0
+		return
+	}
+	if now.Before(r.pausedUntil) {
+		return
+	}
+	if !r.active {
+		*r = rebalancer{active: true, startConns: conns, pause: r.pause}
+	}
+	budget := n.opts.RebalanceRate*rebalanceAllowance + rebalanceConfirm*max(r.startConns-conns, 0)
+	if r.shed >= budget {
+		r.pause = min(max(2*r.pause, rebalancePause), rebalancePauseMax)
+		r.pausedUntil, r.active = now.Add(r.pause), false
+		n.metrics.rebalancePaused.Inc()
+		n.log.Warn().Int("shed", r.shed).Int("connections_before", r.startConns).Int("connections", conns).
+			Dur("pause", r.pause).Msg("rebalancing paused: closed clients came back here, so the less loaded nodes are not taking them (or their figures are wrong)")
 		return
 	}
 	// Shed down to the mean, not just under the limit, so a node does not
 	// hover at the edge; the rate bounds the reconnects per second.
-	shed := min(int(math.Ceil(float64(conns)-mean)), n.opts.RebalanceRate)
-	n.metrics.rebalanced.Add(float64(shed))
+	shed := min(int(math.Ceil(float64(conns)-mean)), n.opts.RebalanceRate, budget-r.shed)
+	closed := 0
 	n.srv.Each(func(c *conn.Conn) bool {
-		if shed <= 0 {
+		if closed >= shed {
 			return false
 		}
 		if !c.Closing() {
 			c.Close(conn.ReasonPolicy)
-			shed--
+			closed++
 		}
 		return true
 	})
+	r.shed += closed
+	n.metrics.rebalanced.Add(float64(closed))
 }
 
 // Drain stops the node without a reconnect storm: readiness fails, the

@@ -2,6 +2,7 @@ package node_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"path/filepath"
 	"sync"
@@ -9,10 +10,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/kronos-sync/kronos-server/cluster"
 	"github.com/kronos-sync/kronos-server/feed"
 	"github.com/kronos-sync/kronos-server/feed/bolt"
 	"github.com/kronos-sync/kronos-server/feed/postgres"
+	"github.com/kronos-sync/kronos-server/internal/gossiptest"
 	"github.com/kronos-sync/kronos-server/internal/nodetest"
 	"github.com/kronos-sync/kronos-server/internal/pgtest"
 	"github.com/kronos-sync/kronos-server/internal/tcppipe"
@@ -25,15 +29,19 @@ type member struct {
 	node    *node.Node
 	cluster *cluster.Cluster
 	addr    string
+	key     []byte // the cluster's gossip key
 }
 
-func startMember(t *testing.T, store feed.Backend, opts node.Options, join ...string) *member {
+// startMember starts a node that joins seed's cluster, or starts one (with
+// a random key) if seed is nil.
+func startMember(t *testing.T, store feed.Backend, opts node.Options, seed *member) *member {
 	t.Helper()
-	if join == nil {
-		join = []string{}
+	o := nodetest.Options{Node: opts, Backend: &store, Join: []string{}}
+	if seed != nil {
+		o.Join, o.Key = []string{seed.cluster.Addr()}, seed.key
 	}
-	n := nodetest.Start(t, nodetest.Options{Node: opts, Backend: &store, Join: join})
-	return &member{node: n.Node, cluster: n.Cluster, addr: n.Addr}
+	n := nodetest.Start(t, o)
+	return &member{node: n.Node, cluster: n.Cluster, addr: n.Addr, key: n.Key}
 }
 
 // eventually polls cond until it holds or the deadline passes.
@@ -71,9 +79,9 @@ func TestClusterMembershipTakeoverAndDrain(t *testing.T) {
 		return feed.Backend{Store: s, Feed: s}
 	}
 	opts := node.Options{DrainPeriod: time.Second}
-	a := startMember(t, open(), opts)
-	b := startMember(t, open(), opts, a.cluster.Addr())
-	c := startMember(t, open(), opts, a.cluster.Addr())
+	a := startMember(t, open(), opts, nil)
+	b := startMember(t, open(), opts, a)
+	c := startMember(t, open(), opts, a)
 	// Three nodes join through one seed, and see each other's metadata.
 	eventually(t, 10*time.Second, "three members on every node", func() bool {
 		for _, m := range []*member{a, b, c} {
@@ -187,11 +195,15 @@ func (lb *roundRobin) add(backend string) {
 	lb.mu.Unlock()
 }
 
-// One node holds 3,000 clients; two nodes are added behind the same load
-// balancer. The loaded node sheds connections at a bounded rate, the
-// clients reconnect, and all three end within 20% of the mean.
+// One node holds 3,000 clients (1,000 under the race detector); two nodes
+// are added behind the same load balancer. The loaded node sheds
+// connections at a bounded rate, the clients reconnect, and all three end
+// within 20% of the mean.
 func TestRebalanceAfterScaleOut(t *testing.T) {
-	const clients = 3000
+	clients := 3000
+	if raceEnabled {
+		clients = 1000
+	}
 	openBolt := func(name string) feed.Backend {
 		s, err := bolt.Open(filepath.Join(t.TempDir(), name), feed.Options{})
 		if err != nil {
@@ -201,7 +213,7 @@ func TestRebalanceAfterScaleOut(t *testing.T) {
 		return feed.Backend{Store: s, Feed: s}
 	}
 	opts := node.Options{RebalanceThreshold: 0.2, RebalanceRate: 300}
-	a := startMember(t, openBolt("a.db"), opts)
+	a := startMember(t, openBolt("a.db"), opts, nil)
 	lb := newRoundRobin(t, a.addr)
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -238,11 +250,11 @@ func TestRebalanceAfterScaleOut(t *testing.T) {
 			}
 		}()
 	}
-	eventually(t, 2*time.Minute, "3000 clients on the first node", func() bool {
+	eventually(t, 2*time.Minute, fmt.Sprintf("%d clients on the first node", clients), func() bool {
 		return a.node.Connections() == clients
 	})
-	b := startMember(t, openBolt("b.db"), opts, a.cluster.Addr())
-	c := startMember(t, openBolt("c.db"), opts, a.cluster.Addr())
+	b := startMember(t, openBolt("b.db"), opts, a)
+	c := startMember(t, openBolt("c.db"), opts, a)
 	lb.add(b.addr)
 	lb.add(c.addr)
 	took := eventually(t, 2*time.Minute, "three nodes within 20% of the mean", func() bool {
@@ -258,4 +270,115 @@ func TestRebalanceAfterScaleOut(t *testing.T) {
 	})
 	t.Logf("balanced after %v: %d %d %d", took, a.node.Connections(), b.node.Connections(), c.node.Connections())
 	cancel()
+}
+
+// counterValue reads a counter of the registry.
+func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() == name {
+			return f.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	return 0
+}
+
+// waitRebalances returns once the node has run its cluster loop (gossip,
+// then rebalance) twice more: its own metadata Seq, bumped by each gossip,
+// has gone up by two.
+func waitRebalances(t *testing.T, c *cluster.Cluster) {
+	t.Helper()
+	seq := func() uint64 {
+		for _, m := range c.Members() {
+			if m.Name == c.Name() {
+				return m.Seq
+			}
+		}
+		return 0
+	}
+	from := seq()
+	eventually(t, 20*time.Second, "two more rounds of the cluster loop", func() bool { return seq() >= from+2 })
+}
+
+// keepConnected runs clients that log in again whenever they are closed,
+// straight to addr, as when a stranger that is not behind the load
+// balancer draws clients away: they can only come back. They stop when the test ends.
+func keepConnected(t *testing.T, addr string, clients int) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		cancel()
+		wg.Wait()
+	})
+	for range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				c, err := client.Dial(ctx, client.TCP, addr)
+				if err != nil {
+					time.Sleep(50 * time.Millisecond) // a pause before retrying, as a client would
+					continue
+				}
+				if _, err := c.Login("", "", 10*time.Second); err == nil {
+					for ctx.Err() == nil {
+						if _, err := c.NextRaw(time.Second); err != nil {
+							if ne, ok := err.(net.Error); ok && ne.Timeout() {
+								continue
+							}
+							break
+						}
+					}
+				}
+				c.Close()
+			}
+		}()
+	}
+}
+
+// A cluster without a key (Insecure): strangers join and gossip that they
+// hold no connections. With figures that are invalid or never change the
+// node sheds nothing. Fresh, plausible figures it cannot tell from a new
+// node's: it sheds, sees the clients come back, and pauses.
+func TestStrangersCannotShedClients(t *testing.T) {
+	const clients = 200
+	reg := prometheus.NewRegistry()
+	opts := node.Options{RebalanceThreshold: 0.2, RebalanceRate: 20, Registerer: reg}
+	n := nodetest.Start(t, nodetest.Options{Node: opts, Join: []string{}, Insecure: true})
+	keepConnected(t, n.Addr, clients)
+	eventually(t, 30*time.Second, "clients connected", func() bool { return n.Connections() == clients })
+
+	invalid := gossiptest.Start(t, gossiptest.Options{Name: "invalid", Meta: []byte(`{"c":0,"s":"ready"}`)})
+	static := gossiptest.Start(t, gossiptest.Options{Name: "static", Meta: []byte(`{"a":"127.0.0.1:5000","c":0,"s":"ready","n":1}`)})
+	for _, s := range []*gossiptest.Member{invalid, static} {
+		if err := s.Join(n.Cluster.Addr()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 10*time.Second, "strangers listed", func() bool { return len(n.Cluster.Members()) == 3 })
+	waitRebalances(t, n.Cluster)
+	if shed := counterValue(t, reg, "kronos_rebalance_closed_total"); shed != 0 {
+		t.Fatalf("%v clients shed for strangers with invalid or stale figures", shed)
+	}
+
+	static.Heartbeat(200*time.Millisecond, func(i int) []byte {
+		return fmt.Appendf(nil, `{"a":"127.0.0.1:5000","c":0,"s":"ready","n":%d}`, i+1)
+	})
+	eventually(t, 30*time.Second, "rebalancing paused", func() bool {
+		return counterValue(t, reg, "kronos_rebalance_paused_total") >= 1
+	})
+	shed := counterValue(t, reg, "kronos_rebalance_closed_total")
+	waitRebalances(t, n.Cluster)
+	if after := counterValue(t, reg, "kronos_rebalance_closed_total"); after != shed {
+		t.Fatalf("shed %v, then %v more while paused", shed, after-shed)
+	}
+	if shed >= clients {
+		t.Errorf("shed %v of %d clients before pausing", shed, clients)
+	}
+	t.Logf("a stranger with fresh figures made the node shed %v of %d clients before it paused", shed, clients)
+	eventually(t, 30*time.Second, "the clients back", func() bool { return n.Connections() == clients })
 }

@@ -8,6 +8,9 @@ type metrics struct {
 	latency       *prometheus.HistogramVec
 	notifications prometheus.Counter
 	rebalanced    prometheus.Counter
+	// rebalancePaused counts pauses of rebalancing that did not move
+	// clients away.
+	rebalancePaused prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, h *hub) *metrics {
@@ -33,13 +36,17 @@ func newMetrics(reg prometheus.Registerer, h *hub) *metrics {
 			Name: "kronos_rebalance_closed_total",
 			Help: "Connections closed to move them to less loaded nodes.",
 		}),
+		rebalancePaused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kronos_rebalance_paused_total",
+			Help: "Times rebalancing paused because the connections it closed came back to this node.",
+		}),
 	}
 	if reg != nil {
 		users := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "kronos_users_connected",
 			Help: "Users with at least one logged-in device on this node.",
 		}, func() float64 { return float64(h.users()) })
-		reg.MustRegister(m.logins, m.requests, m.latency, m.notifications, m.rebalanced, users)
+		reg.MustRegister(m.logins, m.requests, m.latency, m.notifications, m.rebalanced, m.rebalancePaused, users)
 	}
 	return m
 }

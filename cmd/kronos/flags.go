@@ -59,6 +59,7 @@ var flagOf = map[string]string{
 	"Cluster.Bind":             "--cluster-bind",
 	"Cluster.Advertise":        "--cluster-advertise",
 	"Cluster.Key":              "--cluster-key",
+	"Cluster.Insecure":         "--cluster-insecure",
 	"Cluster.RejoinInterval":   "--rejoin-interval",
 }
 
@@ -92,7 +93,8 @@ func parseServeFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&cfg.cluster.Bind, "cluster-bind", ":7946", "cluster: gossip address, UDP and TCP")
 	fs.StringVar(&cfg.cluster.Advertise, "cluster-advertise", "", "cluster: address other nodes reach this one at (default: from --cluster-bind)")
 	fs.StringVar(&cfg.cluster.NodeName, "node-name", "", "cluster: unique node name (default: hostname and a random suffix)")
-	fs.StringVar(&cfg.clusterKey, "cluster-key", "", "cluster: gossip encryption key, base64 of 16, 24 or 32 bytes")
+	fs.StringVar(&cfg.clusterKey, "cluster-key", "", "cluster: gossip encryption key, base64 of 16, 24 or 32 random bytes (required with --join)")
+	fs.BoolVar(&cfg.cluster.Insecure, "cluster-insecure", false, "cluster: allow --join without --cluster-key, on a network only Kronos nodes reach (gossip is then neither encrypted nor authenticated)")
 	fs.DurationVar(&cfg.cluster.RejoinInterval, "rejoin-interval", 30*time.Second, "cluster: how often --join names are resolved and joined again")
 	fs.DurationVar(&o.DrainPeriod, "drain-period", 30*time.Second, "cluster: spread the closing of clients over this on a stop")
 	fs.Float64Var(&o.RebalanceThreshold, "rebalance-threshold", 0.2, "cluster: shed connections when above the mean by this fraction (negative: off; 0: the default)")
@@ -145,6 +147,11 @@ func parseServeFlags(args []string, stderr io.Writer) (*config, error) {
 			problems = append(problems, "--cluster-key: want base64 of 16, 24 or 32 bytes")
 		}
 		cfg.cluster.Key = key
+	}
+	if len(cfg.cluster.Join) > 0 && cfg.clusterKey == "" && !cfg.cluster.Insecure {
+		problems = append(problems, "--join needs a gossip key: set --cluster-key (KRONOS_CLUSTER_KEY) to base64 of 32 random bytes "+
+			"(head -c32 /dev/urandom | base64), the same on every node; or set --cluster-insecure (KRONOS_CLUSTER_INSECURE=true) "+
+			"if nothing but Kronos nodes can reach the gossip port")
 	}
 	var lib check.List
 	lib.Merge("", o.Validate())

@@ -50,3 +50,27 @@ func TestVersionCommand(t *testing.T) {
 		t.Fatalf("unknown command exit %d", code)
 	}
 }
+
+// Clustering without a key is refused, naming both ways out.
+func TestClusteringNeedsAKey(t *testing.T) {
+	var stderr bytes.Buffer
+	if code := run([]string{"serve", "--join", "127.0.0.1:7946"}, &bytes.Buffer{}, &stderr); code != 2 {
+		t.Fatalf("exit %d", code)
+	}
+	for _, want := range []string{"--cluster-key", "KRONOS_CLUSTER_KEY", "--cluster-insecure", "KRONOS_CLUSTER_INSECURE"} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("the error does not mention %s: %s", want, stderr.String())
+		}
+	}
+	if _, err := parseServeFlags([]string{"--join", "127.0.0.1:7946", "--cluster-key", "c2l4dGVlbi1ieXRlLWtleS1mb3ItdGVzdHMtb25seSE="}, &bytes.Buffer{}); err != nil {
+		t.Errorf("with a key: %v", err)
+	}
+	t.Setenv("KRONOS_CLUSTER_INSECURE", "true")
+	cfg, err := parseServeFlags([]string{"--join", "127.0.0.1:7946"}, &bytes.Buffer{})
+	if err != nil || !cfg.cluster.Insecure {
+		t.Errorf("insecure: %v", err)
+	}
+	if _, err := parseServeFlags(nil, &bytes.Buffer{}); err != nil {
+		t.Errorf("a single node needs no key: %v", err)
+	}
+}

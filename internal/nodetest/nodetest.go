@@ -5,6 +5,7 @@ package nodetest
 
 import (
 	"context"
+	"crypto/rand"
 	"io"
 	"path/filepath"
 	"sync"
@@ -29,6 +30,12 @@ type Options struct {
 	// Join makes the node a cluster member (fast timers, loopback) joining
 	// these gossip addresses; an empty non-nil slice starts a cluster.
 	Join []string
+	// Key is the cluster's gossip key. Nil when starting a cluster: a
+	// random one (in Node.Key, for the nodes that join). Nil when joining
+	// one: the test fails, unless Insecure.
+	Key []byte
+	// Insecure clusters without a key (cluster.Options.Insecure).
+	Insecure bool
 }
 
 // Node is a started node.
@@ -37,6 +44,7 @@ type Node struct {
 	Backend feed.Backend
 	Addr    string           // client port
 	Cluster *cluster.Cluster // nil unless Join was given
+	Key     []byte           // the cluster's gossip key; nil if Insecure
 }
 
 // Start runs a node and stops it (Shutdown, 10s) when tb ends.
@@ -67,12 +75,20 @@ func Start(tb testing.TB, opts Options) *Node {
 	}
 	tn := &Node{Node: n, Backend: b, Addr: n.Addr().String()}
 	if opts.Join != nil {
-		c, err := n.JoinCluster(cluster.Options{Bind: "127.0.0.1:0", Join: opts.Join, Fast: true,
-			Logger: zerolog.New(io.Discard)})
+		key := opts.Key
+		switch {
+		case opts.Insecure:
+		case key == nil && len(opts.Join) > 0:
+			tb.Fatal("nodetest: joining a cluster needs its Key (or Insecure)")
+		case key == nil:
+			key = NewKey(tb)
+		}
+		c, err := n.JoinCluster(cluster.Options{Bind: "127.0.0.1:0", Join: opts.Join, Key: key,
+			Insecure: opts.Insecure, Fast: true, Logger: zerolog.New(io.Discard)})
 		if err != nil {
 			tb.Fatal(err)
 		}
-		tn.Cluster = c
+		tn.Cluster, tn.Key = c, key
 	}
 	tb.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -82,6 +98,15 @@ func Start(tb testing.TB, opts Options) *Node {
 		}
 	})
 	return tn
+}
+
+// NewKey returns a random 32-byte gossip key.
+func NewKey(tb testing.TB) []byte {
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		tb.Fatal(err)
+	}
+	return key
 }
 
 // SinkTap is a feed.Feed that passes everything to a real feed and keeps

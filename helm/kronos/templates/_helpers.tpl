@@ -31,6 +31,22 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- include "kronos.fullname" . }}
 {{- end }}
 
+{{/* A cluster given no gossip key gets a random one (gossip-key.yaml). */}}
+{{- define "kronos.generateGossipKey" -}}
+{{- if and (include "kronos.clustered" .) (not .Values.cluster.gossipKey) (not .Values.cluster.existingSecret) }}true{{ end }}
+{{- end }}
+
+{{/* The Secret holding the gossip key, under "gossip-key". */}}
+{{- define "kronos.gossipSecretName" -}}
+{{- if .Values.cluster.existingSecret }}
+{{- .Values.cluster.existingSecret }}
+{{- else if .Values.cluster.gossipKey }}
+{{- include "kronos.secretName" . }}
+{{- else }}
+{{- include "kronos.fullname" . }}-gossip-key
+{{- end }}
+{{- end }}
+
 {{/* Refuse value sets that cannot work. */}}
 {{- define "kronos.validate" -}}
 {{- if eq .Values.store.type "bolt" }}
