@@ -195,7 +195,7 @@ func TestDashboardAndAlertsNameExportedMetrics(t *testing.T) {
 func clusterArgs(t *testing.T, store string) []string {
 	t.Helper()
 	gossip := freeGossipPort(t)
-	return []string{"--store", store, "--cluster-bind", gossip, "--join", gossip}
+	return []string{"--store", store, "--cluster-bind", gossip, "--join", gossip, "--cluster-insecure"}
 }
 
 // freeGossipPort finds a loopback port free for both TCP and UDP.
