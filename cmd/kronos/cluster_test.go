@@ -155,16 +155,7 @@ func testNodeRestart(t *testing.T, url string) {
 	if _, err := c2.Login(login.Str("user_id"), login.Str("device_id"), 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	c2.Send(map[string]any{"type": "read-all"})
-	// A write the killed node committed but had not applied yet comes as a
-	// notification after the login (RethinkDB): skip to the answer.
-	m, err := c2.Next(5 * time.Second)
-	for err == nil && m.Type() != "read-all" {
-		m, err = c2.Next(5 * time.Second)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := readAllAnswer(t, c2, 5*time.Second)
 	tasks, _ := m["tasks"].([]any)
 	if len(tasks) != 50 || m["version"] != float64(49) {
 		t.Fatalf("after restart: %v; want 50 tasks and version 49", m)

@@ -125,13 +125,9 @@ func TestRethinkKilledWhileWritingLosesNothingNotified(t *testing.T) {
 		return true
 	})
 	defer again.Close()
-	again.Send(map[string]any{"type": "read-all"})
-	m, err := again.Next(10 * time.Second)
-	for err == nil && m.Type() != "read-all" {
-		m, err = again.Next(10 * time.Second)
-	}
-	if err != nil || !m.Success() {
-		t.Fatalf("read-all after the restart: %v %v", m, err)
+	m := readAllAnswer(t, again, 10*time.Second)
+	if !m.Success() {
+		t.Fatalf("read-all after the restart: %v", m)
 	}
 	stored := map[float64]bool{}
 	for _, task := range m["tasks"].([]any) {
@@ -194,14 +190,7 @@ func TestNodeKilledMidWriteAllIsAllOrNothing(t *testing.T) {
 			if _, err := c2.Login(login.Str("user_id"), login.Str("device_id"), 5*time.Second); err != nil {
 				t.Fatal(err)
 			}
-			c2.Send(map[string]any{"type": "read-all"})
-			m, err := c2.Next(5 * time.Second)
-			for err == nil && m.Type() != "read-all" {
-				m, err = c2.Next(5 * time.Second)
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
+			m := readAllAnswer(t, c2, 5*time.Second)
 			tasks := m["tasks"].([]any)
 			sets := map[string]int{}
 			for _, task := range tasks {

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/kronos-sync/kronos-server/node/client"
 )
 
 var (
@@ -160,4 +162,23 @@ func testContext(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// readAllAnswer asks for read-all and returns the answer, skipping the
+// notifications that come before it (a write a killed node committed but
+// had not applied yet comes after the login, on RethinkDB).
+func readAllAnswer(t *testing.T, c *client.Client, timeout time.Duration) client.Message {
+	t.Helper()
+	if err := c.Send(map[string]any{"type": "read-all"}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		m, err := c.Next(timeout)
+		if err != nil {
+			t.Fatalf("waiting for the read-all answer: %v", err)
+		}
+		if m.Type() == "read-all" {
+			return m
+		}
+	}
 }

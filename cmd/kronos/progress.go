@@ -27,7 +27,7 @@ type progress struct {
 func newProgress(w io.Writer) *progress {
 	p := &progress{w: w, start: time.Now(), lastPct: -1}
 	if f, ok := w.(*os.File); ok {
-		_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+		_, err := unix.IoctlGetTermios(int(f.Fd()), ioctlGetTermios)
 		p.tty = err == nil
 	}
 	return p

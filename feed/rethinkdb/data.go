@@ -367,42 +367,54 @@ func (s *Store) write(ctx context.Context, w *feed.Write) error {
 	// Writers of one user on this node take turns: only writers on other
 	// nodes can race for a record number, and those races are rare.
 	defer s.writers.lock(w.UserID)()
-	backoff := time.Millisecond
-	for {
-		user, err := s.rollForward(ctx, w.UserID)
-		if err != nil {
-			return err
-		}
-		tx := &userTx{s: s, ctx: ctx, userID: w.UserID, version: json.RawMessage(user.Version),
-			TaskCounter: feed.NewTaskCounter(user.Tasks), deleted: map[int64]bool{}}
+	rec, err := s.commit(ctx, w.UserID, func(user userDoc, tx *userTx) (*recordDoc, error) {
 		changes, err := feed.Apply(tx, w, s.limits)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		rec := tx.record(user, w, changes)
+		return tx.record(user, w, changes), nil
+	})
+	if err != nil {
+		return err
+	}
+	// Committed. Applying it is best effort: whoever reads or writes the
+	// user next completes it.
+	if err := s.applyRecord(ctx, rec); err != nil {
+		s.log.Debug().Err(err).Msg("record committed, not applied yet")
+	}
+	return nil
+}
+
+// commit rolls the user forward, lets build make a record from that state,
+// and inserts it under the user's next number; if another node took that
+// number first, it does it all again on the new state, after a random
+// pause so that the two do not collide again. A nil record from build
+// commits nothing. The caller holds the user's turn (userLocks).
+func (s *Store) commit(ctx context.Context, userID string, build func(userDoc, *userTx) (*recordDoc, error)) (*recordDoc, error) {
+	backoff := time.Millisecond
+	for {
+		user, err := s.rollForward(ctx, userID)
+		if err != nil {
+			return nil, err
+		}
+		tx := &userTx{s: s, ctx: ctx, userID: userID, version: json.RawMessage(user.Version),
+			TaskCounter: feed.NewTaskCounter(user.Tasks), deleted: map[int64]bool{}}
+		rec, err := build(user, tx)
+		if err != nil || rec == nil {
+			return nil, err
+		}
 		doc := r.Expr(rec).Merge(map[string]any{"at": r.Now()})
 		_, err = s.table(tableWrites).Insert(doc, r.InsertOpts{Conflict: "error", Durability: "hard"}).
 			RunWrite(s.exec, r.RunOpts{Context: ctx})
-		if isDuplicateKey(err) {
-			// Another node committed this number: read it and go again,
-			// after a random pause so that two nodes do not collide again.
-			select {
-			case <-time.After(time.Duration(mrand.Int64N(int64(backoff))) + time.Millisecond):
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-			backoff = min(2*backoff, 50*time.Millisecond)
-			continue
+		if !isDuplicateKey(err) {
+			return rec, err
 		}
-		if err != nil {
-			return err
+		select {
+		case <-time.After(time.Duration(mrand.Int64N(int64(backoff))) + time.Millisecond):
+		case <-ctx.Done():
+			return nil, ctx.Err()
 		}
-		// Committed. Applying it is best effort: whoever reads or writes
-		// the user next completes it.
-		if err := s.applyRecord(ctx, rec); err != nil {
-			s.log.Debug().Err(err).Msg("record committed, not applied yet")
-		}
-		return nil
+		backoff = min(2*backoff, 50*time.Millisecond)
 	}
 }
 

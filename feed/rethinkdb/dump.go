@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	mrand "math/rand/v2"
 	"slices"
 	"strings"
 	"time"
@@ -345,41 +344,19 @@ func (s *Store) loadExisting(ctx context.Context, u *feed.UserData) error {
 	}
 	defer s.writers.lock(u.ID)()
 	w := &feed.Write{UserID: u.ID} // the origin device of the changes: none
-	backoff := time.Millisecond
-	for {
-		user, err := s.rollForward(ctx, u.ID)
-		if err != nil {
-			return err
-		}
-		tx := &userTx{s: s, ctx: ctx, userID: u.ID, version: json.RawMessage(user.Version),
-			TaskCounter: feed.NewTaskCounter(user.Tasks), deleted: map[int64]bool{}}
+	rec, err := s.commit(ctx, u.ID, func(user userDoc, tx *userTx) (*recordDoc, error) {
 		changes, err := feed.Replace(tx, u.ID, "", u.Tasks, u.Version)
-		if err != nil {
-			return err
+		if err != nil || len(changes) == 0 && string(tx.version) == user.Version {
+			return nil, err // nothing to do: already there
 		}
-		if len(changes) == 0 && string(tx.version) == user.Version {
-			return nil
-		}
-		rec := tx.record(user, w, changes)
-		doc := r.Expr(rec).Merge(map[string]any{"at": r.Now()})
-		_, err = s.table(tableWrites).Insert(doc, r.InsertOpts{Conflict: "error", Durability: "hard"}).
-			RunWrite(s.exec, r.RunOpts{Context: ctx})
-		if isDuplicateKey(err) { // another node wrote the user meanwhile: again, on the new state
-			select {
-			case <-time.After(time.Duration(mrand.Int64N(int64(backoff))) + time.Millisecond):
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-			backoff = min(2*backoff, 50*time.Millisecond)
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		// Unlike a write, a load applies its record before it returns, so
-		// that what it loaded is counted at once.
-		return s.applyRecord(ctx, rec)
+		return tx.record(user, w, changes), nil
+	})
+	if err != nil || rec == nil {
+		return err
 	}
+	// Unlike a write, a load applies its record before it returns, so that
+	// what it loaded is counted at once.
+	return s.applyRecord(ctx, rec)
 }
 
 func anys(ids []string) []any {
