@@ -16,9 +16,11 @@ import (
 	"github.com/kronos-sync/kronos-server/feed"
 	"github.com/kronos-sync/kronos-server/feed/bolt"
 	"github.com/kronos-sync/kronos-server/feed/postgres"
+	"github.com/kronos-sync/kronos-server/feed/rethinkdb"
 	"github.com/kronos-sync/kronos-server/internal/gossiptest"
 	"github.com/kronos-sync/kronos-server/internal/nodetest"
 	"github.com/kronos-sync/kronos-server/internal/pgtest"
+	"github.com/kronos-sync/kronos-server/internal/rethinktest"
 	"github.com/kronos-sync/kronos-server/internal/tcppipe"
 	"github.com/kronos-sync/kronos-server/node"
 	"github.com/kronos-sync/kronos-server/node/client"
@@ -68,16 +70,33 @@ func statusOf(m *member, name string) (string, string) {
 	return "gone", ""
 }
 
+// Join, takeover and drain, on each shared store.
 func TestClusterMembershipTakeoverAndDrain(t *testing.T) {
-	url := pgtest.URL(t)
-	open := func() feed.Backend {
-		s, err := postgres.Open(context.Background(), url, feed.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { s.Close() })
-		return feed.Backend{Store: s, Feed: s}
-	}
+	t.Run("postgres", func(t *testing.T) {
+		url := pgtest.URL(t)
+		testMembershipTakeoverAndDrain(t, func() feed.Backend {
+			s, err := postgres.Open(context.Background(), url, feed.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close() })
+			return feed.Backend{Store: s, Feed: s}
+		})
+	})
+	t.Run("rethinkdb", func(t *testing.T) {
+		url := rethinktest.URL(t)
+		testMembershipTakeoverAndDrain(t, func() feed.Backend {
+			s, err := rethinkdb.Open(context.Background(), url, feed.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close() })
+			return feed.Backend{Store: s, Feed: s}
+		})
+	})
+}
+
+func testMembershipTakeoverAndDrain(t *testing.T, open func() feed.Backend) {
 	opts := node.Options{DrainPeriod: time.Second}
 	a := startMember(t, open(), opts, nil)
 	b := startMember(t, open(), opts, a)
