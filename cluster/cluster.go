@@ -65,8 +65,6 @@ type Options struct {
 
 	Logger     zerolog.Logger
 	Registerer prometheus.Registerer
-
-	limits *sendLimits // tests: nil is defaultLimits
 }
 
 // Member is one node as this node sees it.
@@ -165,9 +163,6 @@ func Start(opts Options, h Handler) (*Cluster, error) {
 	c := &Cluster{opts: opts, log: opts.Logger.With().Str("component", "cluster").Logger(), handler: h,
 		metrics: newMetrics(opts.Registerer), insecure: len(opts.Key) == 0, limits: defaultLimits,
 		view: map[string]member{}, peers: map[string]*peer{}, stop: make(chan struct{})}
-	if opts.limits != nil {
-		c.limits = *opts.limits
-	}
 	c.send = func(n *memberlist.Node, msg []byte) error { return c.list.SendReliable(n, msg) }
 	c.meta = Meta{Client: opts.ClientAddr, State: StateReady, Version: opts.Version}
 	if err := c.checkMetaSize(); err != nil {

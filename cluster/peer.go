@@ -15,10 +15,10 @@ import (
 // thousands of records a second in a larger cluster. Broadcasts ride on
 // gossip: UDP packets of at most 1,400 bytes (about 25 takeovers of 46
 // bytes), sent every 200ms to 3 random nodes, each record repeated
-// RetransmitMult×log(N+1) times. That carries some 150 takeovers a second
-// per node, far below the need, so the queue would only grow; each record
-// also waits for a gossip round and for a random pick of the right node,
-// and UDP may lose it.
+// RetransmitMult×log(N+1) times. By that arithmetic gossip carries some 150
+// takeovers a second per node, far below the need, so the queue would only
+// grow; each record also waits for a gossip round and for a random pick of
+// the right node, and UDP may lose it.
 //
 // A sender per peer instead sends whatever is queued for that node as one
 // message over memberlist's TCP stream (encrypted with the cluster key).
@@ -29,6 +29,13 @@ import (
 // are (before: one dial and one goroutine per takeover and peer, 38,000 for
 // a drain into two nodes), leaving at most 3,000 sockets in TIME_WAIT per
 // peer, and a takeover waits at most 20ms more than it did.
+//
+// Measured between two nodes on loopback: a lone takeover arrives in
+// 0.6-1ms; 5,000 queued at once go in one send and all arrive within
+// 25-35ms; 700, 2,000 or 5,000 a second for 3s take 48 sends a second and
+// arrive with a delay of 11ms (p50), 21ms (p99), 25ms at most. The dial per
+// takeover kept up at 2,000 a second (p99 13ms), but at 5,000 it lost 10%
+// and the rest waited 0.7s (p50), 2.3s at most.
 const (
 	sendInterval = 20 * time.Millisecond
 	// maxBatchBytes bounds one message: about 5,500 takeovers, 2ms on a
