@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/kronos-sync/kronos-server/feed"
@@ -92,6 +93,13 @@ func optionalString(raw json.RawMessage, name string) (string, error) {
 	}
 	if len(s) > maxIDLength {
 		return "", badRequest("%s exceeds %d bytes", name, maxIDLength)
+	}
+	// Ids reach the store, the feed's filters and log hashes: checked here,
+	// before any of them (a NUL byte broke PostgreSQL's change-log query).
+	for _, r := range s {
+		if !unicode.IsPrint(r) {
+			return "", badRequest("%s must be printable text", name)
+		}
 	}
 	return s, nil
 }

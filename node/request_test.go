@@ -1,6 +1,7 @@
 package node
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -264,4 +265,31 @@ func FuzzDecodeRequest(f *testing.F) {
 			t.Fatalf("task id %d out of range", w.TaskID)
 		}
 	})
+}
+
+// Ids with control characters (a NUL byte broke PostgreSQL's change-log
+// query) are refused before any store call; the connection stays usable.
+func TestIDsMustBePrintable(t *testing.T) {
+	for _, bad := range []string{"a\x00b", "tab\there", "\x7f", "line\nbreak"} {
+		for _, field := range []string{"user_id", "device_id"} {
+			_, err := optionalString(mustRaw(t, bad), field)
+			if err == nil || !strings.Contains(err.Error(), field+" must be printable text") {
+				t.Errorf("%s %q: %v", field, bad, err)
+			}
+		}
+	}
+	for _, good := range []string{"5f0c2b9e-8d7a-4c1b-9e3f-2a6d4c8b1e07", "my laptop", "ordinateur-de-zoé"} {
+		if _, err := optionalString(mustRaw(t, good), "device_id"); err != nil {
+			t.Errorf("%q refused: %v", good, err)
+		}
+	}
+}
+
+func mustRaw(t *testing.T, s string) json.RawMessage {
+	t.Helper()
+	b, err := json.Marshal(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
