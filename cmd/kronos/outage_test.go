@@ -229,23 +229,39 @@ func TestNodeStartsBeforeTheStore(t *testing.T) {
 		srv.waitServing(t)
 	})
 	t.Run("postgres", func(t *testing.T) {
-		// A port forward that refuses until the test opens it.
+		// A port forward that hangs up on every connection until the test
+		// opens it: the port stays ours all along.
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
 		}
+		defer ln.Close()
+		var open atomic.Bool
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				if !open.Load() {
+					c.Close()
+					continue
+				}
+				go func() {
+					d, err := net.Dial("tcp", "127.0.0.1:5432")
+					if err != nil {
+						c.Close()
+						return
+					}
+					tcppipe.Join(c, d)
+				}()
+			}
+		}()
 		port := ln.Addr().(*net.TCPAddr).Port
-		ln.Close()
-		real := pgtest.URL(t)
-		url := strings.Replace(real, "127.0.0.1:5432", "127.0.0.1:"+strconv.Itoa(port), 1)
+		url := strings.Replace(pgtest.URL(t), "127.0.0.1:5432", "127.0.0.1:"+strconv.Itoa(port), 1)
 		url = strings.Replace(url, "postgres@", "postgres:s3cret@", 1)
 		srv := startWaiting(t, url)
-		ln, err = net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		go tcppipe.Forward(ln, func() string { return "127.0.0.1:5432" })
+		open.Store(true)
 		srv.waitServing(t)
 	})
 }
