@@ -24,6 +24,7 @@ import (
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -157,6 +158,7 @@ type manifests struct {
 	cronJobs    []batchv1.CronJob
 	dashboards  []corev1.ConfigMap // ConfigMaps for Grafana's sidecar
 	rules       []monitoringv1.PrometheusRule
+	policies    []networkingv1.NetworkPolicy
 }
 
 func typed(t *testing.T, objs []object) manifests {
@@ -204,6 +206,10 @@ func typed(t *testing.T, objs []object) manifests {
 			var h autoscalingv2.HorizontalPodAutoscaler
 			decodeStrict(t, o, &h)
 			m.hpas = append(m.hpas, h)
+		case "NetworkPolicy":
+			var p networkingv1.NetworkPolicy
+			decodeStrict(t, o, &p)
+			m.policies = append(m.policies, p)
 		case "ServiceMonitor": // a CRD: no k8s.io/api type
 			var sm map[string]any
 			json.Unmarshal(o.JSON, &sm)
@@ -262,6 +268,7 @@ func TestChartRendersValidObjects(t *testing.T) {
 				}
 			}
 			checkBackup(t, m, values)
+			checkNetworkPolicy(t, m, clustered)
 			checkDashboards(t, m, values)
 			checkRules(t, m, values)
 			if name == "cluster on PostgreSQL" {
@@ -598,4 +605,43 @@ func TestPlainManifestsMatchTheChart(t *testing.T) {
 func mustJSON(v any) string {
 	b, _ := json.Marshal(v)
 	return string(b)
+}
+
+// checkNetworkPolicy: on by default, it selects the nodes; the client port
+// is open to all, the admin port only to named peers, gossip only to the
+// release's own nodes.
+func checkNetworkPolicy(t *testing.T, m manifests, clustered bool) {
+	t.Helper()
+	if len(m.policies) != 1 {
+		t.Fatalf("%d NetworkPolicies, want 1 (on by default)", len(m.policies))
+	}
+	p := m.policies[0]
+	pods := m.deployments[0].Spec.Template.Labels
+	for k, v := range p.Spec.PodSelector.MatchLabels {
+		if pods[k] != v {
+			t.Errorf("the policy selects %s=%s, the pods have %q", k, v, pods[k])
+		}
+	}
+	rules := map[string]networkingv1.NetworkPolicyIngressRule{}
+	for _, r := range p.Spec.Ingress {
+		for _, port := range r.Ports {
+			rules[port.Port.String()] = r
+		}
+	}
+	if r, ok := rules["client"]; !ok || len(r.From) != 0 {
+		t.Errorf("the client port must be open to all: %+v", r)
+	}
+	if r, ok := rules["admin"]; !ok || len(r.From) == 0 {
+		t.Errorf("the admin port must be limited to named peers: %+v", r)
+	}
+	r, ok := rules["gossip-tcp"]
+	if clustered != ok {
+		t.Errorf("gossip rule present %v, clustered %v", ok, clustered)
+	}
+	if ok && (len(r.From) != 1 || r.From[0].PodSelector == nil || r.From[0].NamespaceSelector != nil) {
+		t.Errorf("gossip must come from the release's own pods only: %+v", r.From)
+	}
+	if _, udp := rules["gossip-udp"]; ok && !udp {
+		t.Error("memberlist gossips over UDP too")
+	}
 }
