@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -275,27 +274,7 @@ type waiting struct {
 func startWaiting(t *testing.T, url string) *waiting {
 	t.Helper()
 	cmd := exec.Command(kronosBinary(t), "serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--store", url)
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &server{cmd: cmd, logs: &logTail{added: make(chan struct{})}, done: make(chan error, 1)}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			s.logs.add(sc.Text())
-		}
-		s.done <- cmd.Wait()
-	}()
-	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			<-s.done
-		}
-	})
+	s := launch(t, cmd)
 	s.admin = s.logs.waitFor(t, "admin listening", 20*time.Second)["admin"].(string)
 	s.logs.waitFor(t, "store unreachable; retrying", 20*time.Second)
 	resp, err := http.Get("http://" + s.admin + "/healthz")

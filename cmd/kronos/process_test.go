@@ -109,6 +109,16 @@ func startServer(t *testing.T, args ...string) *server {
 // accepts clients.
 func startCommand(t *testing.T, cmd *exec.Cmd) *server {
 	t.Helper()
+	s := launch(t, cmd)
+	s.addr = s.logs.waitFor(t, "accepting clients", 20*time.Second)["addr"].(string)
+	s.admin = s.logs.waitFor(t, "kronos started", 20*time.Second)["admin"].(string)
+	return s
+}
+
+// launch starts a prepared `kronos serve` command, keeps its log lines, and
+// kills it when the test ends; it waits for nothing.
+func launch(t *testing.T, cmd *exec.Cmd) *server {
+	t.Helper()
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -131,8 +141,6 @@ func startCommand(t *testing.T, cmd *exec.Cmd) *server {
 			<-s.done
 		}
 	})
-	s.addr = s.logs.waitFor(t, "accepting clients", 20*time.Second)["addr"].(string)
-	s.admin = s.logs.waitFor(t, "kronos started", 20*time.Second)["admin"].(string)
 	return s
 }
 
