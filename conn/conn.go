@@ -52,6 +52,12 @@ type Conn struct {
 	scan      jsonScanner
 	ws        wsReader
 	discardIn bool // closing: read and drop whatever the peer still sends
+	proxyDone bool // the PROXY header was read (Options.ProxyProtocol)
+	ipCounted bool // counted under MaxConnsPerIP (Server.admitAddr)
+	// tlsHandoff: the read side passes to the TLS handshake goroutine at
+	// the end of this read (epoll engine).
+	tlsHandoff bool
+	tls        atomic.Pointer[tlsState] // set once by the read side; nil for plain connections
 
 	// Deadlines watched by the sweeper (unix nanos, 0 = none).
 	active       atomic.Int64 // last byte read or written, or last ping sent
@@ -77,8 +83,13 @@ func (c *Conn) SetIdentified() { c.identified.Store(true) }
 // ID is a process-unique number for logs.
 func (c *Conn) ID() uint64 { return c.id }
 
-// RemoteAddr is the peer's address.
+// RemoteAddr is the client's address: the socket's, or the one a PROXY
+// protocol header gave. Call it from the read side (OnMessage, OnClose): the
+// header is read there, before the first message.
 func (c *Conn) RemoteAddr() netip.AddrPort { return c.remote }
+
+// TLS reports whether the connection is encrypted by the node.
+func (c *Conn) TLS() bool { return c.tls.Load() != nil }
 
 // Transport is the connection's framing, known before the first OnMessage.
 func (c *Conn) Transport() Transport { return Transport(c.transport.Load()) }

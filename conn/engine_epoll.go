@@ -91,12 +91,12 @@ func (e *epollEngine) acceptAll() error {
 		fd, sa, err := unix.Accept4(e.listenFd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
 		switch {
 		case err == nil:
-			remote := addrPort(sa)
-			if !s.admit(remote.Addr()) {
+			c := &Conn{fd: fd, remote: addrPort(sa)}
+			if !s.admit(c) {
 				unix.Close(fd)
 				continue
 			}
-			s.attach(&Conn{fd: fd, remote: remote})
+			s.attach(c)
 		case errors.Is(err, unix.EAGAIN):
 			return nil
 		case errors.Is(err, unix.EINTR), errors.Is(err, unix.ECONNABORTED):
@@ -124,6 +124,9 @@ func (e *epollEngine) loop() {
 			c.onWritable()
 		}
 		if events&readEvents != 0 {
+			if ts := c.tls.Load(); ts != nil && ts.handshaking.Load() {
+				ts.signal()
+			}
 			c.scheduleRead(e.pool)
 		}
 	})
@@ -160,6 +163,10 @@ func (e *epollEngine) stop() {
 	e.poller.wake()
 	<-e.loopDone
 	e.pool.stop()
+	// Connections are aborted by now, which ends every handshake; no worker
+	// is left to start one. A connection whose handshake succeeded just
+	// before is torn down by Shutdown like any other.
+	e.s.handshakes.Wait()
 	// No goroutine of the engine is left to see this write.
 	e.poller.close()
 	e.poller = nil

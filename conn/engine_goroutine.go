@@ -2,6 +2,7 @@ package conn
 
 import (
 	"errors"
+	"io"
 	"net"
 	"sync"
 	"syscall"
@@ -54,21 +55,22 @@ func (e *goroutineEngine) acceptLoop() {
 		}
 		backoff = 0
 		remote, _ := netip4or6(nc.RemoteAddr())
-		if !s.admit(remote.Addr()) {
+		c := &Conn{remote: remote}
+		if !s.admit(c) {
 			nc.Close()
 			continue
 		}
 		raw, err := nc.SyscallConn()
-		var fd int
 		if err == nil {
-			err = raw.Control(func(f uintptr) { fd = int(f) })
+			err = raw.Control(func(f uintptr) { c.fd = int(f) })
 		}
 		if err != nil {
-			s.release(remote.Addr())
+			s.release(c)
 			nc.Close()
 			continue
 		}
-		s.attach(&Conn{fd: fd, remote: remote, g: &goroutineConn{nc: nc, raw: raw, wake: make(chan struct{}, 1)}})
+		c.g = &goroutineConn{nc: nc, raw: raw, wake: make(chan struct{}, 1)}
+		s.attach(c)
 	}
 }
 
@@ -84,24 +86,58 @@ func (e *goroutineEngine) readLoop(c *Conn) {
 	buf := make([]byte, goroutineReadBuffer)
 	for {
 		var n int
-		var rerr error
-		err := c.g.raw.Read(func(fd uintptr) bool {
-			n, rerr = unix.Read(int(fd), buf)
-			return !errors.Is(rerr, unix.EAGAIN)
-		})
-		switch {
-		case n > 0:
+		var err error
+		ts := c.tls.Load()
+		if ts != nil {
+			n, err = ts.conn.Read(buf) // blocks in tlsSocket.Read: see c.g.read
+		} else {
+			n, err = c.g.read(buf)
+		}
+		if n > 0 {
 			c.onData(buf[:n])
+		}
+		if ts != nil && ts.handshaking.Load() && ts.conn.ConnectionState().HandshakeComplete {
+			ts.handshaking.Store(false)
+			c.srv.metrics.tlsHandshake(nil)
+		}
+		switch {
+		case err == nil:
 			continue
-		case err == nil && rerr == nil: // EOF
+		case errors.Is(err, io.EOF):
 			c.markClosing(ReasonClientClosed)
-		case errors.Is(rerr, unix.EINTR):
-			continue
+		case ts != nil:
+			if ts.handshaking.Load() {
+				c.srv.metrics.tlsHandshake(err)
+			}
+			c.markClosing(tlsReadReason(err))
 		default:
 			c.markClosing(ReasonIOError)
 		}
 		c.teardown()
 		return
+	}
+}
+
+// read blocks until the socket has input, and reads it.
+func (g *goroutineConn) read(p []byte) (int, error) {
+	for {
+		var n int
+		var rerr error
+		err := g.raw.Read(func(fd uintptr) bool {
+			n, rerr = unix.Read(int(fd), p)
+			return !errors.Is(rerr, unix.EAGAIN)
+		})
+		switch {
+		case err != nil:
+			return 0, err
+		case n > 0:
+			return n, nil
+		case rerr == nil:
+			return 0, io.EOF
+		case errors.Is(rerr, unix.EINTR):
+			continue
+		}
+		return 0, rerr
 	}
 }
 

@@ -32,10 +32,12 @@ package conn
 // state: the reason says why, the state how far the close has gone.
 //
 // Ownership, which is what keeps a descriptor from being used after close:
-//   - The read side (readState, in, scan, ws, discardIn) belongs to one
-//     goroutine at a time: the pool worker holding readState (epoll engine),
-//     the connection's reader goroutine (goroutine engine), or, once the
-//     engine has stopped, Server.Shutdown. Only that owner calls teardown,
+//   - The read side (readState, in, scan, ws, discardIn, the PROXY header
+//     and remote, the TLS handshake) belongs to one goroutine at a time: the
+//     pool worker holding readState (epoll engine), a TLS connection's
+//     handshake goroutine (epoll engine, until the handshake ends), the
+//     connection's reader goroutine (goroutine engine), or, once the engine
+//     has stopped, Server.Shutdown. Only that owner calls teardown,
 //     so only it closes the descriptor.
 //   - state and the output queue may be touched by any goroutine under mu.
 //     A syscall on the descriptor outside the read side (write, shutdown)
@@ -168,11 +170,11 @@ func (c *Conn) Close(reason CloseReason) {
 // closing: the write side is shut once the queue drains. The caller has set
 // the reason.
 func (c *Conn) closeAfterSend(last []byte) {
+	if last != nil {
+		c.emit(&outItem{data: last}) // outside mu: TLS encrypts first
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if last != nil {
-		c.enqueueLocked(&outItem{data: last})
-	}
 	if c.state != stateOpen {
 		return
 	}
@@ -203,6 +205,9 @@ func (c *Conn) abortLocked() {
 	c.out, c.outOff, c.outBytes = nil, 0, 0
 	c.state = stateWriteShut
 	shutdownFd(c.fd, true)
+	if ts := c.tls.Load(); ts != nil {
+		ts.signal() // a handshake waiting for input reads the EOF
+	}
 }
 
 // shutWriteLocked sends FIN after the queued bytes and starts the linger
@@ -262,8 +267,9 @@ func (c *Conn) teardown() {
 	// Close before the handler's cleanup, which may be slow: the peer
 	// learns at once, and the descriptor is free for the next accept.
 	s.engine.closeFd(c)
-	s.release(c.remote.Addr())
+	s.release(c)
 	c.in, c.ws = nil, wsReader{}
+	c.tls.Store(nil)
 	s.count.Add(-1)
 	s.metrics.closed(c.Transport())
 	s.handler.OnClose(c, c.CloseReason())

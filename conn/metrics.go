@@ -9,6 +9,10 @@ type metrics struct {
 	acceptErrors   prometheus.Counter
 	closes         *prometheus.CounterVec
 	queueOverflows prometheus.Counter
+	tlsHandshakes  *prometheus.CounterVec
+	tlsReloads     *prometheus.CounterVec
+	tlsExpiry      prometheus.Gauge
+	proxyHeaders   *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -37,6 +41,22 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "kronos_queue_drops_total",
 			Help: "Connections dropped because their outgoing queue overflowed (slow consumers).",
 		}),
+		tlsHandshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kronos_tls_handshakes_total",
+			Help: "TLS handshakes on the client port, by result: ok, error.",
+		}, []string{"result"}),
+		tlsReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kronos_tls_certificate_reloads_total",
+			Help: "Reloads of the client port's certificate after its files changed, by result: ok, error.",
+		}, []string{"result"}),
+		tlsExpiry: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "kronos_tls_certificate_expiry_timestamp_seconds",
+			Help: "When the client port's certificate in use expires (Unix time); 0 without TLS.",
+		}),
+		proxyHeaders: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kronos_proxy_headers_total",
+			Help: "PROXY protocol headers read on the client port, by result: ok, invalid.",
+		}, []string{"result"}),
 	}
 	for _, t := range []string{"pending", "tcp", "websocket"} {
 		m.open.WithLabelValues(t) // exported as 0 from the start
@@ -45,7 +65,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.refused.WithLabelValues(l)
 	}
 	if reg != nil {
-		reg.MustRegister(m.open, m.accepted, m.refused, m.acceptErrors, m.closes, m.queueOverflows)
+		reg.MustRegister(m.open, m.accepted, m.refused, m.acceptErrors, m.closes, m.queueOverflows,
+			m.tlsHandshakes, m.tlsReloads, m.tlsExpiry, m.proxyHeaders)
 	}
 	return m
 }
@@ -68,3 +89,11 @@ func (m *metrics) transportKnown(t Transport) {
 func (m *metrics) closed(t Transport) { m.open.WithLabelValues(transportLabel(t)).Dec() }
 
 func (m *metrics) closing(r CloseReason) { m.closes.WithLabelValues(r.String()).Inc() }
+
+func (m *metrics) tlsHandshake(err error) {
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	m.tlsHandshakes.WithLabelValues(result).Inc()
+}

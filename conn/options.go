@@ -60,6 +60,18 @@ type Options struct {
 	// Default 30s; negative: no pings.
 	PingInterval time.Duration
 
+	// TLSCertFile and TLSKeyFile (PEM) turn on TLS on the client port for
+	// both transports, sniffed beside plain connections. The files are
+	// checked every second and reloaded when they change.
+	TLSCertFile string
+	TLSKeyFile  string
+	// TLSRequired refuses plain connections.
+	TLSRequired bool
+	// ProxyProtocol expects a PROXY protocol header (v1 or v2) first on
+	// every connection, from a load balancer, and takes the client's
+	// address from it; a connection without one is refused.
+	ProxyProtocol bool
+
 	Logger     zerolog.Logger
 	Registerer prometheus.Registerer // nil: metrics are not registered
 }
@@ -124,6 +136,8 @@ func (o *Options) Validate() error {
 	c.Add(o.WriteTimeout < 0, "WriteTimeout", o.WriteTimeout, "must be 0 (default 10s) or more")
 	c.Add(o.LingerTimeout < 0, "LingerTimeout", o.LingerTimeout, "must be 0 (default 2s) or more")
 	c.Add(o.KeepAlive < 0, "KeepAlive", o.KeepAlive, "must be 0 (default 30s) or more")
+	c.Add((o.TLSCertFile == "") != (o.TLSKeyFile == ""), "TLSCertFile", o.TLSCertFile, "a certificate needs its key file, and a key its certificate")
+	c.Add(o.TLSRequired && o.TLSCertFile == "", "TLSRequired", o.TLSRequired, "needs a certificate and its key")
 	return c.Err()
 }
 

@@ -46,12 +46,37 @@ func (c *Conn) Send(payload []byte) bool {
 	if c.Closing() {
 		return false
 	}
-	return c.enqueue(&it)
+	return c.emit(&it)
 }
 
-// sendRaw queues bytes as they are (handshake answers, control frames).
+// sendRaw queues bytes framed already (handshake answers, control frames).
 func (c *Conn) sendRaw(p []byte) bool {
-	return c.enqueue(&outItem{data: p})
+	return c.emit(&outItem{data: p})
+}
+
+// emit queues a framed message: encrypted first on a TLS connection. It
+// must not be called with c.mu held (tls.Conn's locks come first).
+func (c *Conn) emit(it *outItem) bool {
+	if ts := c.tls.Load(); ts != nil {
+		return c.writeTLS(ts, it)
+	}
+	return c.enqueue(it)
+}
+
+// enqueueOwned queues bytes that belong to this connection alone (TLS
+// records) with no limit check: the caller checked the message they carry.
+func (c *Conn) enqueueOwned(p []byte) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state >= stateWriteShut {
+		return false
+	}
+	c.out = append(c.out, outItem{data: p})
+	c.outBytes += len(p)
+	if len(c.out) == 1 {
+		c.flushLocked()
+	}
+	return true
 }
 
 func (c *Conn) enqueue(it *outItem) bool {

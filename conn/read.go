@@ -17,9 +17,10 @@ func nowNano() int64 { return time.Now().UnixNano() }
 type readStatus uint8
 
 const (
-	readDrained readStatus = iota // EAGAIN: the kernel buffer is empty
-	readBusy                      // more may be waiting; yield the worker
-	readClosed                    // EOF or error: tear down
+	readDrained   readStatus = iota // EAGAIN: the kernel buffer is empty
+	readBusy                        // more may be waiting; yield the worker
+	readClosed                      // EOF or error: tear down
+	readHandedOff                   // TLS starts: the handshake goroutine owns the read side now
 )
 
 // readTurn runs on a pool worker of the epoll engine that owns the read side.
@@ -28,6 +29,10 @@ func (c *Conn) readTurn(buf []byte, p *pool) {
 		switch c.readAvailable(buf) {
 		case readClosed:
 			c.teardown()
+			return
+		case readHandedOff:
+			c.srv.handshakes.Add(1)
+			go c.handshakeTLS(c.tls.Load(), p)
 			return
 		case readBusy:
 			if p.trySubmit(c) {
@@ -42,10 +47,16 @@ func (c *Conn) readTurn(buf []byte, p *pool) {
 }
 
 func (c *Conn) readAvailable(buf []byte) readStatus {
+	if ts := c.tls.Load(); ts != nil {
+		return c.readTLS(ts, buf)
+	}
 	for range maxReadsPerTurn {
 		n, err := unix.Read(c.fd, buf)
 		if n > 0 {
 			c.onData(buf[:n])
+			if c.tlsHandoff {
+				return readHandedOff
+			}
 			continue
 		}
 		switch {
@@ -170,10 +181,35 @@ var httpMethods = [][]byte{
 	[]byte("OPTIONS "), []byte("PATCH "), []byte("CONNECT "), []byte("TRACE "),
 }
 
-// sniff decides the transport from the first bytes: an HTTP request line is
-// a WebSocket upgrade (or a plain HTTP request to refuse); anything else,
-// `{` or whitespace first, is a raw TCP client.
+// sniff decides the transport from the first bytes, after the PROXY header
+// when one is expected: a TLS record starts TLS (the transport inside is
+// sniffed from the decrypted bytes); an HTTP request line is a WebSocket
+// upgrade (or a plain HTTP request to refuse); anything else, `{` or
+// whitespace first, is a raw TCP client.
 func (c *Conn) sniff(p []byte) int {
+	used := 0
+	if c.srv.opts.ProxyProtocol && !c.proxyDone {
+		n, ok := c.readProxyHeader(p)
+		if !ok || n == 0 {
+			return n
+		}
+		if used, p = n, p[n:]; len(p) == 0 {
+			return used
+		}
+	}
+	if c.srv.tlsConfig != nil && c.tls.Load() == nil {
+		switch {
+		case p[0] == tlsRecordHandshake:
+			return used + c.beginTLS(p)
+		case c.srv.opts.TLSRequired:
+			c.refuse(ReasonTLSRequired)
+			return used + len(p)
+		}
+	}
+	return used + c.sniffTransport(p)
+}
+
+func (c *Conn) sniffTransport(p []byte) int {
 	http, undecided := false, false
 	for _, m := range httpMethods {
 		n := min(len(p), len(m))

@@ -23,12 +23,16 @@ const (
 	ReasonPolicy                    // the server decided to close it (rebalance, feed loss, limits)
 	ReasonHTTPRejected              // a plain HTTP request that was not a WebSocket upgrade
 	ReasonResync                    // the feed lost changes of the user: log in again to re-sync
+	ReasonTLSError                  // the TLS handshake failed, or a record was bad
+	ReasonTLSRequired               // a plain connection where TLS is required
+	ReasonProxyProtocol             // no valid PROXY protocol header where one is required
 	reasonCount
 )
 
 var reasonNames = [reasonCount]string{
 	"none", "client_closed", "protocol_error", "slow_consumer", "timeout",
 	"shutdown", "takeover", "io_error", "policy", "http_rejected", "resync",
+	"tls_error", "tls_required", "proxy_protocol",
 }
 
 func (r CloseReason) String() string {

@@ -7,6 +7,7 @@ package conn
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"net/netip"
@@ -45,6 +46,10 @@ type Server struct {
 	metrics  *metrics
 	upgrader ws.Upgrader
 
+	tlsConfig  *tls.Config    // nil: no TLS
+	certs      *certificates  // with tlsConfig
+	handshakes sync.WaitGroup // TLS handshake goroutines (epoll engine)
+
 	ln     *net.TCPListener
 	engine engine
 
@@ -80,6 +85,13 @@ func Listen(opts Options, h Handler) (*Server, error) {
 		stopSweep: make(chan struct{}),
 	}
 	s.accepting.Store(true)
+	if opts.TLSCertFile != "" {
+		certs, err := loadCertificates(opts.TLSCertFile, opts.TLSKeyFile, s.log, s.metrics)
+		if err != nil {
+			return nil, err
+		}
+		s.certs, s.tlsConfig = certs, certs.config()
+	}
 	switch opts.Engine {
 	case EngineEpoll:
 		var err error
@@ -112,31 +124,42 @@ func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 func (s *Server) Count() int { return int(s.count.Load()) }
 
 // admit reports whether one more connection fits under MaxConns and, from
-// its address, under MaxConnsPerIP; if so, it counts it for its address
-// (release gives the count back).
-func (s *Server) admit(from netip.Addr) bool {
+// its address, under MaxConnsPerIP. With ProxyProtocol the address is the
+// balancer's until the header names the client: it is counted then.
+func (s *Server) admit(c *Conn) bool {
 	s.metrics.accepted.Inc()
 	if s.opts.MaxConns > 0 && s.Count() >= s.opts.MaxConns {
 		s.metrics.refused.WithLabelValues("max_conns").Inc()
 		return false
 	}
-	if s.opts.MaxConnsPerIP > 0 {
-		s.ipMu.Lock()
-		defer s.ipMu.Unlock()
-		if s.perIP[from] >= s.opts.MaxConnsPerIP {
-			s.metrics.refused.WithLabelValues("max_conns_per_ip").Inc()
-			return false
-		}
-		s.perIP[from]++
+	return s.opts.ProxyProtocol || s.admitAddr(c)
+}
+
+// admitAddr counts c under its address's MaxConnsPerIP, or reports that it
+// is over. release gives the count back.
+func (s *Server) admitAddr(c *Conn) bool {
+	if s.opts.MaxConnsPerIP <= 0 {
+		return true
 	}
+	from := c.remote.Addr()
+	s.ipMu.Lock()
+	defer s.ipMu.Unlock()
+	if s.perIP[from] >= s.opts.MaxConnsPerIP {
+		s.metrics.refused.WithLabelValues("max_conns_per_ip").Inc()
+		return false
+	}
+	s.perIP[from]++
+	c.ipCounted = true
 	return true
 }
 
-// release gives back an address's count taken by admit.
-func (s *Server) release(from netip.Addr) {
-	if s.opts.MaxConnsPerIP <= 0 {
+// release gives back the address count taken by admitAddr.
+func (s *Server) release(c *Conn) {
+	if !c.ipCounted {
 		return
 	}
+	c.ipCounted = false
+	from := c.remote.Addr()
 	s.ipMu.Lock()
 	if s.perIP[from]--; s.perIP[from] <= 0 {
 		delete(s.perIP, from)
@@ -204,6 +227,9 @@ func (s *Server) sweep() {
 		case <-s.stopSweep:
 			return
 		case <-tick.C:
+		}
+		if s.certs != nil {
+			s.certs.refresh()
 		}
 		now := nowNano()
 		s.Each(func(c *Conn) bool {

@@ -45,6 +45,8 @@ var flagOf = map[string]string{
 	"Conn.MaxQueueBytes":       "--max-queue-bytes",
 	"Conn.MaxConns":            "--max-conns",
 	"Conn.ReadTimeout":         "--read-timeout",
+	"Conn.TLSCertFile":         "--tls-cert",
+	"Conn.TLSRequired":         "--tls-required",
 	"Limits.MaxTasksPerUser":   "--max-tasks-per-user",
 	"Limits.MaxDevicesPerUser": "--max-devices-per-user",
 	"Limits.MaxTaskBytes":      "--max-task-bytes",
@@ -118,6 +120,10 @@ func parseServeFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&o.StoreTimeout, "store-timeout", 10*time.Second, "time allowed for one store call")
 	fs.IntVar(&o.NewUsersPerMinute, "new-users-per-minute", 0, "users one client address may create per minute (0: no limit)")
 	fs.BoolVar(&o.AdminPprof, "admin-pprof", false, "serve /debug/pprof on the admin port")
+	fs.StringVar(&o.Conn.TLSCertFile, "tls-cert", "", "TLS on the client port: certificate chain (PEM), reloaded when the file changes; plain connections stay allowed unless --tls-required")
+	fs.StringVar(&o.Conn.TLSKeyFile, "tls-key", "", "TLS on the client port: private key (PEM), reloaded with --tls-cert")
+	fs.BoolVar(&o.Conn.TLSRequired, "tls-required", false, "refuse plain connections on the client port (needs --tls-cert and --tls-key)")
+	fs.BoolVar(&o.Conn.ProxyProtocol, "proxy-protocol", false, "expect a PROXY protocol header (v1 or v2) from the load balancer on every client connection, and take the client's address from it")
 
 	var problems []string
 	fs.VisitAll(func(f *flag.Flag) {

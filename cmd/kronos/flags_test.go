@@ -29,12 +29,12 @@ func TestFlagsFallBackToEnvironment(t *testing.T) {
 func TestBadConfigurationListsEveryProblem(t *testing.T) {
 	t.Setenv("KRONOS_WORKERS", "many")
 	_, err := parseServeFlags([]string{"--rate-limit", "-1", "--max-message-bytes", "-1", "--engine", "frob",
-		"--cluster-key", "c2hvcnQ="}, &bytes.Buffer{})
+		"--cluster-key", "c2hvcnQ=", "--tls-required"}, &bytes.Buffer{})
 	if err == nil {
 		t.Fatal("bad configuration accepted")
 	}
 	for _, want := range []string{"KRONOS_WORKERS", "--rate-limit -1", "--max-message-bytes -1", "--engine frob",
-		"--cluster-key (5 bytes)"} {
+		"--cluster-key (5 bytes)", "--tls-required true: needs a certificate"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %s", err, want)
 		}

@@ -41,22 +41,36 @@ func Dial(ctx context.Context, t Transport, addr string) (*Client, error) {
 // DialFrom is Dial from a chosen local address (nil: any). On Linux the
 // port is left for connect() to choose (see bindNoPort).
 func DialFrom(ctx context.Context, t Transport, addr string, local *net.TCPAddr) (*Client, error) {
+	if t != TCP && t != WebSocket {
+		return nil, fmt.Errorf("unknown transport %q", t)
+	}
 	d := net.Dialer{LocalAddr: local}
 	if local != nil {
 		d.Control = func(_, _ string, c syscall.RawConn) error {
 			return c.Control(bindNoPort)
 		}
 	}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	cl, err := Over(ctx, t, c, addr)
+	if err != nil {
+		c.Close()
+	}
+	return cl, err
+}
+
+// Over speaks the protocol over a connection made already: TLS, say, or one
+// that sent a PROXY protocol header first. addr names the server in the
+// WebSocket handshake.
+func Over(ctx context.Context, t Transport, c net.Conn, addr string) (*Client, error) {
 	switch t {
 	case TCP:
-		c, err := d.DialContext(ctx, "tcp", addr)
-		if err != nil {
-			return nil, err
-		}
 		return &Client{Transport: t, Conn: c, reader: bufio.NewReader(c)}, nil
 	case WebSocket:
-		wd := ws.Dialer{NetDial: d.DialContext}
-		c, br, _, err := wd.Dial(ctx, "ws://"+addr+"/")
+		wd := ws.Dialer{NetDial: func(context.Context, string, string) (net.Conn, error) { return c, nil }}
+		_, br, _, err := wd.Dial(ctx, "ws://"+addr+"/")
 		if err != nil {
 			return nil, err
 		}
