@@ -529,6 +529,9 @@ func TestChartRefusesBadValues(t *testing.T) {
 			"/prometheusRule/notReadyFor"},
 		{"unknown backup value", map[string]any{"backup": map[string]any{"enabled": true, "retention": 3}}, "/backup"},
 		{"short gossip key", map[string]any{"cluster": map[string]any{"gossipKey": "c2hvcnQ="}}, "/cluster/gossipKey"},
+		{"TLS without a Secret", map[string]any{"tls": map[string]any{"enabled": true}}, "tls.enabled needs tls.secretName"},
+		{"TLS required but off", map[string]any{"tls": map[string]any{"required": true}}, "tls.required needs tls.enabled"},
+		{"unknown TLS value", map[string]any{"tls": map[string]any{"enabled": true, "secretName": "s", "cert": "x"}}, "/tls"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := render(t, tc.values)
@@ -643,5 +646,51 @@ func checkNetworkPolicy(t *testing.T, m manifests, clustered bool) {
 	}
 	if _, udp := rules["gossip-udp"]; ok && !udp {
 		t.Error("memberlist gossips over UDP too")
+	}
+}
+
+// TLS: the node reads the certificate from the Secret's volume (not a
+// subPath, which the kubelet would never update), at the paths its
+// configuration names; PROXY protocol is passed on.
+func TestChartTLSAndProxyProtocol(t *testing.T) {
+	objs, err := render(t, map[string]any{
+		"tls":           map[string]any{"enabled": true, "secretName": "kronos-tls", "required": true},
+		"proxyProtocol": true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := typed(t, objs)
+	data := m.configMaps[0].Data
+	if data["KRONOS_TLS_REQUIRED"] != "true" || data["KRONOS_PROXY_PROTOCOL"] != "true" {
+		t.Errorf("config: %v", data)
+	}
+	pod := m.deployments[0].Spec.Template.Spec
+	var mountPath string
+	for _, vm := range pod.Containers[0].VolumeMounts {
+		if vm.Name == "tls" {
+			if vm.SubPath != "" || !vm.ReadOnly {
+				t.Errorf("TLS mount %+v: want read-only, no subPath", vm)
+			}
+			mountPath = vm.MountPath
+		}
+	}
+	for _, v := range pod.Volumes {
+		if v.Name == "tls" && (v.Secret == nil || v.Secret.SecretName != "kronos-tls") {
+			t.Errorf("TLS volume %+v", v)
+		}
+	}
+	if mountPath == "" || data["KRONOS_TLS_CERT"] != mountPath+"/tls.crt" || data["KRONOS_TLS_KEY"] != mountPath+"/tls.key" {
+		t.Errorf("certificate %q and key %q not in the mounted Secret %q", data["KRONOS_TLS_CERT"], data["KRONOS_TLS_KEY"], mountPath)
+	}
+
+	objs, err = render(t, map[string]any{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k := range typed(t, objs).configMaps[0].Data {
+		if strings.HasPrefix(k, "KRONOS_TLS") || k == "KRONOS_PROXY_PROTOCOL" {
+			t.Errorf("default config sets %s", k)
+		}
 	}
 }

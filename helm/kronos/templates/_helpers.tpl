@@ -64,6 +64,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- fail (printf "store.type %s needs store.url or store.existingSecret" .Values.store.type) }}
 {{- end }}
 {{- end }}
+{{- if and .Values.tls.enabled (not .Values.tls.secretName) }}
+{{- fail "tls.enabled needs tls.secretName: a kubernetes.io/tls Secret with tls.crt and tls.key (cert-manager's Certificate makes one)" }}
+{{- end }}
+{{- if and .Values.tls.required (not .Values.tls.enabled) }}
+{{- fail "tls.required needs tls.enabled and tls.secretName" }}
+{{- end }}
 {{- $drain := int .Values.cluster.drainPeriodSeconds }}
 {{- if le (int .Values.terminationGracePeriodSeconds) (add $drain (int .Values.preStopSleepSeconds) 5) }}
 {{- fail (printf "terminationGracePeriodSeconds %d must exceed preStopSleepSeconds + cluster.drainPeriodSeconds + 5 (%d)" (int .Values.terminationGracePeriodSeconds) (add $drain (int .Values.preStopSleepSeconds) 5)) }}
