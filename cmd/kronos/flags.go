@@ -26,6 +26,7 @@ type config struct {
 	logLevel        string
 	logFormat       string
 	shutdownTimeout time.Duration
+	memoryLimit     int64 // --memory-limit: bytes; 0 the cgroup's limit; negative Go's defaults
 	node            node.Options
 }
 
@@ -120,6 +121,7 @@ func parseServeFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&o.StoreTimeout, "store-timeout", 10*time.Second, "time allowed for one store call")
 	fs.IntVar(&o.NewUsersPerMinute, "new-users-per-minute", 0, "users one client address may create per minute (0: no limit)")
 	fs.BoolVar(&o.AdminPprof, "admin-pprof", false, "serve /debug/pprof on the admin port")
+	memoryLimit := fs.String("memory-limit", "0", "memory the node may use, e.g. 2GiB: the garbage collector lets the heap grow to half of it between collections and treats it as a soft ceiling (0: 80% of the container's cgroup limit, if any; negative: Go's defaults)")
 	fs.StringVar(&o.Conn.TLSCertFile, "tls-cert", "", "TLS on the client port: certificate chain (PEM), reloaded when the file changes; plain connections stay allowed unless --tls-required")
 	fs.StringVar(&o.Conn.TLSKeyFile, "tls-key", "", "TLS on the client port: private key (PEM), reloaded with --tls-cert")
 	fs.BoolVar(&o.Conn.TLSRequired, "tls-required", false, "refuse plain connections on the client port (needs --tls-cert and --tls-key)")
@@ -141,6 +143,11 @@ func parseServeFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 	if fs.NArg() > 0 {
 		problems = append(problems, fmt.Sprintf("unexpected arguments: %q", fs.Args()))
+	}
+	if n, err := parseBytes(*memoryLimit); err != nil {
+		problems = append(problems, "--memory-limit: "+err.Error())
+	} else {
+		cfg.memoryLimit = n
 	}
 	for _, j := range strings.Split(cfg.join, ",") {
 		if j = strings.TrimSpace(j); j != "" {

@@ -111,6 +111,8 @@ func serve(cfg *config, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	mem := applyMemoryPolicy(cfg.memoryLimit, "/sys/fs/cgroup")
+	log.Info().Int64("memory_limit", mem.limit).Str("source", mem.source).Msg("memory policy")
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 

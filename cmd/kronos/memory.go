@@ -1,0 +1,144 @@
+package main
+
+// The garbage collector's policy. By default Go collects whenever the heap
+// doubles its live size: a node holding 20,000 idle connections has a live
+// heap of some 40 MB and, under load, collects several times a second
+// (about a fifth of its CPU at saturation, docs/benchmarks.md) while the
+// memory it was given sits unused. With a memory limit, from --memory-limit
+// or the container's cgroup, the node lets the heap grow to half the limit
+// between collections (never less than Go's default), and tells the runtime
+// the limit as a soft ceiling, which makes it collect harder instead of
+// passing it.
+
+import (
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"runtime/metrics"
+	"strconv"
+	"strings"
+)
+
+// memoryLimitShare is the part of the cgroup's limit the heap may use: the
+// rest is for goroutine stacks, the kernel's socket buffers charged to the
+// container, and what the runtime has not returned yet.
+const memoryLimitShare = 0.8
+
+// parseBytes reads a size: a number of bytes with an optional unit, KiB,
+// MiB, GiB (or KB, MB, GB as powers of 1000).
+func parseBytes(s string) (int64, error) {
+	units := []struct {
+		suffix string
+		scale  float64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"B", 1}}
+	num, scale := strings.TrimSpace(s), 1.0
+	for _, u := range units {
+		if strings.HasSuffix(num, u.suffix) {
+			num, scale = strings.TrimSpace(strings.TrimSuffix(num, u.suffix)), u.scale
+			break
+		}
+	}
+	f, err := strconv.ParseFloat(num, 64)
+	if err != nil || math.IsNaN(f) || math.Abs(f*scale) > math.MaxInt64/2 {
+		return 0, fmt.Errorf("%q is not a size (bytes, or a number with KiB, MiB or GiB)", s)
+	}
+	return int64(f * scale), nil
+}
+
+// cgroupMemoryLimit returns the memory limit of this process's cgroup (v2,
+// else v1), or 0 when there is none. root is /sys/fs/cgroup.
+func cgroupMemoryLimit(root string) int64 {
+	for _, name := range []string{cgroupV2Path(root), filepath.Join(root, "memory.max"),
+		filepath.Join(root, "memory", "memory.limit_in_bytes")} {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			continue
+		}
+		v := strings.TrimSpace(string(b))
+		if v == "max" {
+			return 0
+		}
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n <= 0 || n >= 1<<60 { // v1 says "no limit" with a huge number
+			return 0
+		}
+		return n
+	}
+	return 0
+}
+
+// cgroupV2Path is memory.max of the cgroup /proc/self/cgroup names (where
+// the container does not have a cgroup namespace of its own).
+func cgroupV2Path(root string) string {
+	b, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return ""
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if path, ok := strings.CutPrefix(line, "0::"); ok && path != "/" {
+			return filepath.Join(root, filepath.Clean(path), "memory.max")
+		}
+	}
+	return ""
+}
+
+// gcPercentFor is the GOGC that lets a heap with live bytes grow to target
+// before the next collection, never below Go's default of 100.
+func gcPercentFor(live, target int64) int {
+	if live <= 0 || target <= 2*live {
+		return 100
+	}
+	return int(min((target-live)*100/live, 100_000))
+}
+
+// memoryPolicy is the policy in force, for the start-up log.
+type memoryPolicy struct {
+	limit  int64  // soft limit given to the runtime; 0: none
+	source string // flag, cgroup, GOMEMLIMIT/GOGC, or none
+}
+
+// applyMemoryPolicy sets the runtime's soft memory limit and starts tuning
+// GOGC after each collection. flagLimit is --memory-limit: positive bytes,
+// 0 for the cgroup's limit, negative for Go's defaults. GOGC or GOMEMLIMIT
+// in the environment mean the operator chose: nothing is changed then.
+func applyMemoryPolicy(flagLimit int64, cgroupRoot string) memoryPolicy {
+	if os.Getenv("GOGC") != "" || os.Getenv("GOMEMLIMIT") != "" {
+		return memoryPolicy{source: "GOGC/GOMEMLIMIT"}
+	}
+	p := memoryPolicy{limit: flagLimit, source: "flag"}
+	switch {
+	case flagLimit < 0:
+		return memoryPolicy{source: "none"}
+	case flagLimit == 0:
+		cg := cgroupMemoryLimit(cgroupRoot)
+		if cg == 0 {
+			return memoryPolicy{source: "none"}
+		}
+		p = memoryPolicy{limit: int64(float64(cg) * memoryLimitShare), source: "cgroup"}
+	}
+	debug.SetMemoryLimit(p.limit)
+	startGCTuner(p.limit / 2)
+	return p
+}
+
+// startGCTuner sets GOGC after every collection so that the heap may grow
+// to target: an object without references is finalized once per cycle and
+// arms the next one.
+func startGCTuner(target int64) {
+	sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	var arm func()
+	arm = func() {
+		sentinel := new([16]byte)
+		runtime.SetFinalizer(sentinel, func(*[16]byte) {
+			metrics.Read(sample)
+			if sample[0].Value.Kind() == metrics.KindUint64 {
+				debug.SetGCPercent(gcPercentFor(int64(sample[0].Value.Uint64()), target))
+			}
+			arm()
+		})
+	}
+	arm()
+}

@@ -1,0 +1,84 @@
+package main
+
+import (
+	"bufio"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestParseBytes(t *testing.T) {
+	for in, want := range map[string]int64{"0": 0, "-1": -1, "1048576": 1 << 20, "512MiB": 512 << 20,
+		"1.5GiB": 3 << 29, "2 GiB": 2 << 30, "64KiB": 64 << 10, "1GB": 1e9, "100B": 100} {
+		if got, err := parseBytes(in); err != nil || got != want {
+			t.Errorf("parseBytes(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "lots", "1TiB2", "NaN", "1e300GiB"} {
+		if _, err := parseBytes(bad); err == nil {
+			t.Errorf("parseBytes(%q) accepted", bad)
+		}
+	}
+}
+
+func TestGCPercentFor(t *testing.T) {
+	for _, tc := range []struct {
+		live, target int64
+		want         int
+	}{
+		{40 << 20, 512 << 20, 1180}, // 40 MiB live may grow to 512 MiB
+		{300 << 20, 512 << 20, 100}, // above half the target: Go's default
+		{0, 512 << 20, 100},
+		{1, 1 << 40, 100_000}, // capped
+	} {
+		if got := gcPercentFor(tc.live, tc.target); got != tc.want {
+			t.Errorf("gcPercentFor(%d, %d) = %d, want %d", tc.live, tc.target, got, tc.want)
+		}
+	}
+}
+
+func TestCgroupMemoryLimit(t *testing.T) {
+	write := func(t *testing.T, root, name, content string) {
+		t.Helper()
+		path := filepath.Join(root, name)
+		os.MkdirAll(filepath.Dir(path), 0o755)
+		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v2 := t.TempDir()
+	write(t, v2, "memory.max", "2147483648\n")
+	v2max := t.TempDir()
+	write(t, v2max, "memory.max", "max\n")
+	v1 := t.TempDir()
+	write(t, v1, "memory/memory.limit_in_bytes", "1073741824\n")
+	v1none := t.TempDir()
+	write(t, v1none, "memory/memory.limit_in_bytes", "9223372036854771712\n")
+	for root, want := range map[string]int64{v2: 2 << 30, v2max: 0, v1: 1 << 30, v1none: 0, t.TempDir(): 0} {
+		if got := cgroupMemoryLimit(root); got != want {
+			t.Errorf("%s: %d, want %d", root, got, want)
+		}
+	}
+}
+
+// The real binary hands --memory-limit to the runtime, as its /metrics show.
+func TestServeSetsTheMemoryLimit(t *testing.T) {
+	srv := startServer(t, "--store", "bolt:"+filepath.Join(t.TempDir(), "k.db"), "--memory-limit", "512MiB")
+	resp, err := http.Get("http://" + srv.admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "go_gc_gomemlimit_bytes "); ok {
+			if v != "5.36870912e+08" {
+				t.Fatalf("go_gc_gomemlimit_bytes %s, want 512 MiB", v)
+			}
+			return
+		}
+	}
+	t.Fatal("no go_gc_gomemlimit_bytes in /metrics")
+}
