@@ -178,19 +178,22 @@ func (s *Store) Login(ctx context.Context, userID, deviceID string, connected ..
 	return sess, err
 }
 
-// loginExisting reads the user and stamps the device in one statement.
-// The device is the user's if the stamp found it: unlike a read of the
-// statement's snapshot, the update waits for a login retiring the device
-// and then finds it gone.
+// loginExisting reads the user and the device, stamping the device if its
+// stamp is due, in one statement. A device due a stamp is the user's only
+// if the stamp found it: unlike a read of the statement's snapshot, the
+// update waits for a login retiring the device and then finds it gone. A
+// device stamped recently is read: no login can be retiring it.
 func (s *Store) loginExisting(ctx context.Context, userID, deviceID string) (feed.Session, error) {
 	var version string
 	var seq int64
 	var owned bool
+	now := s.opts.Now()
 	err := s.pool.QueryRow(ctx, `WITH seen AS (
-			UPDATE kronos_devices SET last_seen = GREATEST(last_seen, $3)
-			WHERE device_id = $2 AND user_id = $1 RETURNING 1)
-		SELECT u.version, u.last_seq, EXISTS (SELECT 1 FROM seen)
-		FROM kronos_users u WHERE u.user_id = $1`, userID, deviceID, s.opts.Now()).Scan(&version, &seq, &owned)
+			UPDATE kronos_devices SET last_seen = $3
+			WHERE device_id = $2 AND user_id = $1 AND (last_seen IS NULL OR last_seen < $4) RETURNING 1)
+		SELECT u.version, u.last_seq, EXISTS (SELECT 1 FROM seen) OR EXISTS (SELECT 1 FROM kronos_devices d
+			WHERE d.device_id = $2 AND d.user_id = $1 AND d.last_seen >= $4)
+		FROM kronos_users u WHERE u.user_id = $1`, userID, deviceID, now, feed.StampBefore(now, s.opts.DeviceIdleAfter)).Scan(&version, &seq, &owned)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return feed.Session{}, feed.ErrUserNotFound()
 	}
@@ -295,8 +298,10 @@ func (s *Store) TouchDevices(ctx context.Context, deviceIDs []string) error {
 		return nil
 	}
 	start := time.Now()
-	_, err := s.pool.Exec(ctx, `UPDATE kronos_devices SET last_seen = GREATEST(last_seen, $2) WHERE device_id = ANY($1)`,
-		deviceIDs, s.opts.Now())
+	now := s.opts.Now()
+	_, err := s.pool.Exec(ctx, `UPDATE kronos_devices SET last_seen = $2
+		WHERE device_id = ANY($1) AND (last_seen IS NULL OR last_seen < $3)`,
+		deviceIDs, now, feed.StampBefore(now, s.opts.DeviceIdleAfter))
 	s.metrics.Observe("touch", start, err)
 	return err
 }

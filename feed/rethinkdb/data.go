@@ -280,13 +280,14 @@ func (s *Store) TouchDevices(ctx context.Context, deviceIDs []string) error {
 		return nil
 	}
 	start := time.Now()
-	now := s.opts.Now().UnixMilli()
+	now := s.opts.Now()
+	due := feed.StampBefore(now, s.opts.DeviceIdleAfter).UnixMilli()
 	ids := make([]any, len(deviceIDs))
 	for i, d := range deviceIDs {
 		ids[i] = d
 	}
 	err := s.table(tableDevices).GetAll(ids...).Update(func(d r.Term) any {
-		return r.Branch(d.Field("seen").Default(0).Lt(now), map[string]any{"seen": now}, map[string]any{})
+		return r.Branch(d.Field("seen").Default(0).Lt(due), map[string]any{"seen": now.UnixMilli()}, map[string]any{})
 	}).Exec(s.exec, r.ExecOpts{Context: ctx})
 	s.m.Observe("touch", start, err)
 	return err
