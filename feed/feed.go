@@ -11,6 +11,7 @@ package feed
 import (
 	"context"
 	"encoding/json"
+	"time"
 )
 
 // Store holds the data. All methods are safe for concurrent use; each may
@@ -18,8 +19,20 @@ import (
 type Store interface {
 	// Login resolves or creates the user and device of a login request.
 	// An empty userID creates a user (version -1); an empty deviceID
-	// registers a new device for the user.
-	Login(ctx context.Context, userID, deviceID string) (Session, error)
+	// registers a new device for the user. A login stamps its device's
+	// last-seen time.
+	//
+	// At the device limit, registering a device retires, in the same
+	// atomic step, the user's least recently seen device that is neither
+	// in connected (the user's devices connected to this node) nor seen
+	// within Options.DeviceIdleAfter (it may be connected to another
+	// node); with no such device the login is refused (CodeTooManyDevices).
+	// A retired device is unknown afterwards (CodeDeviceNotFound).
+	Login(ctx context.Context, userID, deviceID string, connected ...string) (Session, error)
+	// TouchDevices stamps the last-seen time of the devices, which are
+	// connected to this node; unknown ids are ignored. Nodes call it
+	// periodically, so that a device connected anywhere is never retired.
+	TouchDevices(ctx context.Context, deviceIDs []string) error
 	// ReadAll returns the user's tasks in id order and the user's version.
 	// It includes every change the Feed has delivered for the user.
 	ReadAll(ctx context.Context, userID string) (Snapshot, error)
@@ -169,6 +182,19 @@ type Write struct {
 	// TaskIndex, when not empty, names the task to delete by its stored
 	// "index" field instead of TaskID (older clients).
 	TaskIndex string
+}
+
+// SeenStale reports whether a device last seen at seen should be stamped
+// again at now: stamps finer than a thirtieth of the idle window (a minute
+// by default) change no decision, and skipping them spares the store a
+// write on most logins and writes.
+func SeenStale(seen, now time.Time, idle time.Duration) bool {
+	return seen.Before(StampBefore(now, idle))
+}
+
+// StampBefore is the time before which a last-seen time is due a stamp.
+func StampBefore(now time.Time, idle time.Duration) time.Time {
+	return now.Add(-idle / 30)
 }
 
 // Task is a validated task: its id and its JSON object, compact.

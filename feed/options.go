@@ -49,6 +49,14 @@ type Options struct {
 	ChangeLogMaxRows int
 	// PruneInterval is how often the change log is pruned. Default 1m.
 	PruneInterval time.Duration
+	// DeviceIdleAfter is how long a device may go unseen before it counts
+	// as connected nowhere: at the device limit, a login that registers a
+	// device retires the user's least recently seen device unseen this
+	// long. Nodes refresh the devices connected to them (TouchDevices) more
+	// often than this. Default 30m.
+	DeviceIdleAfter time.Duration
+	// Now is the clock of the devices' last-seen times. Default time.Now.
+	Now func() time.Time
 
 	Logger     zerolog.Logger
 	Registerer prometheus.Registerer // nil: metrics are not registered
@@ -66,6 +74,12 @@ func (o *Options) SetDefaults() {
 	if o.PruneInterval == 0 {
 		o.PruneInterval = time.Minute
 	}
+	if o.DeviceIdleAfter == 0 {
+		o.DeviceIdleAfter = 30 * time.Minute
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
 }
 
 // Validate reports every field that is neither zero (the default) nor valid.
@@ -75,5 +89,6 @@ func (o *Options) Validate() error {
 	c.Add(o.ChangeLogRetention < 0, "ChangeLogRetention", o.ChangeLogRetention, "must be 0 (default 24h) or more")
 	c.Add(o.ChangeLogMaxRows < 0, "ChangeLogMaxRows", o.ChangeLogMaxRows, "must be 0 (default 1000000) or more")
 	c.Add(o.PruneInterval < 0, "PruneInterval", o.PruneInterval, "must be 0 (default 1m) or more")
+	c.Add(o.DeviceIdleAfter < 0, "DeviceIdleAfter", o.DeviceIdleAfter, "must be 0 (default 30m) or more")
 	return c.Err()
 }

@@ -66,6 +66,31 @@ func (h *hub) device(id string) *session {
 	return ds.m[id]
 }
 
+// shardDevices appends the devices logged in here of one device shard.
+func (h *hub) shardDevices(i int, buf []string) []string {
+	ds := &h.devices[i]
+	ds.mu.Lock()
+	for id := range ds.m {
+		buf = append(buf, id)
+	}
+	ds.mu.Unlock()
+	return buf
+}
+
+// userDevices appends the user's devices logged in here (sessions whose
+// login finished: before that a session's deviceID may still change).
+func (h *hub) userDevices(userID string, buf []string) []string {
+	sh := h.shard(userID)
+	sh.mu.RLock()
+	for _, s := range sh.users[userID] {
+		if s.active.Load() {
+			buf = append(buf, s.deviceID)
+		}
+	}
+	sh.mu.RUnlock()
+	return buf
+}
+
 func (h *hub) shard(userID string) *hubShard {
 	return &h.shards[maphash.String(h.seed, userID)%hubShards]
 }

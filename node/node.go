@@ -51,6 +51,11 @@ type Options struct {
 	NewUsersPerMinute int
 	// AdminPprof serves /debug/pprof on the admin handler. Default off.
 	AdminPprof bool
+	// DeviceTouchInterval is how often the store is told which devices
+	// are connected here (feed.Store.TouchDevices), spread over the
+	// interval. The store's feed.Options.DeviceIdleAfter must be a few
+	// times longer: a device seen within it is never retired. Default 10m.
+	DeviceTouchInterval time.Duration
 
 	Logger     zerolog.Logger
 	Registerer prometheus.Registerer // nil: metrics are not registered
@@ -76,6 +81,9 @@ func (o *Options) setDefaults() {
 	if o.RebalanceRate == 0 {
 		o.RebalanceRate = 50
 	}
+	if o.DeviceTouchInterval == 0 {
+		o.DeviceTouchInterval = 10 * time.Minute
+	}
 }
 
 // Validate reports every field that is neither zero (its default) nor
@@ -92,6 +100,7 @@ func (o *Options) Validate() error {
 		"must be 0 (default 0.2), a positive fraction, or negative (off)")
 	c.Add(o.RebalanceRate < 0, "RebalanceRate", o.RebalanceRate, "must be 0 (default 50) or more")
 	c.Add(o.NewUsersPerMinute < 0, "NewUsersPerMinute", o.NewUsersPerMinute, "must be 0 (no limit) or more")
+	c.Add(o.DeviceTouchInterval < 0, "DeviceTouchInterval", o.DeviceTouchInterval, "must be 0 (default 10m) or more")
 	return c.Err()
 }
 
@@ -149,6 +158,8 @@ func (n *Node) Start() error {
 		return err
 	}
 	n.srv = srv
+	n.loops.Add(1)
+	go n.touchLoop()
 	n.ready.Store(true)
 	n.log.Info().Str("addr", srv.Addr().String()).Msg("accepting clients")
 	return nil

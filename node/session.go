@@ -164,7 +164,13 @@ func (s *session) login(ctx context.Context, req *request) {
 		s.userID = userID
 		s.join()
 	}
-	sess, err := s.node.store.Login(ctx, userID, s.deviceID)
+	// A new device of a user at the limit retires an idle one, never one
+	// connected here, however long since the store last saw it.
+	var connected []string
+	if userID != "" && s.deviceID == "" {
+		connected = s.node.hub.userDevices(userID, nil)
+	}
+	sess, err := s.node.store.Login(ctx, userID, s.deviceID, connected...)
 	if err == nil {
 		s.userID, s.deviceID = sess.UserID, sess.DeviceID
 		if !s.inHub {

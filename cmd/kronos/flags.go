@@ -57,6 +57,7 @@ var flagOf = map[string]string{
 	"DrainPeriod":              "--drain-period",
 	"RebalanceThreshold":       "--rebalance-threshold",
 	"RebalanceRate":            "--rebalance-rate",
+	"DeviceTouchInterval":      "--device-touch-interval",
 	"Store.ChangeLogRetention": "--changelog-retention",
 	"Store.ChangeLogMaxRows":   "--changelog-max-rows",
 	"Cluster.Bind":             "--cluster-bind",
@@ -115,6 +116,8 @@ func parseServeFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&o.Conn.PingInterval, "ws-ping-interval", 30*time.Second, "ping a WebSocket idle this long, for proxies that drop idle connections (negative: never)")
 	fs.IntVar(&o.Limits.MaxTasksPerUser, "max-tasks-per-user", 10000, "most tasks one user may store")
 	fs.IntVar(&o.Limits.MaxDevicesPerUser, "max-devices-per-user", 50, "most devices one user may register")
+	fs.DurationVar(&o.DeviceTouchInterval, "device-touch-interval", 10*time.Minute,
+		"how often a node refreshes the last-seen time of its connected devices; at --max-devices-per-user a new device retires one unseen for 3 times this")
 	fs.IntVar(&o.Limits.MaxTaskBytes, "max-task-bytes", 64<<10, "largest task, as compact JSON")
 	fs.Float64Var(&o.RateLimit, "rate-limit", 100, "requests per second per connection, sustained")
 	fs.IntVar(&o.RateBurst, "rate-burst", 200, "requests one connection may send at once")
@@ -165,6 +168,11 @@ func parseServeFlags(args []string, stderr io.Writer) (*config, error) {
 		problems = append(problems, "--join needs a gossip key: set --cluster-key (KRONOS_CLUSTER_KEY) to base64 of 32 random bytes "+
 			"(head -c32 /dev/urandom | base64), the same on every node; or set --cluster-insecure (KRONOS_CLUSTER_INSECURE=true) "+
 			"if nothing but Kronos nodes can reach the gossip port")
+	}
+	if o.DeviceTouchInterval > 0 {
+		// A device seen within three refreshes may be connected to some
+		// node: one late or failed refresh does not get it retired.
+		cfg.storeOpts.DeviceIdleAfter = 3 * o.DeviceTouchInterval
 	}
 	var lib check.List
 	lib.Merge("", o.Validate())

@@ -21,6 +21,9 @@ func TestFlagsFallBackToEnvironment(t *testing.T) {
 	if cfg.node.Limits.MaxTasksPerUser != 6 {
 		t.Fatalf("a flag must win over the environment: %d", cfg.node.Limits.MaxTasksPerUser)
 	}
+	if cfg.node.DeviceTouchInterval != 10*time.Minute || cfg.storeOpts.DeviceIdleAfter != 30*time.Minute {
+		t.Fatalf("device refresh %v, idle after %v; want 10m and 3 times that", cfg.node.DeviceTouchInterval, cfg.storeOpts.DeviceIdleAfter)
+	}
 	if cfg.store != "bolt:kronos-data/kronos.db" || cfg.adminListen != "127.0.0.1:9090" {
 		t.Fatalf("defaults: %q %q", cfg.store, cfg.adminListen)
 	}
@@ -28,13 +31,13 @@ func TestFlagsFallBackToEnvironment(t *testing.T) {
 
 func TestBadConfigurationListsEveryProblem(t *testing.T) {
 	t.Setenv("KRONOS_WORKERS", "many")
-	_, err := parseServeFlags([]string{"--rate-limit", "-1", "--max-message-bytes", "-1", "--engine", "frob",
-		"--cluster-key", "c2hvcnQ=", "--tls-required"}, &bytes.Buffer{})
+	_, err := parseServeFlags([]string{"--rate-limit", "-1", "--max-message-bytes", "-1", "--engine", "frob", "--device-touch-interval", "-1s",
+		"--cluster-key", "c2hvcnQ=", "--tls-required", "--memory-limit", "lots"}, &bytes.Buffer{})
 	if err == nil {
 		t.Fatal("bad configuration accepted")
 	}
 	for _, want := range []string{"KRONOS_WORKERS", "--rate-limit -1", "--max-message-bytes -1", "--engine frob",
-		"--cluster-key (5 bytes)", "--tls-required true: needs a certificate"} {
+		"--cluster-key (5 bytes)", "--device-touch-interval -1s", "--tls-required true: needs a certificate", "--memory-limit: "} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %s", err, want)
 		}

@@ -4,7 +4,10 @@
 // Layout: bucket "users" maps a user id to its record (version, change
 // sequence and counts); "devices" maps a device id to its user id; "tasks"
 // holds one nested bucket per user whose keys are the task ids, ordered (see
-// taskKey).
+// taskKey); "device_seen" holds one nested bucket per user mapping each of
+// its devices to its last-seen time (see seenValue), which finds a user's
+// devices without a scan of "devices". Files written before it existed get
+// it when opened, every device unseen (the oldest).
 //
 // Writes go through one committer goroutine that groups the writes waiting
 // at that moment into one transaction and one fsync (group commit), then
@@ -23,6 +26,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,6 +40,7 @@ var (
 	bucketUsers   = []byte("users")
 	bucketDevices = []byte("devices")
 	bucketTasks   = []byte("tasks")
+	bucketSeen    = []byte("device_seen")
 	bucketMeta    = []byte("meta") // the readiness probe's scratch key
 )
 
@@ -49,6 +54,8 @@ var ErrClosed = errors.New("bolt store: closed")
 type Store struct {
 	db      *bbolt.DB
 	limits  feed.Limits
+	idle    time.Duration    // feed.Options.DeviceIdleAfter
+	now     func() time.Time // feed.Options.Now
 	metrics *feed.StoreMetrics
 
 	sinkMu sync.Mutex
@@ -111,7 +118,7 @@ func Open(path string, opts feed.Options) (*Store, error) {
 				return err
 			}
 		}
-		return nil
+		return indexDevices(tx)
 	})
 	if err != nil {
 		db.Close()
@@ -120,6 +127,8 @@ func Open(path string, opts feed.Options) (*Store, error) {
 	s := &Store{
 		db:      db,
 		limits:  opts.Limits,
+		idle:    opts.DeviceIdleAfter,
+		now:     opts.Now,
 		metrics: feed.NewStoreMetrics(opts.Registerer, "bolt"),
 		ops:     make(chan *op, maxCommitBatch),
 		quit:    make(chan struct{}),
@@ -304,24 +313,29 @@ func (s *Store) commit(batch []*op) {
 }
 
 // Login implements feed.Store.
-func (s *Store) Login(ctx context.Context, userID, deviceID string) (feed.Session, error) {
+func (s *Store) Login(ctx context.Context, userID, deviceID string, connected ...string) (feed.Session, error) {
 	if userID != "" && deviceID != "" {
-		return s.loginExisting(userID, deviceID)
+		sess, stale, err := s.loginExisting(userID, deviceID)
+		if err != nil || !stale {
+			return sess, err
+		}
+		// Seen long enough ago to be stamped: a write, through the
+		// committer, that checks again.
 	}
 	var sess feed.Session
 	err := s.submit(ctx, &op{name: "login", run: func(tx *bbolt.Tx) ([]feed.Change, error) {
 		var err error
-		sess, err = s.loginCreate(tx, userID, deviceID)
+		sess, err = s.loginCreate(tx, userID, deviceID, connected)
 		return nil, err
 	}})
 	return sess, err
 }
 
-// loginExisting is the common case, a known user and device: read-only.
-func (s *Store) loginExisting(userID, deviceID string) (feed.Session, error) {
+// loginExisting is the common case, a known user and device: read-only,
+// unless the device's last-seen time is due a stamp (stale).
+func (s *Store) loginExisting(userID, deviceID string) (sess feed.Session, stale bool, err error) {
 	start := time.Now()
-	var sess feed.Session
-	err := s.db.View(func(tx *bbolt.Tx) error {
+	err = s.db.View(func(tx *bbolt.Tx) error {
 		rec, err := loadUser(tx, userID)
 		if err != nil {
 			return err
@@ -329,14 +343,17 @@ func (s *Store) loginExisting(userID, deviceID string) (feed.Session, error) {
 		if owner := tx.Bucket(bucketDevices).Get([]byte(deviceID)); string(owner) != userID {
 			return feed.ErrDeviceNotFound(deviceID)
 		}
+		stale = feed.SeenStale(lastSeen(tx, userID, deviceID), s.now(), s.idle)
 		sess = feed.Session{Seq: rec.Seq, UserID: userID, DeviceID: deviceID, Version: bytes.Clone(rec.Version)}
 		return nil
 	})
-	s.metrics.Observe("login", start, err)
-	return sess, err
+	if err != nil || !stale {
+		s.metrics.Observe("login", start, err)
+	}
+	return sess, stale, err
 }
 
-func (s *Store) loginCreate(tx *bbolt.Tx, userID, deviceID string) (feed.Session, error) {
+func (s *Store) loginCreate(tx *bbolt.Tx, userID, deviceID string, connected []string) (feed.Session, error) {
 	sess := feed.Session{UserID: userID, DeviceID: deviceID}
 	var rec *userRecord
 	if userID == "" {
@@ -353,14 +370,28 @@ func (s *Store) loginCreate(tx *bbolt.Tx, userID, deviceID string) (feed.Session
 	if err := feed.ResolveDevice(&sess, deviceID, feed.DeviceOwner{Found: owner != nil, UserID: string(owner)}); err != nil {
 		return feed.Session{}, err
 	}
+	now := s.now()
 	if sess.NewDevice {
 		if rec.Devices >= s.limits.MaxDevicesPerUser {
-			return feed.Session{}, feed.ErrTooManyDevices(s.limits.MaxDevicesPerUser)
+			// Checked before the first mutation: a refusal changes nothing.
+			victim, err := retireCandidate(tx, sess.UserID, connected, now.Add(-s.idle))
+			if err != nil {
+				return feed.Session{}, err
+			}
+			if victim == nil {
+				return feed.Session{}, feed.ErrTooManyDevices(s.limits.MaxDevicesPerUser)
+			}
+			if err := removeDevice(tx, sess.UserID, victim); err != nil {
+				return feed.Session{}, err
+			}
+			rec.Devices--
 		}
-		if err := devices.Put([]byte(sess.DeviceID), []byte(sess.UserID)); err != nil {
+		if err := putDevice(tx, sess.UserID, sess.DeviceID, now); err != nil {
 			return feed.Session{}, err
 		}
 		rec.Devices++
+	} else if err := stampSeen(tx, sess.UserID, sess.DeviceID, now); err != nil {
+		return feed.Session{}, err
 	}
 	if err := saveUser(tx, sess.UserID, rec); err != nil {
 		return feed.Session{}, err
@@ -439,8 +470,128 @@ func (s *Store) Write(ctx context.Context, w *feed.Write) error {
 			rec.Seq++
 			changes[i].Seq = rec.Seq
 		}
+		if w.DeviceID != "" {
+			if now := s.now(); feed.SeenStale(lastSeen(tx, w.UserID, w.DeviceID), now, s.idle) {
+				if err := stampSeen(tx, w.UserID, w.DeviceID, now); err != nil {
+					return nil, err
+				}
+			}
+		}
 		return changes, saveUser(tx, w.UserID, rec)
 	}})
+}
+
+// TouchDevices implements feed.Store, in one transaction.
+func (s *Store) TouchDevices(ctx context.Context, deviceIDs []string) error {
+	if len(deviceIDs) == 0 {
+		return nil
+	}
+	return s.submit(ctx, &op{name: "touch", run: func(tx *bbolt.Tx) ([]feed.Change, error) {
+		now := s.now()
+		devices := tx.Bucket(bucketDevices)
+		for _, d := range deviceIDs {
+			if owner := devices.Get([]byte(d)); owner != nil {
+				if err := stampSeen(tx, string(owner), d, now); err != nil {
+					return nil, err
+				}
+			}
+		}
+		return nil, nil
+	}})
+}
+
+// seenValue encodes a last-seen time: 8 bytes, Unix nanoseconds, big
+// endian. Any other length (the empty value of a device indexed from a
+// file that predates last-seen times) decodes as never seen.
+func seenValue(t time.Time) []byte {
+	return binary.BigEndian.AppendUint64(nil, uint64(t.UnixNano()))
+}
+
+func decodeSeen(v []byte) time.Time {
+	if len(v) != 8 {
+		return time.Time{}
+	}
+	return time.Unix(0, int64(binary.BigEndian.Uint64(v)))
+}
+
+// lastSeen reads a device's last-seen time (zero: never).
+func lastSeen(tx *bbolt.Tx, userID, deviceID string) time.Time {
+	if b := tx.Bucket(bucketSeen).Bucket([]byte(userID)); b != nil {
+		return decodeSeen(b.Get([]byte(deviceID)))
+	}
+	return time.Time{}
+}
+
+// indexDevices builds the device_seen bucket of a file that lacks it.
+func indexDevices(tx *bbolt.Tx) error {
+	if tx.Bucket(bucketSeen) != nil {
+		return nil
+	}
+	seen, err := tx.CreateBucket(bucketSeen)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bucketDevices).ForEach(func(device, owner []byte) error {
+		b, err := seen.CreateBucketIfNotExists(owner)
+		if err == nil {
+			err = b.Put(device, []byte{})
+		}
+		return err
+	})
+}
+
+// putDevice registers a device of the user, seen at seen.
+func putDevice(tx *bbolt.Tx, userID, deviceID string, seen time.Time) error {
+	if err := tx.Bucket(bucketDevices).Put([]byte(deviceID), []byte(userID)); err != nil {
+		return err
+	}
+	return stampSeen(tx, userID, deviceID, seen)
+}
+
+// stampSeen sets a device's last-seen time; the device must be the user's.
+func stampSeen(tx *bbolt.Tx, userID, deviceID string, seen time.Time) error {
+	b, err := tx.Bucket(bucketSeen).CreateBucketIfNotExists([]byte(userID))
+	if err != nil {
+		return err
+	}
+	if seen.IsZero() {
+		return b.Put([]byte(deviceID), []byte{})
+	}
+	return b.Put([]byte(deviceID), seenValue(seen))
+}
+
+// removeDevice unregisters a device of the user.
+func removeDevice(tx *bbolt.Tx, userID string, deviceID []byte) error {
+	if err := tx.Bucket(bucketDevices).Delete(deviceID); err != nil {
+		return err
+	}
+	if b := tx.Bucket(bucketSeen).Bucket([]byte(userID)); b != nil {
+		return b.Delete(deviceID)
+	}
+	return nil
+}
+
+// retireCandidate picks the user's least recently seen device that is not
+// connected here and was last seen before cutoff (ties: the smallest id);
+// nil if there is none.
+func retireCandidate(tx *bbolt.Tx, userID string, connected []string, cutoff time.Time) ([]byte, error) {
+	b := tx.Bucket(bucketSeen).Bucket([]byte(userID))
+	if b == nil {
+		return nil, nil
+	}
+	var victim []byte
+	var oldest time.Time
+	err := b.ForEach(func(device, v []byte) error {
+		seen := decodeSeen(v)
+		if !seen.Before(cutoff) || slices.Contains(connected, string(device)) {
+			return nil
+		}
+		if victim == nil || seen.Before(oldest) {
+			victim, oldest = bytes.Clone(device), seen
+		}
+		return nil
+	})
+	return victim, err
 }
 
 // taskKey orders signed ids: big-endian with the sign bit flipped.

@@ -190,7 +190,9 @@ func loadOne(tx *bbolt.Tx, u *feed.UserData) ([]feed.Change, error) {
 	devices := tx.Bucket(bucketDevices)
 	for _, d := range u.Devices {
 		if devices.Get([]byte(d)) == nil {
-			if err := devices.Put([]byte(d), []byte(u.ID)); err != nil {
+			// Not seen here yet: the first retired at the limit, until it
+			// logs in.
+			if err := putDevice(tx, u.ID, d, time.Time{}); err != nil {
 				return nil, err
 			}
 			rec.Devices++

@@ -10,8 +10,8 @@ import (
 )
 
 func TestDumpAndLoad(t *testing.T) {
-	storetest.RunDump(t, func(t *testing.T, limits feed.Limits) feed.Backend {
-		s, err := bolt.Open(filepath.Join(t.TempDir(), "kronos.db"), feed.Options{Limits: limits})
+	storetest.RunDump(t, func(t *testing.T, opts feed.Options) feed.Backend {
+		s, err := bolt.Open(filepath.Join(t.TempDir(), "kronos.db"), opts)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -9,8 +9,8 @@ import (
 )
 
 func TestDumpAndLoad(t *testing.T) {
-	storetest.RunDump(t, func(t *testing.T, limits feed.Limits) feed.Backend {
-		s := openPostgres(t, pgtest.URL(t), feed.Options{Limits: limits})
+	storetest.RunDump(t, func(t *testing.T, opts feed.Options) feed.Backend {
+		s := openPostgres(t, pgtest.URL(t), opts)
 		return feed.Backend{Store: s, Feed: s}
 	})
 }

@@ -162,7 +162,7 @@ func (s *Store) Close() error {
 }
 
 // Login implements feed.Store.
-func (s *Store) Login(ctx context.Context, userID, deviceID string) (feed.Session, error) {
+func (s *Store) Login(ctx context.Context, userID, deviceID string, connected ...string) (feed.Session, error) {
 	start := time.Now()
 	var sess feed.Session
 	var err error
@@ -170,7 +170,7 @@ func (s *Store) Login(ctx context.Context, userID, deviceID string) (feed.Sessio
 		sess, err = s.loginExisting(ctx, userID, deviceID)
 	} else {
 		err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-			sess, err = s.loginCreate(ctx, tx, userID, deviceID)
+			sess, err = s.loginCreate(ctx, tx, userID, deviceID, connected)
 			return err
 		})
 	}
@@ -178,26 +178,35 @@ func (s *Store) Login(ctx context.Context, userID, deviceID string) (feed.Sessio
 	return sess, err
 }
 
+// loginExisting reads the user and the device, stamping the device if its
+// stamp is due, in one statement. A device due a stamp is the user's only
+// if the stamp found it: unlike a read of the statement's snapshot, the
+// update waits for a login retiring the device and then finds it gone. A
+// device stamped recently is read: no login can be retiring it.
 func (s *Store) loginExisting(ctx context.Context, userID, deviceID string) (feed.Session, error) {
 	var version string
 	var seq int64
-	var owner *string
-	err := s.pool.QueryRow(ctx, `SELECT u.version, u.last_seq,
-		(SELECT d.user_id FROM kronos_devices d WHERE d.device_id = $2)
-		FROM kronos_users u WHERE u.user_id = $1`, userID, deviceID).Scan(&version, &seq, &owner)
+	var owned bool
+	now := s.opts.Now()
+	err := s.pool.QueryRow(ctx, `WITH seen AS (
+			UPDATE kronos_devices SET last_seen = $3
+			WHERE device_id = $2 AND user_id = $1 AND (last_seen IS NULL OR last_seen < $4) RETURNING 1)
+		SELECT u.version, u.last_seq, EXISTS (SELECT 1 FROM seen) OR EXISTS (SELECT 1 FROM kronos_devices d
+			WHERE d.device_id = $2 AND d.user_id = $1 AND d.last_seen >= $4)
+		FROM kronos_users u WHERE u.user_id = $1`, userID, deviceID, now, feed.StampBefore(now, s.opts.DeviceIdleAfter)).Scan(&version, &seq, &owned)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return feed.Session{}, feed.ErrUserNotFound()
 	}
 	if err != nil {
 		return feed.Session{}, err
 	}
-	if owner == nil || *owner != userID {
+	if !owned {
 		return feed.Session{}, feed.ErrDeviceNotFound(deviceID)
 	}
 	return feed.Session{Seq: uint64(seq), UserID: userID, DeviceID: deviceID, Version: json.RawMessage(version)}, nil
 }
 
-func (s *Store) loginCreate(ctx context.Context, tx pgx.Tx, userID, deviceID string) (feed.Session, error) {
+func (s *Store) loginCreate(ctx context.Context, tx pgx.Tx, userID, deviceID string, connected []string) (feed.Session, error) {
 	sess := feed.Session{UserID: userID}
 	var version string
 	var devices int
@@ -231,23 +240,70 @@ func (s *Store) loginCreate(ctx context.Context, tx pgx.Tx, userID, deviceID str
 		return feed.Session{}, err
 	}
 	if sess.NewDevice {
+		now := s.opts.Now()
+		retired := false
 		if devices >= s.limits.MaxDevicesPerUser {
-			return feed.Session{}, feed.ErrTooManyDevices(s.limits.MaxDevicesPerUser)
+			var err error
+			if retired, err = s.retireDevice(ctx, tx, sess.UserID, connected, now.Add(-s.opts.DeviceIdleAfter)); err != nil {
+				return feed.Session{}, err
+			}
+			if !retired {
+				return feed.Session{}, feed.ErrTooManyDevices(s.limits.MaxDevicesPerUser)
+			}
 		}
-		tag, err := tx.Exec(ctx, `INSERT INTO kronos_devices (device_id, user_id) VALUES ($1, $2)
-			ON CONFLICT (device_id) DO NOTHING`, sess.DeviceID, sess.UserID)
+		tag, err := tx.Exec(ctx, `INSERT INTO kronos_devices (device_id, user_id, last_seen) VALUES ($1, $2, $3)
+			ON CONFLICT (device_id) DO NOTHING`, sess.DeviceID, sess.UserID, now)
 		if err != nil {
 			return feed.Session{}, err
 		}
-		if tag.RowsAffected() == 0 { // taken by a login that committed meanwhile
+		if tag.RowsAffected() == 0 { // taken by a login that committed meanwhile; the retirement rolls back
 			return feed.Session{}, feed.ErrDeviceTaken(sess.DeviceID)
 		}
-		if _, err := tx.Exec(ctx, `UPDATE kronos_users SET device_count = device_count + 1 WHERE user_id = $1`, sess.UserID); err != nil {
-			return feed.Session{}, err
+		if !retired { // one out, one in: the count stays
+			if _, err := tx.Exec(ctx, `UPDATE kronos_users SET device_count = device_count + 1 WHERE user_id = $1`, sess.UserID); err != nil {
+				return feed.Session{}, err
+			}
 		}
 	}
 	sess.Seq, sess.Version = uint64(seq), json.RawMessage(version)
 	return sess, nil
+}
+
+// retireDevice deletes the user's least recently seen device that is not
+// connected here and was seen before cutoff, inside the registering
+// login's transaction (which holds the user's row lock). The outer
+// condition is checked again on the row as it is when locked, so a device
+// stamped meanwhile is kept; the login is then refused, which is the safe
+// side of that race.
+func (s *Store) retireDevice(ctx context.Context, tx pgx.Tx, userID string, connected []string, cutoff time.Time) (bool, error) {
+	if connected == nil {
+		connected = []string{} // <> ALL(NULL) is never true
+	}
+	var retired string
+	err := tx.QueryRow(ctx, `DELETE FROM kronos_devices WHERE device_id = (
+			SELECT device_id FROM kronos_devices
+			WHERE user_id = $1 AND (last_seen IS NULL OR last_seen < $2) AND device_id <> ALL($3)
+			ORDER BY last_seen NULLS FIRST, device_id LIMIT 1)
+		AND (last_seen IS NULL OR last_seen < $2)
+		RETURNING device_id`, userID, cutoff, connected).Scan(&retired)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// TouchDevices implements feed.Store: one statement.
+func (s *Store) TouchDevices(ctx context.Context, deviceIDs []string) error {
+	if len(deviceIDs) == 0 {
+		return nil
+	}
+	start := time.Now()
+	now := s.opts.Now()
+	_, err := s.pool.Exec(ctx, `UPDATE kronos_devices SET last_seen = $2
+		WHERE device_id = ANY($1) AND (last_seen IS NULL OR last_seen < $3)`,
+		deviceIDs, now, feed.StampBefore(now, s.opts.DeviceIdleAfter))
+	s.metrics.Observe("touch", start, err)
+	return err
 }
 
 // ReadAll implements feed.Store.
@@ -309,8 +365,15 @@ func (s *Store) Write(ctx context.Context, w *feed.Write) error {
 			return err
 		}
 		newSeq := lastSeq + int64(len(changes))
-		if _, err := tx.Exec(ctx, `UPDATE kronos_users SET version = $2, task_count = $3, last_seq = $4
-			WHERE user_id = $1`, w.UserID, string(u.version), u.Count, newSeq); err != nil {
+		// The writing device is stamped in the same statement (no extra
+		// round trip), and only when its stamp is due (see feed.SeenStale).
+		now := s.opts.Now()
+		if _, err := tx.Exec(ctx, `WITH seen AS (
+				UPDATE kronos_devices SET last_seen = $6
+				WHERE device_id = $5 AND user_id = $1 AND (last_seen IS NULL OR last_seen < $7))
+			UPDATE kronos_users SET version = $2, task_count = $3, last_seq = $4
+			WHERE user_id = $1`, w.UserID, string(u.version), u.Count, newSeq,
+			w.DeviceID, now, feed.StampBefore(now, s.opts.DeviceIdleAfter)); err != nil {
 			return err
 		}
 		if len(changes) > 0 {

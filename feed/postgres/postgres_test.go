@@ -23,8 +23,8 @@ func openPostgres(t *testing.T, url string, opts feed.Options) *postgres.Store {
 }
 
 func TestConformance(t *testing.T) {
-	storetest.Run(t, func(t *testing.T, limits feed.Limits) feed.Backend {
-		s := openPostgres(t, pgtest.URL(t), feed.Options{Limits: limits})
+	storetest.Run(t, func(t *testing.T, opts feed.Options) feed.Backend {
+		s := openPostgres(t, pgtest.URL(t), opts)
 		return feed.Backend{Store: s, Feed: s}
 	})
 }
@@ -156,5 +156,39 @@ func TestListenConnectionKilled(t *testing.T) {
 		if c.TaskID != int64(i) {
 			t.Fatalf("change %d is task %d: lost, doubled or out of order", i, c.TaskID)
 		}
+	}
+}
+
+// Devices from before migration 2 have no last-seen time: they log in, and
+// at the limit one never seen since is the first retired.
+func TestDeviceWithoutLastSeen(t *testing.T) {
+	url := pgtest.URL(t)
+	s := openPostgres(t, url, feed.Options{Limits: feed.Limits{MaxDevicesPerUser: 2}})
+	defer s.Close()
+	ctx := context.Background()
+	a, err := s.Login(ctx, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := s.Login(ctx, a.UserID, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, `UPDATE kronos_devices SET last_seen = NULL`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Login(ctx, a.UserID, b.DeviceID); err != nil {
+		t.Fatalf("login of a device without last-seen: %v", err)
+	}
+	if _, err := s.Login(ctx, a.UserID, ""); err != nil {
+		t.Fatalf("new device at the limit: %v", err)
+	}
+	if _, err := s.Login(ctx, a.UserID, a.DeviceID); !feed.IsCode(err, feed.CodeDeviceNotFound) {
+		t.Fatalf("the never-seen device was not retired: %v", err)
 	}
 }

@@ -33,6 +33,9 @@ type userDoc struct {
 type deviceDoc struct {
 	ID     string `rethinkdb:"id"`
 	UserID string `rethinkdb:"user_id"`
+	// Seen is the last-seen time, Unix milliseconds (exact in RethinkDB's
+	// doubles); missing (a device from before it, or loaded) is the oldest.
+	Seen int64 `rethinkdb:"seen,omitempty"`
 }
 
 // taskDoc is one task as of record W. A deleted task stays as a tombstone
@@ -112,14 +115,14 @@ func isDuplicateKey(err error) bool {
 }
 
 // Login implements feed.Store.
-func (s *Store) Login(ctx context.Context, userID, deviceID string) (feed.Session, error) {
+func (s *Store) Login(ctx context.Context, userID, deviceID string, connected ...string) (feed.Session, error) {
 	start := time.Now()
 	var sess feed.Session
 	var err error
 	if userID != "" && deviceID != "" {
 		sess, err = s.loginExisting(ctx, userID, deviceID)
 	} else {
-		sess, err = s.loginCreate(ctx, userID, deviceID)
+		sess, err = s.loginCreate(ctx, userID, deviceID, connected)
 	}
 	s.m.Observe("login", start, err)
 	return sess, err
@@ -141,10 +144,23 @@ func (s *Store) loginExisting(ctx context.Context, userID, deviceID string) (fee
 	if got.Device == nil || got.Device.UserID != userID {
 		return feed.Session{}, feed.ErrDeviceNotFound(deviceID)
 	}
+	if now := s.opts.Now(); feed.SeenStale(time.UnixMilli(got.Device.Seen), now, s.opts.DeviceIdleAfter) {
+		// A second query, only when the stamp is due. It finds the device
+		// gone if a login retired it since the read.
+		res, err := s.table(tableDevices).Get(deviceID).Update(func(d r.Term) any {
+			return r.Branch(d.Field("seen").Default(0).Lt(now.UnixMilli()), map[string]any{"seen": now.UnixMilli()}, map[string]any{})
+		}).RunWrite(s.exec, r.RunOpts{Context: ctx})
+		if err != nil {
+			return feed.Session{}, err
+		}
+		if res.Skipped > 0 {
+			return feed.Session{}, feed.ErrDeviceNotFound(deviceID)
+		}
+	}
 	return feed.Session{Seq: got.User.Seq, UserID: userID, DeviceID: deviceID, Version: json.RawMessage(got.User.Version)}, nil
 }
 
-func (s *Store) loginCreate(ctx context.Context, userID, deviceID string) (feed.Session, error) {
+func (s *Store) loginCreate(ctx context.Context, userID, deviceID string, connected []string) (feed.Session, error) {
 	sess := feed.Session{UserID: userID}
 	var user userDoc
 	if userID == "" {
@@ -173,7 +189,7 @@ func (s *Store) loginCreate(ctx context.Context, userID, deviceID string) (feed.
 		}
 	}
 	if sess.NewDevice {
-		if err := s.registerDevice(ctx, sess.UserID, sess.DeviceID); err != nil {
+		if err := s.registerDevice(ctx, sess.UserID, sess.DeviceID, connected); err != nil {
 			return feed.Session{}, err
 		}
 	}
@@ -185,10 +201,14 @@ const errTooManyDevices = "kronos: too many devices"
 
 // registerDevice claims the device id (its insert is atomic: a device taken
 // meanwhile fails it), then counts it against the user's limit in one
-// conditional update, and gives the id back if the user is full. A node
-// that dies between the two leaves the count one short.
-func (s *Store) registerDevice(ctx context.Context, userID, deviceID string) error {
-	_, err := s.table(tableDevices).Insert(deviceDoc{ID: deviceID, UserID: userID}).RunWrite(s.exec, r.RunOpts{Context: ctx})
+// conditional update. If the user is full it retires an idle device in its
+// place (the count stays), or gives the id back. A node that dies between
+// the claim and the count leaves the count one short; between the claim and
+// the retirement, the user one device over the limit (the new one, never
+// answered, is idle and the first retired later).
+func (s *Store) registerDevice(ctx context.Context, userID, deviceID string, connected []string) error {
+	now := s.opts.Now()
+	_, err := s.table(tableDevices).Insert(deviceDoc{ID: deviceID, UserID: userID, Seen: now.UnixMilli()}).RunWrite(s.exec, r.RunOpts{Context: ctx})
 	if isDuplicateKey(err) {
 		return feed.ErrDeviceTaken(deviceID)
 	}
@@ -199,14 +219,78 @@ func (s *Store) registerDevice(ctx context.Context, userID, deviceID string) err
 	_, err = s.table(tableUsers).Get(userID).Update(func(u r.Term) any {
 		return r.Branch(u.Field("devices").Lt(limit), map[string]any{"devices": u.Field("devices").Add(1)}, r.Error(errTooManyDevices))
 	}).RunWrite(s.exec, r.RunOpts{Context: ctx})
+	if err != nil && strings.Contains(err.Error(), errTooManyDevices) {
+		err = feed.ErrTooManyDevices(limit)
+		retired, rerr := s.retireDevice(ctx, userID, append([]string{deviceID}, connected...), now.Add(-s.opts.DeviceIdleAfter))
+		if rerr != nil {
+			err = rerr
+		} else if retired {
+			return nil
+		}
+	}
 	if err != nil {
 		_ = s.table(tableDevices).Get(deviceID).Delete().Exec(s.exec, r.ExecOpts{Context: context.WithoutCancel(ctx)})
-		if strings.Contains(err.Error(), errTooManyDevices) {
-			return feed.ErrTooManyDevices(limit)
-		}
 		return err
 	}
 	return nil
+}
+
+// retireCandidates bounds the idle devices a retirement tries, oldest
+// first, when logins stamp them meanwhile.
+const retireCandidates = 3
+
+// retireDevice deletes the user's least recently seen device that is not
+// in keep and was seen before cutoff. Each delete is one conditional
+// replace that checks the device again as it is then: a device stamped
+// since the read is kept, and the next candidate tried.
+func (s *Store) retireDevice(ctx context.Context, userID string, keep []string, cutoff time.Time) (bool, error) {
+	limit := cutoff.UnixMilli()
+	idle := func(d r.Term) r.Term { return d.Field("seen").Default(0).Lt(limit) }
+	var candidates []deviceDoc
+	err := s.withDeviceIndex(ctx, func() error {
+		candidates = nil
+		q := s.table(tableDevices).GetAll(userID).OptArgs(r.GetAllOpts{Index: indexDeviceUser}).
+			Filter(func(d r.Term) any { return idle(d).And(r.Expr(keep).Contains(d.Field("id")).Not()) }).
+			OrderBy(func(d r.Term) any { return d.Field("seen").Default(0) }, "id").Limit(retireCandidates)
+		return s.all(ctx, q, &candidates)
+	})
+	if err != nil {
+		return false, err
+	}
+	for _, c := range candidates {
+		res, err := s.table(tableDevices).Get(c.ID).Replace(func(d r.Term) any {
+			return r.Branch(d.Ne(nil).And(d.Field("user_id").Eq(userID)).And(idle(d)), nil, d)
+		}).RunWrite(s.exec, r.RunOpts{Context: ctx})
+		if err != nil {
+			return false, err
+		}
+		if res.Deleted == 1 {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// TouchDevices implements feed.Store: one query. Writes do not stamp their
+// device here, unlike the other backends: it would cost each write a
+// second query, and a device that writes is connected, so its node
+// touches it anyway.
+func (s *Store) TouchDevices(ctx context.Context, deviceIDs []string) error {
+	if len(deviceIDs) == 0 {
+		return nil
+	}
+	start := time.Now()
+	now := s.opts.Now()
+	due := feed.StampBefore(now, s.opts.DeviceIdleAfter).UnixMilli()
+	ids := make([]any, len(deviceIDs))
+	for i, d := range deviceIDs {
+		ids[i] = d
+	}
+	err := s.table(tableDevices).GetAll(ids...).Update(func(d r.Term) any {
+		return r.Branch(d.Field("seen").Default(0).Lt(due), map[string]any{"seen": now.UnixMilli()}, map[string]any{})
+	}).Exec(s.exec, r.ExecOpts{Context: ctx})
+	s.m.Observe("touch", start, err)
+	return err
 }
 
 // pendingRecords reads the user's records after w, in order.

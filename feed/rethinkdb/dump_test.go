@@ -12,8 +12,8 @@ import (
 
 func TestDumpAndLoad(t *testing.T) {
 	url := rethinktest.URL(t) // one database (each takes seconds to set up): the suite counts what each test adds
-	storetest.RunDump(t, func(t *testing.T, limits feed.Limits) feed.Backend {
-		s, err := rethinkdb.Open(context.Background(), url, feed.Options{Limits: limits})
+	storetest.RunDump(t, func(t *testing.T, opts feed.Options) feed.Backend {
+		s, err := rethinkdb.Open(context.Background(), url, opts)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -183,3 +183,36 @@ func TestURL(t *testing.T) {
 		}
 	}
 }
+
+// Device documents from before last-seen times (no "seen" field) log in,
+// and at the limit one never seen since is the first retired.
+func TestDeviceWithoutLastSeen(t *testing.T) {
+	s, err := Open(context.Background(), rethinktest.URL(t), feed.Options{Limits: feed.Limits{MaxDevicesPerUser: 2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	ctx := context.Background()
+	id := feed.NewID()
+	user := map[string]any{"id": id, "version": "7", "w": 0, "seq": 0, "tasks": 0, "devices": 2}
+	devices := []map[string]any{{"id": "dev-old", "user_id": id}, {"id": "dev-used", "user_id": id}}
+	if err := s.table(tableUsers).Insert(user).Exec(s.exec); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.table(tableDevices).Insert(devices).Exec(s.exec); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Login(ctx, id, "dev-used"); err != nil {
+		t.Fatalf("login of a device without last-seen: %v", err)
+	}
+	if sess, err := s.Login(ctx, id, ""); err != nil || !sess.NewDevice {
+		t.Fatalf("new device at the limit: %+v, %v", sess, err)
+	}
+	if _, err := s.Login(ctx, id, "dev-old"); !feed.IsCode(err, feed.CodeDeviceNotFound) {
+		t.Fatalf("the never-seen device was not retired: %v", err)
+	}
+	var u userDoc
+	if _, err := s.one(ctx, s.table(tableUsers).Get(id), &u); err != nil || u.Devices != 2 {
+		t.Fatalf("device count after a retirement: %+v, %v", u, err)
+	}
+}

@@ -31,8 +31,8 @@ func open(t *testing.T, url string, opts feed.Options) *rethinkdb.Store {
 
 func TestConformance(t *testing.T) {
 	url := rethinktest.URL(t) // one database: every test makes users of its own
-	storetest.Run(t, func(t *testing.T, limits feed.Limits) feed.Backend {
-		s, err := rethinkdb.Open(context.Background(), url, feed.Options{Limits: limits})
+	storetest.Run(t, func(t *testing.T, opts feed.Options) feed.Backend {
+		s, err := rethinkdb.Open(context.Background(), url, opts)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -19,9 +19,9 @@ import (
 	"github.com/kronos-sync/kronos-server/feed"
 )
 
-// Open returns a new, empty backend with the given limits. The suite closes
-// it.
-type Open func(t *testing.T, limits feed.Limits) feed.Backend
+// Open returns a new, empty backend with the given options (the rest of a
+// backend's options at their defaults). The suite closes it.
+type Open func(t *testing.T, opts feed.Options) feed.Backend
 
 // feedTimeout bounds every wait for the change feed.
 const feedTimeout = 10 * time.Second
@@ -35,6 +35,8 @@ func Run(t *testing.T, open Open) {
 		{"LoginCreatesUser", testLoginCreatesUser},
 		{"LoginRules", testLoginRules},
 		{"DeviceLimit", testDeviceLimit},
+		{"DeviceRetirement", testDeviceRetirement},
+		{"DeviceRetirementSparesConnected", testDeviceRetirementSparesConnected},
 		{"CreateAndReadAll", testCreateAndReadAll},
 		{"CreateRefusals", testCreateRefusals},
 		{"UpdateMerges", testUpdateMerges},
@@ -64,8 +66,13 @@ type fixture struct {
 
 func setup(t *testing.T, open Open, limits feed.Limits) *fixture {
 	t.Helper()
-	limits.SetDefaults()
-	b := open(t, limits)
+	return setupWith(t, open, feed.Options{Limits: limits})
+}
+
+func setupWith(t *testing.T, open Open, opts feed.Options) *fixture {
+	t.Helper()
+	opts.Limits.SetDefaults()
+	b := open(t, opts)
 	f := &fixture{t: t, store: b.Store, feed: b.Feed, ctx: context.Background(), rec: NewRecorder()}
 	b.Feed.Subscribe(f.rec.Sink)
 	t.Cleanup(func() {
@@ -188,6 +195,120 @@ func testLoginRules(t *testing.T, open Open) {
 	if msg := err.Error(); bytes.Contains([]byte(msg), []byte(a.UserID)) {
 		t.Fatalf("error %q reveals a user id", msg)
 	}
+}
+
+// Clock is a settable clock for feed.Options.Now.
+type Clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+// NewClock starts a clock at a fixed time.
+func NewClock() *Clock {
+	return &Clock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+}
+
+// Now reads the clock.
+func (c *Clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+// Advance moves the clock on.
+func (c *Clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+// idle is the device idle window of the retirement tests.
+const idle = 30 * time.Minute
+
+func (f *fixture) login(user, device string, connected ...string) (feed.Session, error) {
+	return f.store.Login(f.ctx, user, device, connected...)
+}
+
+func (f *fixture) mustLogin(user, device string, connected ...string) feed.Session {
+	f.t.Helper()
+	sess, err := f.login(user, device, connected...)
+	if err != nil {
+		f.t.Fatalf("login: %v", err)
+	}
+	return sess
+}
+
+// testDeviceRetirement: at the limit, a new device retires the least
+// recently seen one that has been idle; a device seen (logged in,
+// registered or touched) within the idle window is never retired, and a
+// login that finds no idle device is refused and changes nothing.
+func testDeviceRetirement(t *testing.T, open Open) {
+	clock := NewClock()
+	f := setupWith(t, open, feed.Options{Limits: feed.Limits{MaxDevicesPerUser: 2}, DeviceIdleAfter: idle, Now: clock.Now})
+	a := f.mustLogin("", "")
+	clock.Advance(time.Minute)
+	b := f.mustLogin(a.UserID, "")
+
+	// Both idle: the third device retires a, the least recently seen, in
+	// the same step as it registers.
+	clock.Advance(2 * idle)
+	c := f.mustLogin(a.UserID, "")
+	if !c.NewDevice || c.DeviceID == a.DeviceID || c.DeviceID == b.DeviceID {
+		t.Fatalf("new device at the limit = %+v", c)
+	}
+	_, err := f.login(a.UserID, a.DeviceID)
+	wantCode(t, err, feed.CodeDeviceNotFound)
+	f.mustLogin(a.UserID, b.DeviceID) // b is seen now
+	f.mustLogin(a.UserID, c.DeviceID)
+
+	// b and c were seen within the window: neither may be connected
+	// nowhere, so a fourth device is refused and nothing changes.
+	clock.Advance(idle / 2)
+	_, err = f.login(a.UserID, "")
+	wantCode(t, err, feed.CodeTooManyDevices)
+	f.mustLogin(a.UserID, b.DeviceID)
+	f.mustLogin(a.UserID, c.DeviceID)
+
+	// Both idle again, but c's node touches it: b is retired.
+	clock.Advance(2 * idle)
+	if err := f.store.TouchDevices(f.ctx, []string{c.DeviceID, "no-such-device"}); err != nil {
+		t.Fatalf("touch: %v", err)
+	}
+	d := f.mustLogin(a.UserID, "")
+	_, err = f.login(a.UserID, b.DeviceID)
+	wantCode(t, err, feed.CodeDeviceNotFound)
+	f.mustLogin(a.UserID, c.DeviceID)
+	f.mustLogin(a.UserID, d.DeviceID)
+
+	// The user still has exactly two devices: both recent, one more is
+	// refused. A retired device comes back only as a new one.
+	_, err = f.login(a.UserID, "")
+	wantCode(t, err, feed.CodeTooManyDevices)
+	_, err = f.login(a.UserID, b.DeviceID)
+	wantCode(t, err, feed.CodeDeviceNotFound)
+}
+
+// testDeviceRetirementSparesConnected: the devices the login names as
+// connected to this node are never retired, however long unseen.
+func testDeviceRetirementSparesConnected(t *testing.T, open Open) {
+	clock := NewClock()
+	f := setupWith(t, open, feed.Options{Limits: feed.Limits{MaxDevicesPerUser: 2}, DeviceIdleAfter: idle, Now: clock.Now})
+	a := f.mustLogin("", "")
+	clock.Advance(time.Minute)
+	b := f.mustLogin(a.UserID, "")
+	clock.Advance(2 * idle)
+	_, err := f.login(a.UserID, "", a.DeviceID, b.DeviceID)
+	wantCode(t, err, feed.CodeTooManyDevices)
+	c := f.mustLogin(a.UserID, "", a.DeviceID) // a is the older, but connected: b goes
+	_, err = f.login(a.UserID, b.DeviceID)
+	wantCode(t, err, feed.CodeDeviceNotFound)
+	f.mustLogin(a.UserID, a.DeviceID)
+	f.mustLogin(a.UserID, c.DeviceID)
+	// Another user's devices are never candidates.
+	other := f.mustLogin("", "")
+	clock.Advance(2 * idle)
+	f.mustLogin(a.UserID, "", c.DeviceID)
+	f.mustLogin(other.UserID, other.DeviceID)
 }
 
 func testDeviceLimit(t *testing.T, open Open) {
