@@ -71,6 +71,9 @@ func scaleoutPromSums(r io.Reader) (map[string]float64, error) {
 			continue
 		}
 		name := line[:i]
+		if strings.IndexByte(name, '{') >= 0 {
+			out[name] = v
+		}
 		if j := strings.IndexByte(name, '{'); j >= 0 {
 			name = name[:j]
 		}
@@ -127,6 +130,8 @@ type scaleoutNode struct {
 	RSSPerConn      float64 `json:"rss_bytes_per_idle_connection"`
 	HeapIdle        float64 `json:"heap_inuse_bytes_idle"`
 	GoroutinesIdle  float64 `json:"goroutines_idle"`
+	Writes          float64 `json:"writes_in_load"`
+	WritesPS        float64 `json:"writes_per_second"`
 	Notifications   float64 `json:"notifications_sent_in_load"`
 	NotificationsPS float64 `json:"notifications_per_second"`
 	CPUSeconds      float64 `json:"cpu_seconds_in_load"`
@@ -216,6 +221,7 @@ func buildScaleoutReport(dir string, n int) (*scaleoutReport, error) {
 	if err := errors.Join(err1, err2); err != nil {
 		return nil, err
 	}
+	const updatesOK = `kronos_requests_total{outcome="ok",type="update"}`
 	wall := loadedHost.Time - idleHost.Time
 	rep.LoadWallS = wall
 	for i := range n {
@@ -234,6 +240,7 @@ func buildScaleoutReport(dir string, n int) (*scaleoutReport, error) {
 			RSSLoaded:      loaded["process_resident_memory_bytes"],
 			HeapIdle:       idle["go_memstats_heap_inuse_bytes"],
 			GoroutinesIdle: idle["go_goroutines"],
+			Writes:         loaded[updatesOK] - idle[updatesOK],
 			Notifications:  loaded["kronos_notifications_sent_total"] - idle["kronos_notifications_sent_total"],
 			CPUSeconds:     loaded["process_cpu_seconds_total"] - idle["process_cpu_seconds_total"],
 		}
@@ -242,6 +249,7 @@ func buildScaleoutReport(dir string, n int) (*scaleoutReport, error) {
 		}
 		if bench.LoadSeconds > 0 {
 			nd.NotificationsPS = nd.Notifications / bench.LoadSeconds
+			nd.WritesPS = nd.Writes / bench.LoadSeconds
 		}
 		if wall > 0 {
 			nd.CPUCores = nd.CPUSeconds / wall
@@ -297,20 +305,21 @@ func (r *scaleoutReport) markdown() string {
 	}
 	fmt.Fprintf(&b, "%d connections (%d users × %d devices, %.0f%% WebSocket), %d bench worker processes; %.0f writes/s asked for %.0f s.\n\n",
 		r.Conns, b1.Users, b1.Devices, b1.WSShare*100, b1.WorkerProcs, b1.Rate, b1.LoadSeconds)
-	b.WriteString("| node | connections | RSS before | RSS idle | RSS per idle connection | heap in use, idle | goroutines, idle | notifications sent/s | CPU in load (cores) | CPU per notification | RSS at the end of the load | rebalanced away | queue drops |\n")
-	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("| node | connections | RSS before | RSS idle | RSS per idle connection | heap in use, idle | goroutines, idle | writes/s taken | notifications sent/s | CPU in load (cores) | CPU per notification | RSS at the end of the load | rebalanced away | queue drops |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	var conns int
-	var nps, cores float64
+	var nps, wps, cores float64
 	for _, n := range r.Nodes {
 		conns += n.ConnsIdle
 		nps += n.NotificationsPS
+		wps += n.WritesPS
 		cores += n.CPUCores
-		fmt.Fprintf(&b, "| %s | %s | %.1f MiB | %.1f MiB | %s B | %.1f MiB | %.0f | %s | %.2f | %.1f µs | %.1f MiB | %.0f | %.0f |\n",
+		fmt.Fprintf(&b, "| %s | %s | %.1f MiB | %.1f MiB | %s B | %.1f MiB | %.0f | %s | %s | %.2f | %.1f µs | %.1f MiB | %.0f | %.0f |\n",
 			n.Name, scaleoutCommas(float64(n.ConnsIdle)), n.RSSBefore/(1<<20), n.RSSIdle/(1<<20), scaleoutCommas(n.RSSPerConn),
-			n.HeapIdle/(1<<20), n.GoroutinesIdle, scaleoutCommas(n.NotificationsPS), n.CPUCores, n.CPUPerNotifUS,
+			n.HeapIdle/(1<<20), n.GoroutinesIdle, scaleoutCommas(n.WritesPS), scaleoutCommas(n.NotificationsPS), n.CPUCores, n.CPUPerNotifUS,
 			n.RSSLoaded/(1<<20), n.RebalanceClosed, n.QueueDrops)
 	}
-	fmt.Fprintf(&b, "| **all** | %s | | | | | | %s | %.2f | | | | |\n\n", scaleoutCommas(float64(conns)), scaleoutCommas(nps), cores)
+	fmt.Fprintf(&b, "| **all** | %s | | | | | | %s | %s | %.2f | | | | |\n\n", scaleoutCommas(float64(conns)), scaleoutCommas(wps), scaleoutCommas(nps), cores)
 	b.WriteString("| bench | |\n|---|---|\n")
 	fmt.Fprintf(&b, "| notifications received/s | %s |\n", scaleoutCommas(b1.NotificationsPS))
 	fmt.Fprintf(&b, "| delivered | %s of %s asked (%.2f%%) |\n", scaleoutCommas(float64(b1.Notifications)), scaleoutCommas(r.Asked), r.DeliveredPc)
