@@ -5,7 +5,8 @@
 # notifications/s and CPU, and the bench's latency, as JSON and markdown.
 #
 #   # the full run (57,000 connections: 19,000 per node), on a quiet machine:
-#   cmd/kronos-bench/scaleout.sh --users 5700 --devices 10 --rate 2000 --duration 30s --out scaleout-57k
+#   cmd/kronos-bench/scaleout.sh --users 5700 --devices 10 --rate 2000 --duration 30s \
+#       --label "3 nodes, 57,000 connections, 2,000 writes/s" --out scaleout-57k-2000
 #   # a validation run:
 #   cmd/kronos-bench/scaleout.sh --users 300 --devices 10 --rate 100 --duration 30s --out /tmp/scaleout-small
 #
@@ -40,7 +41,7 @@ usage: scaleout.sh [options] [-- kronos-bench flags]
   --devices N         devices (connections) per user (default 10)
   --rate R            writes per second in the load phase (default 2000)
   --duration D        length of the load phase (default 30s)
-  --sources N         client source addresses on the bridge (default 8)
+  --sources N         client source addresses on the bridge (default 16)
   --subnet A.B.C      the /24 of the bridge, nodes and virtual IP (default 198.18.5)
   --pg URL            PostgreSQL to create the schema in (default
                       postgres://postgres@127.0.0.1:5432/test?sslmode=disable)
@@ -62,7 +63,7 @@ users=5700
 devices=10
 rate=2000
 duration=30s
-nsources=8
+nsources=16
 subnet=198.18.5
 pg="postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
 pool=8
@@ -182,7 +183,10 @@ per_source=$(((conns + nsources - 1) / nsources))
 if ((2 * per_source > ports)); then
 	die "each source address needs about $((2 * per_source)) ports to the virtual IP (its connections, and as many in TIME_WAIT after the storm) but ip_local_port_range has $ports: use more --sources"
 fi
-need_ct=$((2 * conns + 20000)) # established, the storm's TIME_WAIT entries, and the rest of the host
+# Established entries, the storm's TIME_WAIT entries (120 s in conntrack),
+# what the host already tracks, and a margin.
+ct_used=$(cat /proc/sys/net/netfilter/nf_conntrack_count 2>/dev/null || echo 0)
+need_ct=$((ct_used + 2 * conns + 10000))
 ct_max=$(cat /proc/sys/net/netfilter/nf_conntrack_max 2>/dev/null || echo 0)
 if ((ct_max < need_ct)); then
 	conntrack_was=$ct_max
