@@ -151,7 +151,7 @@ cleanup() {
 		iptables -t nat -X "$chain"
 	fi
 	if [[ -n $created_schema ]]; then
-		psql -q "$pg" -c "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null
+		psql -q "$pg" -c "SET client_min_messages TO warning" -c "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null
 	fi
 	if [[ -n $fwd_pid ]]; then kill -TERM "$fwd_pid" 2>/dev/null; wait "$fwd_pid" 2>/dev/null; fi
 	for n in "${ns[@]}"; do
