@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"math"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/kronos-sync/kronos-server/cluster"
@@ -92,8 +93,19 @@ const (
 	rebalancePauseMax  = 10 * time.Minute
 )
 
+// rebalanceWindow is how many of its own per-second counts a node compares
+// with its peers'. Their figures are a gossip round or two old: while every
+// node grows (a ramp, the reconnects after an outage), this node's live
+// count is ahead of them and would look above the mean. The lowest of its
+// recent counts is about as old as theirs when it grows, and its count when
+// it holds steady.
+const rebalanceWindow = 3
+
 // rebalancer is the state of shedding that began at startConns.
 type rebalancer struct {
+	recent [rebalanceWindow]int // this node's last counts, by tick
+	ticks  int
+
 	active      bool
 	startConns  int
 	shed        int
@@ -105,6 +117,11 @@ type rebalancer struct {
 // of the ready nodes by the threshold (see above). The clients reconnect
 // through the load balancer, which spreads them.
 func (n *Node) rebalance(c *cluster.Cluster, r *rebalancer, conns int, now time.Time) {
+	r.recent[r.ticks%rebalanceWindow] = conns
+	if r.ticks++; r.ticks < rebalanceWindow {
+		return
+	}
+	low := slices.Min(r.recent[:])
 	total, ready := 0, 0
 	for _, m := range c.Members() {
 		if m.Status == "alive" && m.Ignored == "" && m.State == cluster.StateReady {
@@ -117,7 +134,7 @@ func (n *Node) rebalance(c *cluster.Cluster, r *rebalancer, conns int, now time.
 		return
 	}
 	mean := float64(total) / float64(ready)
-	if float64(conns) <= mean*(1+n.opts.RebalanceThreshold) {
+	if float64(low) <= mean*(1+n.opts.RebalanceThreshold) {
 		r.active, r.pause = false, 0
 		return
 	}
@@ -138,7 +155,7 @@ func (n *Node) rebalance(c *cluster.Cluster, r *rebalancer, conns int, now time.
 	}
 	// Shed down to the mean, not just under the limit, so a node does not
 	// hover at the edge; the rate bounds the reconnects per second.
-	shed := min(int(math.Ceil(float64(conns)-mean)), n.opts.RebalanceRate, budget-r.shed)
+	shed := min(int(math.Ceil(float64(low)-mean)), n.opts.RebalanceRate, budget-r.shed)
 	closed := 0
 	n.srv.Each(func(c *conn.Conn) bool {
 		if closed >= shed {

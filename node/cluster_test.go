@@ -401,3 +401,52 @@ func TestStrangersCannotShedClients(t *testing.T) {
 	t.Logf("a stranger with fresh figures made the node shed %v of %d clients before it paused", shed, clients)
 	eventually(t, 30*time.Second, "the clients back", func() bool { return n.Connections() == clients })
 }
+
+// While clients pour in (a ramp, the reconnects after an outage), every
+// node grows and peers' gossiped counts lag a round or two behind the
+// node's own live count. A peer growing at the same pace, seen 1.5 s late,
+// must not make the node shed.
+func TestRampDoesNotShed(t *testing.T) {
+	const clients, step = 600, 30
+	reg := prometheus.NewRegistry()
+	opts := node.Options{RebalanceThreshold: 0.2, RebalanceRate: 50, Registerer: reg}
+	n := nodetest.Start(t, nodetest.Options{Node: opts, Join: []string{}, Insecure: true})
+
+	// The peer reports what the node held 1.5 s earlier.
+	var mu sync.Mutex
+	var history []int
+	sampler := time.NewTicker(100 * time.Millisecond)
+	defer sampler.Stop()
+	go func() {
+		for range sampler.C {
+			mu.Lock()
+			history = append(history, n.Connections())
+			mu.Unlock()
+		}
+	}()
+	peer := gossiptest.Start(t, gossiptest.Options{Name: "peer", Meta: []byte(`{"a":"127.0.0.1:5000","c":0,"s":"ready","n":1}`)})
+	if err := peer.Join(n.Cluster.Addr()); err != nil {
+		t.Fatal(err)
+	}
+	peer.Heartbeat(200*time.Millisecond, func(i int) []byte {
+		mu.Lock()
+		defer mu.Unlock()
+		lagged := 0
+		if len(history) > 15 {
+			lagged = history[len(history)-16]
+		}
+		return fmt.Appendf(nil, `{"a":"127.0.0.1:5000","c":%d,"s":"ready","n":%d}`, lagged, i+2)
+	})
+	eventually(t, 10*time.Second, "peer listed", func() bool { return len(n.Cluster.Members()) == 2 })
+	waitRebalances(t, n.Cluster)
+
+	for open := step; open <= clients; open += step {
+		keepConnected(t, n.Addr, step)
+		eventually(t, 30*time.Second, "step connected", func() bool { return n.Connections() >= open })
+		time.Sleep(150 * time.Millisecond) // the ramp's pace, not a synchronisation
+	}
+	waitRebalances(t, n.Cluster)
+	if shed := counterValue(t, reg, "kronos_rebalance_closed_total"); shed != 0 {
+		t.Fatalf("%v clients shed during a ramp the peer followed 1.5 s late", shed)
+	}
+}
