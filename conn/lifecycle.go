@@ -200,7 +200,7 @@ func (c *Conn) abortLocked() {
 	if c.state == stateDead {
 		return
 	}
-	c.out, c.outOff, c.outBytes = nil, 0, 0
+	c.dropOutLocked()
 	c.state = stateWriteShut
 	shutdownFd(c.fd, true)
 }
@@ -250,7 +250,7 @@ func (c *Conn) teardown() {
 		return
 	}
 	c.state = stateDead
-	c.out, c.outOff, c.outBytes = nil, 0, 0
+	c.dropOutLocked()
 	c.mu.Unlock()
 	s := c.srv
 	s.engine.unregister(c)
@@ -264,6 +264,7 @@ func (c *Conn) teardown() {
 	s.engine.closeFd(c)
 	s.release(c.remote.Addr())
 	c.in, c.ws = nil, wsReader{}
+	c.syncIn()
 	s.count.Add(-1)
 	s.metrics.closed(c.Transport())
 	s.handler.OnClose(c, c.CloseReason())

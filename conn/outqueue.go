@@ -14,6 +14,7 @@ type outItem struct {
 	headLen uint8
 	newline bool // raw TCP: a "\n" follows data
 	data    []byte
+	shared  *Shared // data's owner when counted once for many queues (SendShared)
 }
 
 func (it *outItem) size() int {
@@ -55,6 +56,9 @@ func (c *Conn) sendRaw(p []byte) bool {
 }
 
 func (c *Conn) enqueue(it *outItem) bool {
+	if !c.roomForOut(it) {
+		return false
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.enqueueLocked(it)
@@ -77,9 +81,11 @@ func (c *Conn) enqueueLocked(it *outItem) bool {
 	}
 	c.out = append(c.out, *it)
 	c.outBytes += size
+	c.holdOut(it)
 	if len(c.out) == 1 {
 		c.flushLocked()
 	}
+	c.publishOut()
 	return true
 }
 
@@ -88,6 +94,7 @@ func (c *Conn) onWritable() {
 	c.mu.Lock()
 	if len(c.out) > 0 {
 		c.flushLocked()
+		c.publishOut()
 	}
 	c.mu.Unlock()
 }
@@ -172,6 +179,7 @@ func (c *Conn) advance(n int) {
 			break
 		}
 		n -= size
+		c.letGoOut(&c.out[i])
 		c.out[i] = outItem{} // let shared payloads go
 	}
 	c.out = c.out[i:]

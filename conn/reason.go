@@ -23,12 +23,14 @@ const (
 	ReasonPolicy                    // the server decided to close it (rebalance, feed loss, limits)
 	ReasonHTTPRejected              // a plain HTTP request that was not a WebSocket upgrade
 	ReasonResync                    // the feed lost changes of the user: log in again to re-sync
+	ReasonMemoryBudget              // a node-wide memory budget was full and this connection held the most
 	reasonCount
 )
 
 var reasonNames = [reasonCount]string{
 	"none", "client_closed", "protocol_error", "slow_consumer", "timeout",
 	"shutdown", "takeover", "io_error", "policy", "http_rejected", "resync",
+	"memory_budget",
 }
 
 func (r CloseReason) String() string {
@@ -47,10 +49,16 @@ func (r CloseReason) wsStatus() ws.StatusCode {
 		return ws.StatusProtocolError
 	case ReasonTakeover, ReasonPolicy, ReasonTimeout, ReasonResync:
 		return ws.StatusPolicyViolation
+	case ReasonMemoryBudget:
+		return statusTryAgainLater
 	default:
 		return ws.StatusNormalClosure
 	}
 }
+
+// statusTryAgainLater is 1013 (IANA's registry; gobwas/ws has no name for
+// it): the server is overloaded, the client may come back.
+const statusTryAgainLater ws.StatusCode = 1013
 
 // Framing errors reported to Handler.OnFramingError. Their text is safe to
 // show to the client.
