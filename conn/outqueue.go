@@ -73,7 +73,7 @@ func (c *Conn) enqueueLocked(it *outItem) bool {
 	size := it.size()
 	// One message larger than the whole limit still goes out on an empty
 	// queue, so a big read-all answer is never refused by itself.
-	if limit := c.srv.opts.MaxQueueBytes; c.outBytes > 0 && c.outBytes+size > limit {
+	if limit := c.srv.opts.MaxQueueBytes; c.outBytes > 0 && size > limit-c.outBytes { // no sum: no overflow whatever the limit
 		c.markClosing(ReasonSlowConsumer)
 		c.srv.metrics.queueOverflows.Inc()
 		c.abortLocked()
