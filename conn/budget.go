@@ -32,6 +32,7 @@ package conn
 import (
 	"cmp"
 	"errors"
+	"math/bits"
 	"slices"
 	"sync/atomic"
 )
@@ -97,6 +98,9 @@ func (s *Server) OutputQueued() int64 { return s.outBudget.used.Load() }
 // kept for a small tail.
 const inShrinkAbove = 64 << 10
 
+// inPow2Above: input buffers past this size are powers of two.
+const inPow2Above = 64 << 10
+
 // inCeiling caps the doubling of an input buffer: no message needs more
 // than the largest message and a read on either side of it (a need past
 // that still gets what it needs; saturating, so a huge MaxMessageBytes
@@ -119,8 +123,17 @@ func (c *Conn) appendIn(dst, src []byte) []byte {
 	need := len(dst) + len(src) // both bounded by MaxMessageBytes and a read
 	if need > cap(dst) {
 		// Doubling (twice the first piece for a new buffer) keeps the
-		// copies linear in the message's size.
-		newCap := max(need, min(2*max(cap(dst), len(src)), c.srv.inCeiling()), 512)
+		// copies linear in the message's size. Past inPow2Above, powers of
+		// two: a large message's buffer does not depend on how the network
+		// cut it into reads.
+		grow := 2 * cap(dst)
+		if cap(dst) == 0 {
+			grow = 2 * len(src)
+		}
+		if need > inPow2Above {
+			grow = 1 << bits.Len(uint(need-1))
+		}
+		newCap := max(need, min(grow, c.srv.inCeiling()), 512)
 		if !c.reserveIn(int64(newCap - cap(dst))) {
 			return dst
 		}
