@@ -130,3 +130,27 @@ func (a *acceptRecorder) OnMessage(c *Conn, _ []byte) {
 }
 func (a *acceptRecorder) OnFramingError(*Conn, error) {}
 func (a *acceptRecorder) OnClose(*Conn, CloseReason)  {}
+
+// BenchmarkOnDataSplit: requests that arrive cut in three reads, so every
+// one is kept in c.in (grown, then released) before it is whole: the path
+// the input budget accounts on.
+func BenchmarkOnDataSplit(b *testing.B) {
+	h := &countHandler{done: make(chan struct{}, 1)}
+	opts := Options{}
+	opts.setDefaults()
+	s := &Server{opts: opts, handler: h, metrics: pairMetrics, engine: nopEngine{}, conns: map[int]*Conn{}}
+	c := &Conn{fd: -1, srv: s}
+	c.setTransport(TransportTCP)
+	msg := []byte(`{"type":"write-all","version":1732540800123,"tasks":[` + string(bytes.Repeat([]byte(`{"id":1,"desc":"a task of some length"},`), 50)) + `{"id":2}]}`)
+	third := len(msg) / 3
+	b.ReportAllocs()
+	b.SetBytes(int64(len(msg)))
+	for b.Loop() {
+		c.onData(msg[:third])
+		c.onData(msg[third : 2*third])
+		c.onData(msg[2*third:])
+	}
+	if h.n.Load() == 0 {
+		b.Fatal("no message cut")
+	}
+}

@@ -71,6 +71,8 @@ type Conn struct {
 	outOff   int       // bytes of out[0] already written
 	outBytes int       // bytes queued (including out[0]'s unwritten part)
 
+	bud connBudget // its share of the node-wide memory budgets (budget.go)
+
 	ctx any // the handler's session; see SetContext
 
 	g *goroutineConn // only with the goroutine engine

@@ -56,6 +56,10 @@ type recorder struct {
 	onClose map[*Conn]int // OnClose calls per Conn
 	maxHeld atomic.Int64  // most bytes the read side kept (testHookRead)
 	bytesIn atomic.Int64  // bytes the read side handled (testHookRead)
+
+	inByPort    map[uint16]int64       // bytes handled, by the peer's port (testHookRead)
+	closeByPort map[uint16]CloseReason // OnClose's reason, by the peer's port
+	maxBudget   atomic.Int64           // most input the server held in all, after a read (testHookRead)
 }
 
 func newRecorder() *recorder {
@@ -64,6 +68,9 @@ func newRecorder() *recorder {
 		errs:    make(chan error, 1024),
 		closes:  make(chan closed, 1024),
 		onClose: map[*Conn]int{},
+
+		inByPort:    map[uint16]int64{},
+		closeByPort: map[uint16]CloseReason{},
 	}
 }
 
@@ -74,6 +81,7 @@ func (r *recorder) OnFramingError(_ *Conn, err error) { r.errs <- err }
 func (r *recorder) OnClose(c *Conn, reason CloseReason) {
 	r.mu.Lock()
 	r.onClose[c]++
+	r.closeByPort[c.RemoteAddr().Port()] = reason
 	r.mu.Unlock()
 	r.closes <- closed{c, reason}
 }
@@ -89,6 +97,12 @@ func init() {
 		held := int64(len(c.in) + len(c.ws.msg))
 		for old := r.maxHeld.Load(); held > old && !r.maxHeld.CompareAndSwap(old, held); old = r.maxHeld.Load() {
 		}
+		all := c.srv.InputBuffered()
+		for old := r.maxBudget.Load(); all > old && !r.maxBudget.CompareAndSwap(old, all); old = r.maxBudget.Load() {
+		}
+		r.mu.Lock()
+		r.inByPort[c.RemoteAddr().Port()] += int64(n)
+		r.mu.Unlock()
 	}
 }
 

@@ -202,7 +202,7 @@ func (c *Conn) abortLocked() {
 	if c.state == stateDead {
 		return
 	}
-	c.out, c.outOff, c.outBytes = nil, 0, 0
+	c.dropOutLocked()
 	c.state = stateWriteShut
 	shutdownFd(c.fd, true)
 	if ts := c.tls.Load(); ts != nil {
@@ -255,7 +255,7 @@ func (c *Conn) teardown() {
 		return
 	}
 	c.state = stateDead
-	c.out, c.outOff, c.outBytes = nil, 0, 0
+	c.dropOutLocked()
 	c.mu.Unlock()
 	s := c.srv
 	s.engine.unregister(c)
@@ -270,6 +270,7 @@ func (c *Conn) teardown() {
 	s.release(c)
 	c.in, c.ws = nil, wsReader{}
 	c.tls.Store(nil)
+	c.syncIn()
 	s.count.Add(-1)
 	s.metrics.closed(c.Transport())
 	s.handler.OnClose(c, c.CloseReason())

@@ -13,6 +13,7 @@ type metrics struct {
 	tlsReloads     *prometheus.CounterVec
 	tlsExpiry      prometheus.Gauge
 	proxyHeaders   *prometheus.CounterVec
+	budgetCuts     *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -57,6 +58,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "kronos_proxy_headers_total",
 			Help: "PROXY protocol headers read on the client port, by result: ok, invalid.",
 		}, []string{"result"}),
+		budgetCuts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kronos_budget_cuts_total",
+			Help: "Connections cut because a node-wide memory budget was full and they held the most, by budget: input, output.",
+		}, []string{"budget"}),
 	}
 	for _, t := range []string{"pending", "tcp", "websocket"} {
 		m.open.WithLabelValues(t) // exported as 0 from the start
@@ -64,11 +69,31 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, l := range []string{"max_conns", "max_conns_per_ip"} {
 		m.refused.WithLabelValues(l)
 	}
+	for _, b := range []string{"input", "output"} {
+		m.budgetCuts.WithLabelValues(b)
+	}
 	if reg != nil {
-		reg.MustRegister(m.open, m.accepted, m.refused, m.acceptErrors, m.closes, m.queueOverflows,
+		reg.MustRegister(m.open, m.accepted, m.refused, m.acceptErrors, m.closes, m.queueOverflows, m.budgetCuts,
 			m.tlsHandshakes, m.tlsReloads, m.tlsExpiry, m.proxyHeaders)
 	}
 	return m
+}
+
+// watchBudgets exports the node-wide sums the budgets bound.
+func (m *metrics) watchBudgets(reg prometheus.Registerer, in, out *budget) {
+	if reg == nil {
+		return
+	}
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kronos_input_buffered_bytes",
+			Help: "Bytes held for client messages not yet received whole, on all connections (bounded by --input-budget-bytes).",
+		}, func() float64 { return float64(in.used.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kronos_output_queued_bytes",
+			Help: "Bytes queued for clients and not yet written, on all connections, a payload shared by connections counted once (bounded by --output-budget-bytes).",
+		}, func() float64 { return float64(out.used.Load()) }),
+	)
 }
 
 func transportLabel(t Transport) string {

@@ -1,6 +1,7 @@
 package conn
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -28,6 +29,20 @@ type Options struct {
 	// MaxQueueBytes bounds a connection's unsent output; a client that lets
 	// it fill is disconnected. Default 8 MiB.
 	MaxQueueBytes int
+	// InputBudgetBytes bounds, node-wide, the memory held for messages not
+	// yet received whole (the sum of every connection's input buffers).
+	// When a buffer's growth would pass it, the connections holding the most
+	// are closed first (ReasonMemoryBudget; an identified client is told
+	// why). Default 256 MiB; negative: no bound; otherwise at least
+	// MaxMessageBytes, or one whole message could not be held.
+	InputBudgetBytes int
+	// OutputBudgetBytes bounds, node-wide, the queued output (the sum of
+	// every connection's queue, a payload shared by connections counted
+	// once). When a message would pass it, the connections with the largest
+	// queues are dropped first (ReasonMemoryBudget). Default 1 GiB, above
+	// the largest read-all answer of the default per-user limits; negative:
+	// no bound; otherwise at least MaxQueueBytes.
+	OutputBudgetBytes int
 	// MaxConns refuses connections past this count. Default: the
 	// process's descriptor limit less 256 (kept for the admin port, the
 	// store and the cluster), so that a flood of connections cannot take
@@ -95,6 +110,12 @@ func (o *Options) setDefaults() {
 	if o.MaxQueueBytes == 0 {
 		o.MaxQueueBytes = 8 << 20
 	}
+	if o.InputBudgetBytes == 0 {
+		o.InputBudgetBytes = 256 << 20
+	}
+	if o.OutputBudgetBytes == 0 {
+		o.OutputBudgetBytes = 1 << 30
+	}
 	if o.ReadTimeout == 0 {
 		o.ReadTimeout = 30 * time.Second
 	}
@@ -130,6 +151,17 @@ func (o *Options) Validate() error {
 	c.Add(o.Workers < 0, "Workers", o.Workers, "must be 0 (default 64) or more")
 	c.Add(o.MaxMessageBytes < 0, "MaxMessageBytes", o.MaxMessageBytes, "must be 0 (default 4 MiB) or more")
 	c.Add(o.MaxQueueBytes < 0, "MaxQueueBytes", o.MaxQueueBytes, "must be 0 (default 8 MiB) or more")
+	msgLimit, queueLimit := o.MaxMessageBytes, o.MaxQueueBytes
+	if msgLimit == 0 {
+		msgLimit = 4 << 20
+	}
+	if queueLimit == 0 {
+		queueLimit = 8 << 20
+	}
+	c.Add(o.InputBudgetBytes > 0 && o.InputBudgetBytes < msgLimit, "InputBudgetBytes", o.InputBudgetBytes,
+		fmt.Sprintf("must be 0 (default 256 MiB), negative (no bound), or at least the largest message (%d)", msgLimit))
+	c.Add(o.OutputBudgetBytes > 0 && o.OutputBudgetBytes < queueLimit, "OutputBudgetBytes", o.OutputBudgetBytes,
+		fmt.Sprintf("must be 0 (default 1 GiB), negative (no bound), or at least the largest queue (%d)", queueLimit))
 	c.Add(o.MaxConnsPerIP < 0, "MaxConnsPerIP", o.MaxConnsPerIP, "must be 0 (no limit) or more")
 	c.Add(o.HandshakeTimeout < 0, "HandshakeTimeout", o.HandshakeTimeout, "must be 0 (default 10s) or more")
 	c.Add(o.ReadTimeout < 0, "ReadTimeout", o.ReadTimeout, "must be 0 (default 30s) or more")

@@ -14,6 +14,7 @@ type outItem struct {
 	headLen uint8
 	newline bool // raw TCP: a "\n" follows data
 	data    []byte
+	shared  *Shared // data's owner when counted once for many queues (SendShared)
 }
 
 func (it *outItem) size() int {
@@ -66,20 +67,28 @@ func (c *Conn) emit(it *outItem) bool {
 // enqueueOwned queues bytes that belong to this connection alone (TLS
 // records) with no limit check: the caller checked the message they carry.
 func (c *Conn) enqueueOwned(p []byte) bool {
+	it := outItem{data: p}
+	if !c.roomForOut(&it) {
+		return false
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.state >= stateWriteShut {
 		return false
 	}
-	c.out = append(c.out, outItem{data: p})
+	c.out = append(c.out, it)
 	c.outBytes += len(p)
 	if len(c.out) == 1 {
 		c.flushLocked()
 	}
+	c.publishOut()
 	return true
 }
 
 func (c *Conn) enqueue(it *outItem) bool {
+	if !c.roomForOut(it) {
+		return false
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.enqueueLocked(it)
@@ -94,7 +103,7 @@ func (c *Conn) enqueueLocked(it *outItem) bool {
 	size := it.size()
 	// One message larger than the whole limit still goes out on an empty
 	// queue, so a big read-all answer is never refused by itself.
-	if limit := c.srv.opts.MaxQueueBytes; c.outBytes > 0 && c.outBytes+size > limit {
+	if limit := c.srv.opts.MaxQueueBytes; c.outBytes > 0 && size > limit-c.outBytes { // no sum: no overflow whatever the limit
 		c.markClosing(ReasonSlowConsumer)
 		c.srv.metrics.queueOverflows.Inc()
 		c.abortLocked()
@@ -102,9 +111,11 @@ func (c *Conn) enqueueLocked(it *outItem) bool {
 	}
 	c.out = append(c.out, *it)
 	c.outBytes += size
+	c.holdOut(it)
 	if len(c.out) == 1 {
 		c.flushLocked()
 	}
+	c.publishOut()
 	return true
 }
 
@@ -113,6 +124,7 @@ func (c *Conn) onWritable() {
 	c.mu.Lock()
 	if len(c.out) > 0 {
 		c.flushLocked()
+		c.publishOut()
 	}
 	c.mu.Unlock()
 }
@@ -197,6 +209,7 @@ func (c *Conn) advance(n int) {
 			break
 		}
 		n -= size
+		c.letGoOut(&c.out[i])
 		c.out[i] = outItem{} // let shared payloads go
 	}
 	c.out = c.out[i:]

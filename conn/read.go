@@ -81,19 +81,32 @@ var testHookRead func(c *Conn, n int)
 
 // onData handles bytes just read. Complete messages go to the handler
 // straight from the worker's buffer; only an incomplete tail is copied into
-// c.in, and c.in is released as soon as it is consumed.
+// c.in, and c.in is released as soon as it is consumed. Every growth of c.in
+// is reserved in the input budget first (appendIn), which may cut this
+// connection instead.
 func (c *Conn) onData(p []byte) {
 	c.active.Store(nowNano())
+	if c.bud.cut.Load() && !c.discardIn {
+		c.discardIn = true // cut for the input budget: drop what is held, below
+	}
 	if c.discardIn {
+		if c.in != nil || c.ws.msg != nil {
+			c.in, c.ws.msg = nil, nil
+			c.inSince.Store(0)
+			c.syncIn()
+		}
 		return
 	}
 	data := p
 	buffered := len(c.in) > 0
 	if buffered {
-		c.in = append(c.in, p...)
+		c.in = c.appendIn(c.in, p)
 		data = c.in
 	}
-	used := c.consume(data)
+	used := 0
+	if !c.discardIn {
+		used = c.consume(data)
+	}
 	rest := data[used:]
 	switch {
 	case len(rest) == 0 || c.discardIn:
@@ -101,13 +114,20 @@ func (c *Conn) onData(p []byte) {
 		c.inSince.Store(0)
 	case buffered:
 		c.in = c.in[:copy(c.in, rest)]
+		c.shrinkIn()
 		if used > 0 {
 			c.inSince.Store(nowNano())
 		}
 	default:
-		c.in = append(make([]byte, 0, max(len(rest)*2, 512)), rest...)
-		c.inSince.Store(nowNano())
+		if c.in = c.appendIn(nil, rest); !c.discardIn {
+			c.inSince.Store(nowNano())
+		}
 	}
+	if c.discardIn {
+		c.in, c.ws.msg = nil, nil // nothing more is read from it: its buffers go now
+		c.inSince.Store(0)
+	}
+	c.syncIn()
 	if testHookRead != nil {
 		testHookRead(c, len(p))
 	}

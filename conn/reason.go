@@ -26,13 +26,14 @@ const (
 	ReasonTLSError                  // the TLS handshake failed, or a record was bad
 	ReasonTLSRequired               // a plain connection where TLS is required
 	ReasonProxyProtocol             // no valid PROXY protocol header where one is required
+	ReasonMemoryBudget              // a node-wide memory budget was full and this connection held the most
 	reasonCount
 )
 
 var reasonNames = [reasonCount]string{
 	"none", "client_closed", "protocol_error", "slow_consumer", "timeout",
 	"shutdown", "takeover", "io_error", "policy", "http_rejected", "resync",
-	"tls_error", "tls_required", "proxy_protocol",
+	"tls_error", "tls_required", "proxy_protocol", "memory_budget",
 }
 
 func (r CloseReason) String() string {
@@ -51,10 +52,16 @@ func (r CloseReason) wsStatus() ws.StatusCode {
 		return ws.StatusProtocolError
 	case ReasonTakeover, ReasonPolicy, ReasonTimeout, ReasonResync:
 		return ws.StatusPolicyViolation
+	case ReasonMemoryBudget:
+		return statusTryAgainLater
 	default:
 		return ws.StatusNormalClosure
 	}
 }
+
+// statusTryAgainLater is 1013 (IANA's registry; gobwas/ws has no name for
+// it): the server is overloaded, the client may come back.
+const statusTryAgainLater ws.StatusCode = 1013
 
 // Framing errors reported to Handler.OnFramingError. Their text is safe to
 // show to the client.

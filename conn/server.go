@@ -25,7 +25,8 @@ import (
 // For one Conn, OnMessage and OnFramingError calls from the read side never
 // overlap and come in stream order; different Conns are handled concurrently
 // on the pool's workers. A handler may block (a store write, say) at the cost
-// of one worker. OnFramingError may also be called by the timeout sweeper.
+// of one worker. OnFramingError may also be called by the timeout sweeper,
+// and by the goroutine that cuts the connection for the input budget.
 type Handler interface {
 	// OnMessage gets one request: a JSON value cut from a raw TCP stream, or
 	// one reassembled WebSocket data message. p is valid only until return.
@@ -63,6 +64,8 @@ type Server struct {
 	accepting atomic.Bool
 	count     atomic.Int64
 
+	inBudget, outBudget budget // node-wide memory bounds (budget.go)
+
 	stopSweep chan struct{}
 	done      sync.WaitGroup
 	stopOnce  sync.Once
@@ -85,6 +88,7 @@ func Listen(opts Options, h Handler) (*Server, error) {
 		stopSweep: make(chan struct{}),
 	}
 	s.accepting.Store(true)
+	s.initBudgets()
 	if opts.TLSCertFile != "" {
 		certs, err := loadCertificates(opts.TLSCertFile, opts.TLSKeyFile, s.log, s.metrics)
 		if err != nil {

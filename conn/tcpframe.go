@@ -9,8 +9,8 @@ package conn
 // The state survives between calls, so a value that arrives over many reads is
 // scanned once, not again from its start on every read.
 type jsonScanner struct {
-	pos     int   // bytes of the current buffer already scanned
-	depth   int32 // nesting depth inside the current value
+	pos     int // bytes of the current buffer already scanned
+	depth   int // nesting depth inside the current value; int, as the value's size, so no nesting wraps it
 	inStr   bool
 	escaped bool
 	started bool // the value's first byte has been seen

@@ -73,8 +73,12 @@ func TestTLSRawTCPAndWebSocket(t *testing.T) {
 			t.Fatalf("got %q over %v, TLS %v", m.data, m.c.Transport(), m.c.TLS())
 		}
 		m.c.Send([]byte(`{"ok":1}`))
-		if line, err := bufio.NewReader(c).ReadString('\n'); err != nil || line != "{\"ok\":1}\n" {
-			t.Fatalf("answer %q, %v", line, err)
+		m.c.SendShared(NewShared([]byte(`{"shared":1}`))) // encrypted too, not queued as it is
+		br := bufio.NewReader(c)
+		for _, want := range []string{"{\"ok\":1}\n", "{\"shared\":1}\n"} {
+			if line, err := br.ReadString('\n'); err != nil || line != want {
+				t.Fatalf("answer %q, %v", line, err)
+			}
 		}
 
 		w := s.dialWSS(t)

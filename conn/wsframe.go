@@ -179,9 +179,12 @@ func (c *Conn) wsFrame(h ws.Header, payload []byte) {
 			return
 		}
 		r.msgOp, r.msgValid = h.OpCode, 0
-		r.msg = append(r.msg[:0], payload...)
+		r.msg = c.appendIn(r.msg[:0], payload)
 	case ws.OpContinuation:
-		r.msg = append(r.msg, payload...)
+		r.msg = c.appendIn(r.msg, payload)
+	}
+	if c.discardIn { // cut for the input budget
+		return
 	}
 	// A fragment of text is checked as it arrives: invalid UTF-8 fails the
 	// connection at once (RFC 6455 8.1), not after the last fragment.

@@ -34,12 +34,17 @@ func encodeLogin(s feed.Session) []byte {
 	return append(b, '}')
 }
 
-func encodeReadAll(snap feed.Snapshot) []byte {
+// readAllSize is about the size of snap's answer (a little more).
+func readAllSize(snap feed.Snapshot) int {
 	size := 64 + len(snap.Version)
 	for _, t := range snap.Tasks {
 		size += len(t) + 1
 	}
-	b := make([]byte, 0, size)
+	return size
+}
+
+func encodeReadAll(snap feed.Snapshot) []byte {
+	b := make([]byte, 0, readAllSize(snap))
 	b = append(b, `{"success":true,"type":"read-all","tasks":[`...)
 	for i, t := range snap.Tasks {
 		if i > 0 {

@@ -113,6 +113,7 @@ type Node struct {
 	hub     *hub
 	fanout  *fanout
 	signups *addrLimiter // new users per client address
+	answers *answers     // large read-all answers, shared while queued
 	metrics *metrics
 	srv     *conn.Server
 	ready   atomic.Bool
@@ -145,6 +146,7 @@ func New(b feed.Backend, opts Options) (*Node, error) {
 		stop:  make(chan struct{}),
 	}
 	n.metrics = newMetrics(opts.Registerer, n.hub)
+	n.answers = newAnswers()
 	n.signups = newAddrLimiter(float64(opts.NewUsersPerMinute)/60, float64(opts.NewUsersPerMinute))
 	n.fanout = newFanout(n.deliver)
 	b.Feed.Subscribe(n.fanout.publish)

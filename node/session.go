@@ -218,6 +218,12 @@ func (s *session) readAll(ctx context.Context) {
 		s.storeError(typeReadAll, err)
 		return
 	}
+	if readAllSize(snap) >= sharedAnswerBytes {
+		// One copy for all of the user's devices asking at this seq, counted
+		// once in the output budget.
+		s.conn.SendShared(s.node.answers.readAll(s.userID, snap))
+		return
+	}
 	s.send(encodeReadAll(snap))
 }
 

@@ -44,6 +44,8 @@ var flagOf = map[string]string{
 	"Conn.Workers":             "--workers",
 	"Conn.MaxMessageBytes":     "--max-message-bytes",
 	"Conn.MaxQueueBytes":       "--max-queue-bytes",
+	"Conn.InputBudgetBytes":    "--input-budget-bytes",
+	"Conn.OutputBudgetBytes":   "--output-budget-bytes",
 	"Conn.MaxConns":            "--max-conns",
 	"Conn.ReadTimeout":         "--read-timeout",
 	"Conn.TLSCertFile":         "--tls-cert",
@@ -112,6 +114,8 @@ func parseServeFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&o.Conn.WriteTimeout, "write-timeout", 10*time.Second, "drop a connection that takes none of its queued output for this long")
 	fs.IntVar(&o.Conn.MaxMessageBytes, "max-message-bytes", 4<<20, "largest request")
 	fs.IntVar(&o.Conn.MaxQueueBytes, "max-queue-bytes", 8<<20, "largest unsent output per connection before it is dropped")
+	fs.IntVar(&o.Conn.InputBudgetBytes, "input-budget-bytes", 256<<20, "node-wide bound on memory held for messages not yet received whole; past it the connections holding the most are closed first (negative: no bound)")
+	fs.IntVar(&o.Conn.OutputBudgetBytes, "output-budget-bytes", 1<<30, "node-wide bound on queued output, a read-all answer shared by a user's devices counted once; past it the largest queues are dropped first (negative: no bound; keep it above the largest read-all answer, --max-tasks-per-user × --max-task-bytes)")
 	fs.DurationVar(&o.Conn.ReadTimeout, "read-timeout", 30*time.Second, "time allowed to finish a started message")
 	fs.DurationVar(&o.Conn.PingInterval, "ws-ping-interval", 30*time.Second, "ping a WebSocket idle this long, for proxies that drop idle connections (negative: never)")
 	fs.IntVar(&o.Limits.MaxTasksPerUser, "max-tasks-per-user", 10000, "most tasks one user may store")

@@ -77,3 +77,22 @@ func TestClusteringNeedsAKey(t *testing.T) {
 		t.Errorf("a single node needs no key: %v", err)
 	}
 }
+
+// The memory budgets: from the environment, and a budget below what one
+// message or one queue needs is refused in flag names.
+func TestBudgetFlags(t *testing.T) {
+	t.Setenv("KRONOS_INPUT_BUDGET_BYTES", "-1")
+	cfg, err := parseServeFlags([]string{"--output-budget-bytes", "104857600"}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.node.Conn.InputBudgetBytes != -1 || cfg.node.Conn.OutputBudgetBytes != 100<<20 {
+		t.Fatalf("budgets %d, %d", cfg.node.Conn.InputBudgetBytes, cfg.node.Conn.OutputBudgetBytes)
+	}
+	_, err = parseServeFlags([]string{"--input-budget-bytes", "1024", "--output-budget-bytes", "1024"}, &bytes.Buffer{})
+	for _, want := range []string{"--input-budget-bytes 1024", "--output-budget-bytes 1024"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v does not mention %s", err, want)
+		}
+	}
+}
