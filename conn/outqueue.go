@@ -109,14 +109,43 @@ func (c *Conn) enqueueLocked(it *outItem) bool {
 		c.abortLocked()
 		return false
 	}
+	written := 0
+	if len(c.out) == 0 {
+		// The common case: the socket takes the whole message now, and it
+		// is never queued (no allocation, no budget accounting).
+		if written = c.writeNow(it, size); written == size {
+			return true
+		}
+	}
 	c.out = append(c.out, *it)
 	c.outBytes += size
 	c.holdOut(it)
+	if written > 0 {
+		c.advance(written)
+	}
 	if len(c.out) == 1 {
-		c.flushLocked()
+		c.flushLocked() // EAGAIN and errors are handled there
 	}
 	c.publishOut()
 	return true
+}
+
+// writeNow writes it straight to the socket and returns how much went. c.mu
+// must be held and the queue must be empty.
+func (c *Conn) writeNow(it *outItem, size int) int {
+	if c.state == stateDead {
+		return 0
+	}
+	n, _ := writev3(c.fd, [3][]byte{it.head[:it.headLen], it.data, nlIf(it.newline)})
+	if n <= 0 {
+		return 0
+	}
+	now := nowNano()
+	c.active.Store(now)
+	if n == size {
+		c.stalledSince.Store(0)
+	}
+	return n
 }
 
 // onWritable runs when epoll reports the socket writable again.

@@ -21,3 +21,15 @@ func BenchmarkEncodeNotification(b *testing.B) {
 		encodeNotification(&benchChange)
 	}
 }
+
+// appendString quotes plain text itself and leaves the rest to
+// encoding/json: both must agree with json.Marshal.
+func TestAppendStringMatchesEncodingJSON(t *testing.T) {
+	for _, s := range []string{"", "0f4b0e7c-3a1e-4f67-9a41-1f6f8a7d2c11", `quote " and \ back`, "tab\tnew\nline",
+		"<tag> & co", "é ü 日本", "\x7f del", "\u2028 sep", "\xff bad utf-8"} {
+		want, _ := json.Marshal(s)
+		if got := appendString(nil, s); string(got) != string(want) {
+			t.Errorf("appendString(%q) = %s, want %s", s, got, want)
+		}
+	}
+}

@@ -11,9 +11,19 @@ import (
 // shape around values that are already JSON (tasks and versions are kept
 // verbatim), and a notification is encoded once for all devices of a user.
 
+// appendString appends s as a JSON string. Ids and most texts are plain
+// printable ASCII, quoted as they are without an allocation; anything else
+// takes encoding/json's escaping (which also escapes <, > and &).
 func appendString(b []byte, s string) []byte {
-	q, _ := json.Marshal(s) // never fails for a string
-	return append(b, q...)
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s) // never fails for a string
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
 }
 
 func appendRaw(b []byte, raw json.RawMessage) []byte {
