@@ -236,6 +236,9 @@ func (w *worker) read(d *benchDevice, l *link) {
 			continue
 		}
 		if err != nil {
+			// The connection is gone: the device counts as disconnected,
+			// unless it has logged in again already.
+			d.link.CompareAndSwap(l, nil)
 			return
 		}
 		if !w.measure.Load() {
