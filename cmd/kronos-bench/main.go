@@ -55,6 +55,8 @@ var subcommands = map[string]func(args []string) error{
 	"worker":            runWorker, // a child process holding connections
 	"compare-report":    runCompareReport,
 	"centrifugo-config": runCentrifugoConfig, // the configuration compare.sh runs it with
+	"soak":              runSoakCommand,      // legitimate load beside abusive clients (soak.go)
+	"soak-report":       runSoakReport,
 }
 
 func main() {
