@@ -29,29 +29,7 @@ func TestBenchSmallRun(t *testing.T) {
 	bench := build(t, dir, "kronos-bench", ".")
 	for _, engine := range []string{"epoll", "goroutine"} {
 		t.Run(engine, func(t *testing.T) {
-			cmd := exec.Command(server, "serve", "--engine", engine, "--listen", "127.0.0.1:0",
-				"--admin-listen", "127.0.0.1:0", "--store", "bolt:"+filepath.Join(t.TempDir(), "k.db"))
-			stderr, _ := cmd.StderrPipe()
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			defer func() { cmd.Process.Kill(); cmd.Wait() }()
-			var addr, admin string
-			sc := bufio.NewScanner(stderr)
-			for (addr == "" || admin == "") && sc.Scan() {
-				var ev map[string]any
-				json.Unmarshal(sc.Bytes(), &ev)
-				if a, ok := ev["addr"].(string); ok {
-					addr = a
-				}
-				if a, ok := ev["admin"].(string); ok {
-					admin = a
-				}
-			}
-			go func() {
-				for sc.Scan() {
-				}
-			}()
+			addr, admin := startServer(t, server, "--engine", engine)
 			r := runBench(t, bench, "--addr", addr, "--admin", admin, "--label", engine)
 			checkDelivered(t, r, 500, 5)
 			if r.Server != serverKronos || r.WSShare != 0.5 {
@@ -59,6 +37,39 @@ func TestBenchSmallRun(t *testing.T) {
 			}
 		})
 	}
+}
+
+// startServer starts the server binary on free loopback ports, with a
+// bbolt store in a temporary directory and args, and returns its client
+// and admin addresses; the test's end kills it.
+func startServer(t *testing.T, server string, args ...string) (addr, admin string) {
+	t.Helper()
+	cmd := exec.Command(server, append([]string{"serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+		"--store", "bolt:" + filepath.Join(t.TempDir(), "k.db")}, args...)...)
+	stderr, _ := cmd.StderrPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	sc := bufio.NewScanner(stderr)
+	for (addr == "" || admin == "") && sc.Scan() {
+		var ev map[string]any
+		json.Unmarshal(sc.Bytes(), &ev)
+		if a, ok := ev["addr"].(string); ok {
+			addr = a
+		}
+		if a, ok := ev["admin"].(string); ok {
+			admin = a
+		}
+	}
+	if addr == "" || admin == "" {
+		t.Fatalf("the server did not tell its addresses: %v", sc.Err())
+	}
+	go func() {
+		for sc.Scan() {
+		}
+	}()
+	return addr, admin
 }
 
 // runBench runs the load tool in the tests' small configuration, 100

@@ -14,6 +14,12 @@
 //	kronos-bench --addr 127.0.0.1:5000 --admin 127.0.0.1:9090 --users 1900 --devices 10
 //	kronos-bench --server centrifugo --centrifugo-secret KEY --addr 127.0.0.1:8000 --admin 127.0.0.1:9000
 //	kronos-bench compare-report --in DIR --out PREFIX
+//
+// kronos-bench soak runs a lighter legitimate load for long beside abusive
+// clients and samples the server's memory all along (soak.go, soak.sh):
+//
+//	kronos-bench soak --addr 127.0.0.1:5056 --admin 127.0.0.1:9096 --duration 10m --out soak.json
+//	kronos-bench soak-report --clean clean.json --soak soak.json --rss-bound-mib 256 --out summary
 package main
 
 import (

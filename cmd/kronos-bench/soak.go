@@ -26,7 +26,7 @@ import (
 //
 //	kronos-bench soak --addr 127.0.0.1:5055 --admin 127.0.0.1:9095 --duration 10m --label soak --out soak.json
 //	kronos-bench soak --clean ... --label clean --out clean.json
-//	kronos-bench soak-report --clean clean.json --soak soak.json --rss-bound-mib 512 --out soak-summary
+//	kronos-bench soak-report --clean clean.json --soak soak.json --rss-bound-mib 256 --out soak-summary
 
 // SoakResults is what one soak (or clean) run measured.
 type SoakResults struct {
@@ -145,8 +145,8 @@ func parseSoakFlags(args []string) (soakOptions, error) {
 	if o.abuse.halfMessage >= o.abuse.maxMessage {
 		return o, fmt.Errorf("--half-message-bytes %d: want less than --max-message-bytes %d", o.abuse.halfMessage, o.abuse.maxMessage)
 	}
-	if o.abuse.nonReadingBytes+(64<<10) > o.abuse.maxMessage {
-		return o, fmt.Errorf("--non-reading-bytes %d: the write-all must fit --max-message-bytes %d", o.abuse.nonReadingBytes, o.abuse.maxMessage)
+	if n := len(heavyTasks(o.abuse.nonReadingBytes)); o.abuse.counts[groupNonReading] > 0 && n > o.abuse.maxMessage {
+		return o, fmt.Errorf("--non-reading-bytes %d: the write-all (%d bytes) must fit --max-message-bytes %d", o.abuse.nonReadingBytes, n, o.abuse.maxMessage)
 	}
 	if o.sampleEvery <= 0 || o.duration <= 0 || o.rate <= 0 || o.users <= 0 || o.devices < 2 {
 		return o, errors.New("--sample-every, --duration, --rate and --users must be positive, --devices at least 2")

@@ -7,7 +7,7 @@
 # and OUT/summary.md: the node's RSS against a stated bound, and the
 # legitimate p99 of the soak against the clean run's.
 #
-#   cmd/kronos-bench/soak.sh --duration 10m --rss-bound-mib 512
+#   cmd/kronos-bench/soak.sh --duration 10m --rss-bound-mib 256
 #   cmd/kronos-bench/soak.sh --duration 1m --out soak-short -- --silent 500 --user-creating 1
 #
 # Arguments after -- go to both kronos-bench soak runs as they are (the
@@ -23,7 +23,7 @@ usage: soak.sh [options] [-- kronos-bench soak flags]
   --users N             legitimate users (default 200)
   --devices N           devices (connections) per user (default 10)
   --rate R              legitimate writes per second (default 200)
-  --rss-bound-mib N     the stated bound on the node's RSS during the soak (default 512)
+  --rss-bound-mib N     the stated bound on the node's RSS during the soak (default 256)
   --server-flags "..."  more flags for kronos serve, both runs
   --engine E            the node's connection engine (default epoll)
   --out DIR             results and logs (default soak-out)
@@ -34,7 +34,7 @@ duration=10m
 users=200
 devices=10
 rate=200
-bound=512
+bound=256
 server_flags=""
 engine=epoll
 out=soak-out

@@ -45,7 +45,7 @@ func runSoakReport(args []string) error {
 	fs := flag.NewFlagSet("soak-report", flag.ContinueOnError)
 	cleanPath := fs.String("clean", "", "results of the clean run (kronos-bench soak --clean)")
 	soakPath := fs.String("soak", "", "results of the soak run")
-	boundMiB := fs.Float64("rss-bound-mib", 512, "the stated bound on the node's RSS during the soak, MiB")
+	boundMiB := fs.Float64("rss-bound-mib", 256, "the stated bound on the node's RSS during the soak, MiB")
 	limit := fs.Float64("p99-limit", 2, "the soak's legitimate p99 may be at most this many times the clean run's")
 	out := fs.String("out", "soak-summary", "output prefix: writes PREFIX.json and PREFIX.md")
 	if err := fs.Parse(args); err != nil {
