@@ -64,6 +64,10 @@ type SoakResults struct {
 	LatencyP99MS   float64 `json:"latency_p99_ms"`
 	LatencyMaxMS   float64 `json:"latency_max_ms"`
 	LatencySamples uint64  `json:"latency_samples"`
+	// P99ByWindowMS is the p99 of each --window of the load, by the time
+	// of receipt: a p99 made by one moment shows as one window.
+	WindowSeconds float64   `json:"window_seconds"`
+	P99ByWindowMS []float64 `json:"latency_p99_by_window_ms"`
 	// LegitConnsEnd is the legitimate devices still connected at the end
 	// (they do not reconnect: a drop shows here and in Delivered).
 	LegitConnsEnd int `json:"legit_connections_at_end"`
@@ -90,6 +94,7 @@ type soakOptions struct {
 	abuseSrc    string
 	clean       bool
 	sampleEvery time.Duration
+	window      time.Duration
 	warmup      time.Duration
 	settle      time.Duration
 }
@@ -113,8 +118,9 @@ func parseSoakFlags(args []string) (soakOptions, error) {
 	fs.DurationVar(&o.warmup, "warmup", 10*time.Second, "abusive clients run this long before the load starts")
 	fs.DurationVar(&o.settle, "settle", 5*time.Second, "after the abusive clients stop, wait this long and read the RSS again")
 	fs.DurationVar(&o.sampleEvery, "sample-every", 5*time.Second, "how often the node's /metrics is read")
+	fs.DurationVar(&o.window, "window", time.Minute, "the legitimate p99 is also reported for each window of this length")
 	fs.StringVar(&o.out, "out", "soak.json", "results file (JSON)")
-	fs.StringVar(&o.label, "label", "", "a name for this run in the results")
+	fs.StringVar(&o.label, "label", "", "a name for this run in the results (default soak, or clean with --clean)")
 	fs.DurationVar(&o.timeout, "timeout", 30*time.Second, "timeout of one dial and login, and of waiting for /metrics at the start")
 	fs.IntVar(&o.dialConc, "dial-concurrency", 256, "logins in flight per worker while connecting")
 	fs.BoolVar(&o.clean, "clean", false, "no abusive client: the legitimate load alone, to compare with")
@@ -148,8 +154,14 @@ func parseSoakFlags(args []string) (soakOptions, error) {
 	if n := len(heavyTasks(o.abuse.nonReadingBytes)); o.abuse.counts[groupNonReading] > 0 && n > o.abuse.maxMessage {
 		return o, fmt.Errorf("--non-reading-bytes %d: the write-all (%d bytes) must fit --max-message-bytes %d", o.abuse.nonReadingBytes, n, o.abuse.maxMessage)
 	}
-	if o.sampleEvery <= 0 || o.duration <= 0 || o.rate <= 0 || o.users <= 0 || o.devices < 2 {
+	if o.sampleEvery <= 0 || o.window <= 0 || o.duration <= 0 || o.rate <= 0 || o.users <= 0 || o.devices < 2 {
 		return o, errors.New("--sample-every, --duration, --rate and --users must be positive, --devices at least 2")
+	}
+	if o.label == "" {
+		o.label = "soak"
+		if o.clean {
+			o.label = "clean"
+		}
 	}
 	o.abuse.addr, o.abuse.timeout = o.addr, o.timeout
 	o.abuse.sources = parseIPs(o.abuseSrc)
@@ -306,7 +318,7 @@ func runSoak(o soakOptions) (*SoakResults, error) {
 		}
 	}()
 	replies, err := all(children, func(c *child) command {
-		return command{Cmd: "load", Rate: o.rate * float64(c.conns) / float64(res.Conns), Duration: o.duration}
+		return command{Cmd: "load", Rate: o.rate * float64(c.conns) / float64(res.Conns), Duration: o.duration, Window: o.window}
 	})
 	close(sampling)
 	<-samplerDone
@@ -316,7 +328,9 @@ func runSoak(o soakOptions) (*SoakResults, error) {
 	sample() // the final one, abusers still running
 	res.addErrors(replies)
 	hist := NewHist()
+	var windows []*Hist
 	for _, rep := range replies {
+		windows = mergeWindows(windows, rep.Windows)
 		res.WritesSent += rep.Sent
 		res.Notifications += rep.Received
 		res.LegitConnsEnd += rep.Conns
@@ -332,6 +346,10 @@ func runSoak(o soakOptions) (*SoakResults, error) {
 	res.LatencyP99MS = ms(hist.Quantile(0.99))
 	res.LatencyMaxMS = hist.MaxUS / 1000
 	res.LatencySamples = hist.Count
+	res.WindowSeconds = o.window.Seconds()
+	for _, h := range windows {
+		res.P99ByWindowMS = append(res.P99ByWindowMS, ms(h.Quantile(0.99)))
+	}
 	for _, s := range res.Samples {
 		res.RSSMaxBytes = max(res.RSSMaxBytes, s.RSSBytes)
 	}
@@ -361,6 +379,19 @@ func runSoak(o soakOptions) (*SoakResults, error) {
 	return res, nil
 }
 
+// mergeWindows adds the windows of one worker to those of the others.
+func mergeWindows(into, from []*Hist) []*Hist {
+	for i, h := range from {
+		for len(into) <= i {
+			into = append(into, NewHist())
+		}
+		if h != nil {
+			into[i].Merge(h)
+		}
+	}
+	return into
+}
+
 func (r *SoakResults) addErrors(replies []reply) {
 	for _, rep := range replies {
 		if rep.Errors > 0 && r.FirstError == "" {
@@ -382,6 +413,15 @@ func abusiveList(m map[string]int) string {
 		return "none"
 	}
 	return strings.Join(parts, ", ")
+}
+
+// msList tells latencies: "4.1 9.3 5.0 ms".
+func msList(v []float64) string {
+	parts := make([]string, len(v))
+	for i, x := range v {
+		parts[i] = fmt.Sprintf("%.1f", x)
+	}
+	return strings.Join(parts, " ") + " ms"
 }
 
 // reasonList tells the closes by reason, most first.
@@ -412,6 +452,9 @@ func (r *SoakResults) summary() string {
 		r.Label, r.Conns, r.Users, r.Devices, r.Rate, r.DurationSeconds, abusiveList(r.Abusive))
 	fmt.Fprintf(&b, "  legitimate: %d writes, %.3f%% delivered, latency p50 %.2fms p90 %.2fms p99 %.2fms max %.2fms; %d of %d connected at the end\n",
 		r.WritesSent, r.Delivered, r.LatencyP50MS, r.LatencyP90MS, r.LatencyP99MS, r.LatencyMaxMS, r.LegitConnsEnd, r.Conns)
+	if len(r.P99ByWindowMS) > 0 {
+		fmt.Fprintf(&b, "  legitimate p99 by %.0fs window: %s\n", r.WindowSeconds, msList(r.P99ByWindowMS))
+	}
 	fmt.Fprintf(&b, "  node RSS: %.1f MiB connected, max %.1f MiB, final %.1f MiB, %.1f MiB after the abuse stopped (%d samples)\n",
 		r.Connected.RSSBytes/(1<<20), r.RSSMaxBytes/(1<<20), r.RSSFinalBytes/(1<<20), r.RSSAfterBytes/(1<<20), len(r.Samples))
 	fmt.Fprintf(&b, "  node closes: %s\n", reasonList(r.Closes))

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseMetrics(t *testing.T) {
@@ -58,6 +59,7 @@ func TestSoakSummary(t *testing.T) {
 		Delivered: 100, LatencyP99MS: 10, LatencySamples: 900, LegitConnsEnd: 20, RSSMaxBytes: 30 << 20}
 	soak := *clean
 	soak.Label, soak.LatencyP99MS, soak.RSSMaxBytes = "soak", 15, 100<<20
+	soak.P99ByWindowMS, soak.WindowSeconds = []float64{12, 15.04}, 60
 	soak.Abusive = map[string]int{groupSilent: 5, groupNonReading: 2}
 	soak.Closes = map[string]float64{"timeout": 7, "slow_consumer": 9}
 	soak.Abuse = map[string]AbuseStats{groupSilent: {Clients: 5, Conns: 12, ServerClosed: 7}}
@@ -70,7 +72,8 @@ func TestSoakSummary(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"| abusive clients | none | 5 silent, 2 non-reading |", "slow_consumer 9, timeout 7",
-		"p99 soak / clean: 1.50× (limit 2×): met", "| silent | 5 | 12 | 7 |"} {
+		"p99 soak / clean: 1.50× (limit 2×): met", "| silent | 5 | 12 | 7 |",
+		"| latency p99 window by window |  | 12.0 15.0 ms (by 60 s) |"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, b.String())
 		}
@@ -80,6 +83,17 @@ func TestSoakSummary(t *testing.T) {
 	s = summarizeSoak(clean, &soak, 512<<20, 2)
 	if s.P99Met || s.RSSMet || s.DeliveredMet {
 		t.Fatalf("summary %+v", s)
+	}
+}
+
+func TestMergeWindows(t *testing.T) {
+	a, b := NewHist(), NewHist()
+	a.Add(time.Millisecond)
+	b.Add(3 * time.Millisecond)
+	w := mergeWindows(nil, []*Hist{a})
+	w = mergeWindows(w, []*Hist{b, b})
+	if len(w) != 2 || w[0].Count != 2 || w[1].Count != 1 || w[0].Quantile(1) != 3*time.Millisecond {
+		t.Fatalf("windows %+v", w)
 	}
 }
 
@@ -121,7 +135,7 @@ func TestSoakSmallRun(t *testing.T) {
 		"--handshake-timeout", "500ms", "--read-timeout", "1s")
 	out := filepath.Join(dir, "soak.json")
 	run := exec.Command(bench, "soak", "--addr", addr, "--admin", admin, "--users", "10", "--devices", "3",
-		"--rate", "20", "--duration", "3s", "--warmup", "1500ms", "--settle", "0s", "--sample-every", "500ms",
+		"--rate", "20", "--duration", "3s", "--window", "1s", "--warmup", "1500ms", "--settle", "0s", "--sample-every", "500ms",
 		"--silent", "2", "--slow", "3", "--oversized", "5", "--non-reading", "2", "--user-creating", "1", "--garbage", "7",
 		"--max-message-bytes", "65536", "--half-message-bytes", "32768", "--non-reading-bytes", "40000",
 		"--slow-interval", "50ms", "--abuse-pause", "50ms", "--non-reading-interval", "20ms", "--out", out)
@@ -142,6 +156,9 @@ func TestSoakSmallRun(t *testing.T) {
 	if r.Errors != 0 || r.WritesSent == 0 || r.Delivered != 100 || r.LegitConnsEnd != 30 || r.LatencyP99MS <= 0 {
 		t.Fatalf("legitimate devices: %d errors (%s), %d writes, %.2f%% delivered, %d connected at the end, p99 %vms",
 			r.Errors, r.FirstError, r.WritesSent, r.Delivered, r.LegitConnsEnd, r.LatencyP99MS)
+	}
+	if len(r.P99ByWindowMS) < 3 {
+		t.Errorf("p99 by window: %v", r.P99ByWindowMS)
 	}
 	if len(r.Samples) < 2 || r.RSSMaxBytes <= 0 || r.RSSFinalBytes <= 0 {
 		t.Fatalf("%d samples, RSS max %v final %v", len(r.Samples), r.RSSMaxBytes, r.RSSFinalBytes)

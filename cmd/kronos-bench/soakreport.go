@@ -109,6 +109,13 @@ func writeSoakTable(w io.Writer, s soakSummary) error {
 		return fmt.Sprintf("%.1f / %.1f / %.1f / %.1f ms", r.LatencyP50MS, r.LatencyP90MS, r.LatencyP99MS, r.LatencyMaxMS)
 	}
 	row("latency p50 / p90 / p99 / max", lat(c), lat(k))
+	byWindow := func(r *SoakResults) string {
+		if len(r.P99ByWindowMS) == 0 {
+			return ""
+		}
+		return fmt.Sprintf("%s (by %.0f s)", msList(r.P99ByWindowMS), r.WindowSeconds)
+	}
+	row("latency p99 window by window", byWindow(c), byWindow(k))
 	row("node RSS: connected / max / final", fmt.Sprintf("%s / %s / %s", mib(c.Connected.RSSBytes), mib(c.RSSMaxBytes), mib(c.RSSFinalBytes)),
 		fmt.Sprintf("%s / %s / %s", mib(k.Connected.RSSBytes), mib(k.RSSMaxBytes), mib(k.RSSFinalBytes)))
 	row("node RSS after the abuse stopped", "", mib(k.RSSAfterBytes))

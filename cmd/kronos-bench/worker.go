@@ -25,6 +25,9 @@ type command struct {
 	Count    int           `json:"count,omitempty"`    // connect: devices to have connected
 	Rate     float64       `json:"rate,omitempty"`     // load: writes per second
 	Duration time.Duration `json:"duration,omitempty"` // load
+	// Window, if set, also splits the load's latencies by the window of
+	// their receipt since the load started (soak: p99 minute by minute).
+	Window time.Duration `json:"window,omitempty"`
 }
 
 type reply struct {
@@ -36,6 +39,7 @@ type reply struct {
 	Bytes    int64   `json:"bytes,omitempty"`   // of the notifications received
 	LastNS   int64   `json:"last_ns,omitempty"` // Unix time of the last one
 	Hist     *Hist   `json:"hist,omitempty"`
+	Windows  []*Hist `json:"windows,omitempty"` // load with a window
 	StormMS  float64 `json:"storm_ms,omitempty"`
 }
 
@@ -81,6 +85,9 @@ type worker struct {
 	measure  atomic.Bool
 	histMu   sync.Mutex
 	hist     *Hist
+	window   time.Duration // of windows; 0: none
+	start    time.Time     // of the load, for windows
+	windows  []*Hist
 	errMu    sync.Mutex
 	errs     int
 	firstErr string
@@ -153,7 +160,13 @@ func (w *worker) serve(in io.Reader, out io.Writer) error {
 		case "connect":
 			w.connectUpTo(cmd.Count)
 		case "load":
+			w.histMu.Lock()
+			w.window, w.windows = cmd.Window, nil
+			w.histMu.Unlock()
 			r.Sent, r.Received, r.Bytes, r.Hist = w.load(cmd.Rate, cmd.Duration)
+			w.histMu.Lock()
+			r.Windows, w.window = w.windows, 0
+			w.histMu.Unlock()
 			r.LastNS = w.lastRecv.Load()
 		case "storm":
 			r.StormMS = float64(w.storm()) / float64(time.Millisecond)
@@ -261,6 +274,13 @@ func (w *worker) read(d *benchDevice, l *link) {
 		lat := time.Duration(now.UnixNano() - sent)
 		w.histMu.Lock()
 		w.hist.Add(lat)
+		if w.window > 0 {
+			i := int(now.Sub(w.start) / w.window)
+			for len(w.windows) <= i {
+				w.windows = append(w.windows, NewHist())
+			}
+			w.windows[i].Add(lat)
+		}
 		w.histMu.Unlock()
 	}
 }
@@ -270,6 +290,7 @@ func (w *worker) read(d *benchDevice, l *link) {
 func (w *worker) load(rate float64, d time.Duration) (sent, received, size int64, h *Hist) {
 	w.histMu.Lock()
 	w.hist = NewHist()
+	w.start = time.Now()
 	w.histMu.Unlock()
 	w.received.Store(0)
 	w.bytes.Store(0)
