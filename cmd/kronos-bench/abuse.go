@@ -459,7 +459,10 @@ func (a *abuser) oversized(ctx context.Context, slot, attempt int, st *groupStat
 	case 2:
 		stall = sendPadded(send, head, a.cfg.halfMessage) == nil
 	case 3:
-		if w, err := c.frame(ws.Header{Fin: true, OpCode: ws.OpText, Length: int64(len(head) + 2*a.cfg.halfMessage)}, st); err == nil {
+		// The frame announces a message between what is sent and the
+		// limit: the node must hold what came while it waits for the rest.
+		length := len(head) + a.cfg.halfMessage + (a.cfg.maxMessage-a.cfg.halfMessage-len(head))/2
+		if w, err := c.frame(ws.Header{Fin: true, OpCode: ws.OpText, Length: int64(length)}, st); err == nil {
 			stall = sendPadded(w.write, head, a.cfg.halfMessage) == nil
 		}
 	case 4:

@@ -148,8 +148,8 @@ func parseSoakFlags(args []string) (soakOptions, error) {
 			o.abuse.counts[g] = *n
 		}
 	}
-	if o.abuse.halfMessage >= o.abuse.maxMessage {
-		return o, fmt.Errorf("--half-message-bytes %d: want less than --max-message-bytes %d", o.abuse.halfMessage, o.abuse.maxMessage)
+	if o.abuse.halfMessage <= 0 || o.abuse.halfMessage+1024 > o.abuse.maxMessage {
+		return o, fmt.Errorf("--half-message-bytes %d: want at least 1 KiB less than --max-message-bytes %d", o.abuse.halfMessage, o.abuse.maxMessage)
 	}
 	if n := len(heavyTasks(o.abuse.nonReadingBytes)); o.abuse.counts[groupNonReading] > 0 && n > o.abuse.maxMessage {
 		return o, fmt.Errorf("--non-reading-bytes %d: the write-all (%d bytes) must fit --max-message-bytes %d", o.abuse.nonReadingBytes, n, o.abuse.maxMessage)
