@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -50,6 +51,10 @@ type SoakResults struct {
 	Samples       []soakSample `json:"server_samples"`
 	RSSMaxBytes   float64      `json:"rss_max_bytes"`
 	RSSFinalBytes float64      `json:"rss_final_bytes"` // at the end of the load, abusers still running
+	// With --server-pid: the largest anonymous and file-backed parts of
+	// the RSS over the samples (not necessarily at the same moment).
+	RSSAnonMaxBytes float64 `json:"rss_anon_max_bytes,omitempty"`
+	RSSFileMaxBytes float64 `json:"rss_file_max_bytes,omitempty"`
 	// RSSAfterBytes is read a few seconds after the abusive clients
 	// stopped.
 	RSSAfterBytes float64 `json:"rss_after_bytes"`
@@ -86,6 +91,37 @@ type SoakResults struct {
 type soakSample struct {
 	Seconds float64 `json:"t_seconds"` // since the load started
 	serverSample
+	// With --server-pid, the RSS split as /proc/PID/status tells it:
+	// anonymous memory (the heap, buffers) and file-backed pages (the
+	// embedded store's memory-mapped file, the binary).
+	RSSAnonBytes float64 `json:"rss_anon_bytes,omitempty"`
+	RSSFileBytes float64 `json:"rss_file_bytes,omitempty"`
+}
+
+// procRSS reads RssAnon and RssFile from a /proc/PID/status.
+func procRSS(status string) (anon, file float64, ok bool) {
+	var found int
+	for _, line := range strings.Split(status, "\n") {
+		name, value, cut := strings.Cut(line, ":")
+		if !cut || (name != "RssAnon" && name != "RssFile") {
+			continue
+		}
+		f := strings.Fields(value)
+		if len(f) != 2 || f[1] != "kB" {
+			continue
+		}
+		kb, err := strconv.ParseFloat(f[0], 64)
+		if err != nil {
+			continue
+		}
+		found++
+		if name == "RssAnon" {
+			anon = kb * 1024
+		} else {
+			file = kb * 1024
+		}
+	}
+	return anon, file, found == 2
 }
 
 type soakOptions struct {
@@ -95,6 +131,7 @@ type soakOptions struct {
 	clean       bool
 	sampleEvery time.Duration
 	window      time.Duration
+	serverPID   int
 	warmup      time.Duration
 	settle      time.Duration
 }
@@ -118,6 +155,7 @@ func parseSoakFlags(args []string) (soakOptions, error) {
 	fs.DurationVar(&o.warmup, "warmup", 10*time.Second, "abusive clients run this long before the load starts")
 	fs.DurationVar(&o.settle, "settle", 5*time.Second, "after the abusive clients stop, wait this long and read the RSS again")
 	fs.DurationVar(&o.sampleEvery, "sample-every", 5*time.Second, "how often the node's /metrics is read")
+	fs.IntVar(&o.serverPID, "server-pid", 0, "the node's process ID, when it runs on this machine: samples also split its RSS into anonymous and file-backed (/proc/PID/status)")
 	fs.DurationVar(&o.window, "window", time.Minute, "the legitimate p99 is also reported for each window of this length")
 	fs.StringVar(&o.out, "out", "soak.json", "results file (JSON)")
 	fs.StringVar(&o.label, "label", "", "a name for this run in the results (default soak, or clean with --clean)")
@@ -296,6 +334,11 @@ func runSoak(o soakOptions) (*SoakResults, error) {
 			return soakSample{}, false
 		}
 		ss := soakSample{Seconds: time.Since(loadStart).Seconds(), serverSample: s}
+		if o.serverPID > 0 {
+			if status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", o.serverPID)); err == nil {
+				ss.RSSAnonBytes, ss.RSSFileBytes, _ = procRSS(string(status))
+			}
+		}
 		res.Samples = append(res.Samples, ss)
 		return ss, true
 	}
@@ -352,6 +395,8 @@ func runSoak(o soakOptions) (*SoakResults, error) {
 	}
 	for _, s := range res.Samples {
 		res.RSSMaxBytes = max(res.RSSMaxBytes, s.RSSBytes)
+		res.RSSAnonMaxBytes = max(res.RSSAnonMaxBytes, s.RSSAnonBytes)
+		res.RSSFileMaxBytes = max(res.RSSFileMaxBytes, s.RSSFileBytes)
 	}
 	if n := len(res.Samples); n > 0 {
 		res.RSSFinalBytes = res.Samples[n-1].RSSBytes
@@ -457,6 +502,9 @@ func (r *SoakResults) summary() string {
 	}
 	fmt.Fprintf(&b, "  node RSS: %.1f MiB connected, max %.1f MiB, final %.1f MiB, %.1f MiB after the abuse stopped (%d samples)\n",
 		r.Connected.RSSBytes/(1<<20), r.RSSMaxBytes/(1<<20), r.RSSFinalBytes/(1<<20), r.RSSAfterBytes/(1<<20), len(r.Samples))
+	if r.RSSAnonMaxBytes > 0 {
+		fmt.Fprintf(&b, "  node RSS split: anonymous at most %.1f MiB, file-backed at most %.1f MiB\n", r.RSSAnonMaxBytes/(1<<20), r.RSSFileMaxBytes/(1<<20))
+	}
 	fmt.Fprintf(&b, "  node closes: %s\n", reasonList(r.Closes))
 	for _, g := range abuseGroups {
 		if s, ok := r.Abuse[g]; ok {

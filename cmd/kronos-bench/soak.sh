@@ -106,7 +106,7 @@ run_one() { # name, then kronos-bench flags
 	wait_port "$addr"
 	echo "== $name ($duration)" >&2
 	local status=0
-	"$work/kronos-bench" soak --addr "$addr" --admin "$admin" --users "$users" --devices "$devices" \
+	"$work/kronos-bench" soak --addr "$addr" --admin "$admin" --server-pid "$server_pid" --users "$users" --devices "$devices" \
 		--rate "$rate" --duration "$duration" --label "$name" --out "$out/$name.json" \
 		"${bench_extra[@]}" "$@" 2>"$out/$name.bench.log" || status=$?
 	stop_server

@@ -86,6 +86,17 @@ func TestSoakSummary(t *testing.T) {
 	}
 }
 
+func TestProcRSS(t *testing.T) {
+	status := "Name:\tkronos\nVmRSS:\t  3072 kB\nRssAnon:\t    2048 kB\nRssFile:\t    1024 kB\nRssShmem:\t       0 kB\n"
+	anon, file, ok := procRSS(status)
+	if !ok || anon != 2<<20 || file != 1<<20 {
+		t.Fatalf("anon %v file %v ok %v", anon, file, ok)
+	}
+	if _, _, ok := procRSS("Name:\tx\n"); ok {
+		t.Fatal("ok without the fields")
+	}
+}
+
 func TestMergeWindows(t *testing.T) {
 	a, b := NewHist(), NewHist()
 	a.Add(time.Millisecond)

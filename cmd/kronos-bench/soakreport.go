@@ -118,6 +118,10 @@ func writeSoakTable(w io.Writer, s soakSummary) error {
 	row("latency p99 window by window", byWindow(c), byWindow(k))
 	row("node RSS: connected / max / final", fmt.Sprintf("%s / %s / %s", mib(c.Connected.RSSBytes), mib(c.RSSMaxBytes), mib(c.RSSFinalBytes)),
 		fmt.Sprintf("%s / %s / %s", mib(k.Connected.RSSBytes), mib(k.RSSMaxBytes), mib(k.RSSFinalBytes)))
+	if c.RSSAnonMaxBytes > 0 || k.RSSAnonMaxBytes > 0 {
+		row("node RSS, max of its anonymous / file-backed parts", fmt.Sprintf("%s / %s", mib(c.RSSAnonMaxBytes), mib(c.RSSFileMaxBytes)),
+			fmt.Sprintf("%s / %s", mib(k.RSSAnonMaxBytes), mib(k.RSSFileMaxBytes)))
+	}
 	row("node RSS after the abuse stopped", "", mib(k.RSSAfterBytes))
 	row("node closes by reason", reasonList(c.Closes), reasonList(k.Closes))
 	fmt.Fprintf(&b, "\n- p99 soak / clean: %.2f× (limit %.0f×): %s\n", s.P99Ratio, s.P99Limit, met(s.P99Met))
