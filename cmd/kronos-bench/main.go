@@ -41,6 +41,7 @@ import (
 type options struct {
 	server, secret    string
 	addr, admin       string
+	tls               bool
 	users, devices    int
 	wsShare           float64
 	procs             int
@@ -80,6 +81,7 @@ func main() {
 	fs.StringVar(&o.server, "server", serverKronos, "the server under test: kronos, or centrifugo (its JSON protocol over WebSocket)")
 	fs.StringVar(&o.secret, "centrifugo-secret", "", "centrifugo: the HMAC key of its client.token.hmac_secret_key, to sign connection tokens")
 	fs.StringVar(&o.addr, "addr", "127.0.0.1:5000", "the server's client address")
+	fs.BoolVar(&o.tls, "tls", false, "kronos: connect over TLS (the server's --tls-cert; the certificate is not checked: this measures cost)")
 	fs.StringVar(&o.admin, "admin", "127.0.0.1:9090", "the server's admin address (for /metrics; Centrifugo's internal port)")
 	fs.IntVar(&o.users, "users", 100, "users")
 	fs.IntVar(&o.devices, "devices", 5, "devices (connections) per user")
@@ -129,6 +131,9 @@ func (o *options) validate() error {
 		if o.secret == "" {
 			return errors.New("--server centrifugo needs --centrifugo-secret (its client.token.hmac_secret_key)")
 		}
+		if o.tls {
+			return errors.New("--tls is for --server kronos")
+		}
 		o.wsShare = 1 // Centrifugo has no raw TCP transport
 	default:
 		return fmt.Errorf("--server %q: want %s or %s", o.server, serverKronos, serverCentrifugo)
@@ -142,6 +147,7 @@ func runWorker(args []string) error {
 	var sources string
 	fs.StringVar(&cfg.server, "server", serverKronos, "")
 	fs.StringVar(&cfg.addr, "addr", "", "")
+	fs.BoolVar(&cfg.tls, "tls", false, "")
 	fs.IntVar(&cfg.users, "users", 0, "")
 	fs.IntVar(&cfg.devices, "devices", 0, "")
 	fs.Float64Var(&cfg.wsShare, "ws", 0, "")
@@ -217,7 +223,7 @@ func spawn(o options) ([]*child, error) {
 	for i := range procs {
 		users := usersLeft / (procs - i)
 		usersLeft -= users
-		cmd := exec.Command(self, "worker", "--server", o.server, "--addr", o.addr, "--users", strconv.Itoa(users),
+		cmd := exec.Command(self, "worker", "--server", o.server, "--addr", o.addr, "--tls="+strconv.FormatBool(o.tls), "--users", strconv.Itoa(users),
 			"--devices", strconv.Itoa(o.devices), "--ws", fmt.Sprint(o.wsShare), "--index", strconv.Itoa(i),
 			"--sources", o.sources, "--timeout", o.timeout.String(), "--dial-concurrency", strconv.Itoa(o.dialConc))
 		cmd.Stderr = os.Stderr

@@ -47,7 +47,7 @@ func (e *replyError) Error() string { return "server refused a request: " + e.ms
 func newTarget(cfg workerConfig) (target, error) {
 	switch cfg.server {
 	case serverKronos:
-		return kronosTarget{addr: cfg.addr, timeout: cfg.timeout}, nil
+		return kronosTarget{addr: cfg.addr, tls: cfg.tls, timeout: cfg.timeout}, nil
 	case serverCentrifugo:
 		return centrifugoTarget{addr: cfg.addr, secret: []byte(cfg.secret), timeout: cfg.timeout}, nil
 	}

@@ -47,6 +47,7 @@ type workerConfig struct {
 	server   string // serverKronos or serverCentrifugo
 	secret   string // Centrifugo's HMAC key for connection tokens
 	addr     string
+	tls      bool // kronos over TLS
 	users    int
 	devices  int
 	wsShare  float64

@@ -44,13 +44,7 @@ func DialFrom(ctx context.Context, t Transport, addr string, local *net.TCPAddr)
 	if t != TCP && t != WebSocket {
 		return nil, fmt.Errorf("unknown transport %q", t)
 	}
-	d := net.Dialer{LocalAddr: local}
-	if local != nil {
-		d.Control = func(_, _ string, c syscall.RawConn) error {
-			return c.Control(bindNoPort)
-		}
-	}
-	c, err := d.DialContext(ctx, "tcp", addr)
+	c, err := DialRaw(ctx, addr, local)
 	if err != nil {
 		return nil, err
 	}
@@ -59,6 +53,19 @@ func DialFrom(ctx context.Context, t Transport, addr string, local *net.TCPAddr)
 		c.Close()
 	}
 	return cl, err
+}
+
+// DialRaw opens a TCP connection from a chosen local address (nil: any), to
+// speak the protocol over later (Over) after TLS or a PROXY header. On Linux
+// the port is left for connect() to choose (see bindNoPort).
+func DialRaw(ctx context.Context, addr string, local *net.TCPAddr) (net.Conn, error) {
+	d := net.Dialer{LocalAddr: local}
+	if local != nil {
+		d.Control = func(_, _ string, c syscall.RawConn) error {
+			return c.Control(bindNoPort)
+		}
+	}
+	return d.DialContext(ctx, "tcp", addr)
 }
 
 // Over speaks the protocol over a connection made already: TLS, say, or one
