@@ -83,3 +83,25 @@ func TestSilentFloodLeavesAdminAndLoginsWorking(t *testing.T) {
 		time.Sleep(100 * time.Millisecond) // a client's retry pause
 	}
 }
+
+// Issue 12, defect 6: the admin port's HTTP server has deadlines. A client
+// that starts a request and never finishes it is cut (ReadHeaderTimeout 5 s;
+// idle keep-alive connections go the same way after a minute), and
+// /debug/pprof is not served unless --admin-pprof.
+func TestAdminPortCutsHalfRequestsAndHidesPprof(t *testing.T) {
+	srv := startServer(t, "--store", "bolt:"+filepath.Join(t.TempDir(), "k.db"))
+	if resp, err := http.Get("http://" + srv.admin + "/debug/pprof/"); err != nil || resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("/debug/pprof/ without --admin-pprof: %v %v", resp, err)
+	}
+	c, err := net.Dial("tcp", srv.admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("GET /healthz HTTP/1.1\r\nHost: x\r\n")) // never finished
+	c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	start := time.Now()
+	if _, err := io.ReadAll(c); err != nil {
+		t.Fatalf("half request not cut: %v after %v", err, time.Since(start))
+	}
+}
