@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseBytes(t *testing.T) {
@@ -35,6 +36,24 @@ func TestGCPercentFor(t *testing.T) {
 	} {
 		if got := gcPercentFor(tc.live, tc.target); got != tc.want {
 			t.Errorf("gcPercentFor(%d, %d) = %d, want %d", tc.live, tc.target, got, tc.want)
+		}
+	}
+}
+
+func TestIdleCollection(t *testing.T) {
+	const mib = 1 << 20
+	for _, tc := range []struct {
+		name                        string
+		perSecond, live, heap, goal uint64
+		want                        bool
+	}{
+		{"after a burst, quiet", 1 * mib, 40 * mib, 300 * mib, 512 * mib, true},
+		{"under load", 50 * mib, 40 * mib, 300 * mib, 512 * mib, false},
+		{"quiet, no garbage", 0, 40 * mib, 45 * mib, 512 * mib, false},
+		{"past the goal", 0, 40 * mib, 600 * mib, 512 * mib, false},
+	} {
+		if got := idle(tc.perSecond, tc.live, tc.heap, tc.goal, time.Second); got != tc.want {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
 		}
 	}
 }
