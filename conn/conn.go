@@ -67,6 +67,7 @@ type Conn struct {
 
 	mu       sync.Mutex
 	state    connState
+	inBatch  bool      // queued by a Batch that has not flushed yet
 	out      []outItem // queued output, oldest first
 	outOff   int       // bytes of out[0] already written
 	outBytes int       // bytes queued (including out[0]'s unwritten part)

@@ -5,6 +5,7 @@ import (
 	"runtime"
 	"sync"
 
+	"github.com/kronos-sync/kronos-server/conn"
 	"github.com/kronos-sync/kronos-server/feed"
 )
 
@@ -17,7 +18,7 @@ import (
 type fanout struct {
 	seed    maphash.Seed
 	shards  []chan []feed.Change
-	deliver func([]feed.Change)
+	deliver func([]feed.Change, *conn.Batch)
 	wg      sync.WaitGroup
 
 	// closing guards the queues: a feed goroutine that outlives the node's
@@ -30,7 +31,7 @@ type fanout struct {
 // fanoutQueue bounds the batches waiting for each shard.
 const fanoutQueue = 1024
 
-func newFanout(deliver func([]feed.Change)) *fanout {
+func newFanout(deliver func([]feed.Change, *conn.Batch)) *fanout {
 	f := &fanout{seed: maphash.MakeSeed(), shards: make([]chan []feed.Change, runtime.GOMAXPROCS(0)), deliver: deliver}
 	for i := range f.shards {
 		f.shards[i] = make(chan []feed.Change, fanoutQueue)
@@ -40,10 +41,32 @@ func newFanout(deliver func([]feed.Change)) *fanout {
 	return f
 }
 
+// coalesceBatches bounds the queued batches one round takes at once.
+const coalesceBatches = 64
+
+// run delivers the shard's batches. When it has fallen behind, it takes
+// what is queued (up to coalesceBatches) in one round and writes each
+// connection's notifications together, one writev for all, which is what
+// lets a busy node catch up; when it keeps up, a round is one batch and
+// nothing waits.
 func (f *fanout) run(queue chan []feed.Change) {
 	defer f.wg.Done()
+	var b conn.Batch
 	for changes := range queue {
-		f.deliver(changes)
+		f.deliver(changes, &b)
+	more:
+		for range coalesceBatches - 1 {
+			select {
+			case next, ok := <-queue:
+				if !ok {
+					break more
+				}
+				f.deliver(next, &b)
+			default:
+				break more
+			}
+		}
+		b.Flush()
 	}
 }
 

@@ -317,7 +317,7 @@ func (n *Node) TakeOver(device string, loggedInAt int64) {
 
 // deliver runs on a fan-out goroutine: each change is encoded once and
 // queued to every device of its user connected here.
-func (n *Node) deliver(changes []feed.Change) {
+func (n *Node) deliver(changes []feed.Change, b *conn.Batch) {
 	var targets []*session
 	for i := range changes {
 		ch := &changes[i]
@@ -336,7 +336,7 @@ func (n *Node) deliver(changes []feed.Change) {
 		payload := encodeNotification(ch)
 		sent := 0
 		for _, s := range targets {
-			if s.deliver(ch.Seq, payload) {
+			if s.deliver(ch.Seq, payload, b) {
 				sent++
 			}
 		}

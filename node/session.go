@@ -72,14 +72,19 @@ func (s *session) sendError(reqType, msg string) {
 }
 
 // deliver sends one notification unless the device already has it.
-func (s *session) deliver(seq uint64, payload []byte) bool {
+// It is only queued in b: the caller flushes b.
+func (s *session) deliver(seq uint64, payload []byte, b *conn.Batch) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.pending {
 		s.backlog = append(s.backlog, pending{seq, payload})
 		return false
 	}
-	return s.sendNewLocked(seq, payload)
+	if seq <= s.lastSeq {
+		return false
+	}
+	s.lastSeq = seq
+	return s.conn.SendBatched(payload, b)
 }
 
 // sendNewLocked sends a notification newer than what the device has:
