@@ -23,12 +23,7 @@ func (c *Conn) SendBatched(payload []byte, b *Batch) bool {
 	if c.tls.Load() != nil {
 		return c.Send(payload)
 	}
-	it := outItem{data: payload}
-	if c.Transport() == TransportWebSocket {
-		it.headLen = uint8(putWSTextHeader(it.head[:], len(payload)))
-	} else {
-		it.newline = true
-	}
+	it := c.framed(payload)
 	if c.Closing() || !c.roomForOut(&it) {
 		return false
 	}
@@ -44,10 +39,7 @@ func (c *Conn) SendBatched(payload []byte, b *Batch) bool {
 		// Send.
 		c.flushLocked()
 	}
-	if c.outBytes > 0 && size > c.srv.opts.MaxQueueBytes-c.outBytes {
-		c.markClosing(ReasonSlowConsumer)
-		c.srv.metrics.queueOverflows.Inc()
-		c.abortLocked()
+	if c.overflowsLocked(size) {
 		return false
 	}
 	c.out = append(c.out, it)

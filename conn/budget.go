@@ -231,13 +231,8 @@ func (sh *Shared) Bytes() []byte { return sh.data }
 
 // SendShared is Send for a payload shared between connections.
 func (c *Conn) SendShared(sh *Shared) bool {
-	it := outItem{data: sh.data, shared: sh}
-	// Framed as Send frames.
-	if c.Transport() == TransportWebSocket {
-		it.headLen = uint8(putWSTextHeader(it.head[:], len(sh.data)))
-	} else {
-		it.newline = true
-	}
+	it := c.framed(sh.data)
+	it.shared = sh
 	if c.Closing() {
 		return false
 	}

@@ -38,16 +38,23 @@ const maxIovecs = 128
 // closing, or when the queue would pass its byte limit, in which case the
 // connection is aborted (a client that does not read must not grow memory).
 func (c *Conn) Send(payload []byte) bool {
+	it := c.framed(payload)
+	if c.Closing() {
+		return false
+	}
+	return c.emit(&it)
+}
+
+// framed frames payload for the connection's transport: a text frame's
+// header for a WebSocket, a "\n" after it for raw TCP.
+func (c *Conn) framed(payload []byte) outItem {
 	it := outItem{data: payload}
 	if c.Transport() == TransportWebSocket {
 		it.headLen = uint8(putWSTextHeader(it.head[:], len(payload)))
 	} else {
 		it.newline = true
 	}
-	if c.Closing() {
-		return false
-	}
-	return c.emit(&it)
+	return it
 }
 
 // sendRaw queues bytes framed already (handshake answers, control frames).
@@ -101,12 +108,7 @@ func (c *Conn) enqueueLocked(it *outItem) bool {
 		return false
 	}
 	size := it.size()
-	// One message larger than the whole limit still goes out on an empty
-	// queue, so a big read-all answer is never refused by itself.
-	if limit := c.srv.opts.MaxQueueBytes; c.outBytes > 0 && size > limit-c.outBytes { // no sum: no overflow whatever the limit
-		c.markClosing(ReasonSlowConsumer)
-		c.srv.metrics.queueOverflows.Inc()
-		c.abortLocked()
+	if c.overflowsLocked(size) {
 		return false
 	}
 	written := 0
@@ -127,6 +129,20 @@ func (c *Conn) enqueueLocked(it *outItem) bool {
 		c.flushLocked() // EAGAIN and errors are handled there
 	}
 	c.publishOut()
+	return true
+}
+
+// overflowsLocked reports whether size more bytes would pass the queue's
+// limit, and if so drops the connection as a slow consumer. One message
+// larger than the whole limit still goes out on an empty queue, so a big
+// read-all answer is never refused by itself. c.mu must be held.
+func (c *Conn) overflowsLocked(size int) bool {
+	if c.outBytes == 0 || size <= c.srv.opts.MaxQueueBytes-c.outBytes { // no sum: no overflow whatever the limit
+		return false
+	}
+	c.markClosing(ReasonSlowConsumer)
+	c.srv.metrics.queueOverflows.Inc()
+	c.abortLocked()
 	return true
 }
 

@@ -80,23 +80,22 @@ func (s *session) deliver(seq uint64, payload []byte, b *conn.Batch) bool {
 		s.backlog = append(s.backlog, pending{seq, payload})
 		return false
 	}
-	if seq <= s.lastSeq {
-		return false
-	}
-	s.lastSeq = seq
-	return s.conn.SendBatched(payload, b)
+	return s.sendNewLocked(seq, payload, b)
 }
 
 // sendNewLocked sends a notification newer than what the device has:
 // every backend numbers a user's changes, so one seen twice (a feed that
 // overlaps itself) or already in the login's answer is dropped here. s.mu
-// must be held.
-func (s *session) sendNewLocked(seq uint64, payload []byte) bool {
+// must be held. With a batch, it is only queued there.
+func (s *session) sendNewLocked(seq uint64, payload []byte, b *conn.Batch) bool {
 	if seq <= s.lastSeq {
 		return false
 	}
 	s.lastSeq = seq
-	return s.conn.Send(payload)
+	if b == nil {
+		return s.conn.Send(payload)
+	}
+	return s.conn.SendBatched(payload, b)
 }
 
 // answer sends the login answer, which reflects the store up to seq, then
@@ -108,7 +107,7 @@ func (s *session) answer(seq uint64, payload []byte) {
 	s.lastSeq = max(s.lastSeq, seq)
 	s.conn.Send(payload)
 	for _, p := range s.backlog {
-		s.sendNewLocked(p.seq, p.payload)
+		s.sendNewLocked(p.seq, p.payload, nil)
 	}
 	s.pending, s.backlog = false, nil
 }

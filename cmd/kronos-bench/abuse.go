@@ -497,17 +497,11 @@ func (a *abuser) nonReading(ctx context.Context, slot, attempt int, st *groupSta
 	if slot%2 == 1 {
 		tr = client.WebSocket
 	}
-	dctx, cancel := context.WithTimeout(ctx, a.cfg.timeout)
-	defer cancel()
-	c, err := client.DialFrom(dctx, tr, a.cfg.addr, a.local(slot))
-	if err != nil {
-		if ctx.Err() == nil {
-			st.dialFailed(err)
-		}
+	c, done := a.dialClient(ctx, tr, slot, st)
+	if c == nil {
 		return
 	}
-	stop := context.AfterFunc(ctx, func() { c.Close() })
-	defer func() { stop(); c.Close() }()
+	defer done()
 	if b, ok := c.Conn.(interface{ SetReadBuffer(int) error }); ok {
 		b.SetReadBuffer(4096)
 	}
@@ -545,6 +539,23 @@ func (a *abuser) nonReading(ctx context.Context, slot, attempt int, st *groupSta
 	}
 }
 
+// dialClient connects a protocol client from the slot's source address,
+// closed when ctx ends; done closes it. It returns nil (counted) when the
+// dial fails.
+func (a *abuser) dialClient(ctx context.Context, tr client.Transport, slot int, st *groupStats) (*client.Client, func()) {
+	dctx, cancel := context.WithTimeout(ctx, a.cfg.timeout)
+	defer cancel()
+	c, err := client.DialFrom(dctx, tr, a.cfg.addr, a.local(slot))
+	if err != nil {
+		if ctx.Err() == nil {
+			st.dialFailed(err)
+		}
+		return nil, nil
+	}
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	return c, func() { stop(); c.Close() }
+}
+
 // userCreating: log in without a user_id, which creates a user, then
 // close and do it again, as fast as the server answers; over raw TCP and
 // WebSocket in turn.
@@ -553,17 +564,11 @@ func (a *abuser) userCreating(ctx context.Context, slot, attempt int, st *groupS
 	if (slot+attempt)%2 == 1 {
 		tr = client.WebSocket
 	}
-	dctx, cancel := context.WithTimeout(ctx, a.cfg.timeout)
-	defer cancel()
-	c, err := client.DialFrom(dctx, tr, a.cfg.addr, a.local(slot))
-	if err != nil {
-		if ctx.Err() == nil {
-			st.dialFailed(err)
-		}
+	c, done := a.dialClient(ctx, tr, slot, st)
+	if c == nil {
 		return
 	}
-	stop := context.AfterFunc(ctx, func() { c.Close() })
-	defer func() { stop(); c.Close() }()
+	defer done()
 	st.conns.Add(1)
 	st.req.Add(1)
 	m, err := c.Login("", "", a.cfg.timeout)

@@ -74,33 +74,11 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 work=$(mktemp -d -t kronos-compare.XXXXXX)
 server_pid=""
 
-stop_server() {
-	[[ -n $server_pid ]] || return 0
-	# TERM first, so that Kronos closes its store cleanly; KILL after 30 s.
-	kill -TERM "$server_pid" 2>/dev/null || true
-	for _ in $(seq 300); do
-		kill -0 "$server_pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	kill -KILL "$server_pid" 2>/dev/null || true
-	wait "$server_pid" 2>/dev/null || true
-	server_pid=""
-}
+prog=compare.sh
+# shellcheck source=cmd/kronos-bench/server.sh
+source "$root/cmd/kronos-bench/server.sh"
 trap 'stop_server; rm -rf "$work"' EXIT
 
-# wait_port waits up to 60 s for host:port to accept connections.
-wait_port() {
-	local host=${1%:*} port=${1##*:}
-	for _ in $(seq 600); do
-		if (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; then
-			return 0
-		fi
-		kill -0 "$server_pid" 2>/dev/null || { echo "compare.sh: the server exited" >&2; return 1; }
-		sleep 0.1
-	done
-	echo "compare.sh: nothing listens on $1 after 60 s" >&2
-	return 1
-}
 
 # Each server holds every connection plus a few files: 19,000 connections
 # need the soft limit raised to the hard one.

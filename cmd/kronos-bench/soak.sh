@@ -62,31 +62,11 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 work=$(mktemp -d -t kronos-soak.XXXXXX)
 server_pid=""
 
-stop_server() {
-	[[ -n $server_pid ]] || return 0
-	kill -TERM "$server_pid" 2>/dev/null || true
-	for _ in $(seq 300); do
-		kill -0 "$server_pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	kill -KILL "$server_pid" 2>/dev/null || true
-	wait "$server_pid" 2>/dev/null || true
-	server_pid=""
-}
+prog=soak.sh
+# shellcheck source=cmd/kronos-bench/server.sh
+source "$root/cmd/kronos-bench/server.sh"
 trap 'stop_server; rm -rf "$work"' EXIT
 
-wait_port() {
-	local host=${1%:*} port=${1##*:}
-	for _ in $(seq 600); do
-		if (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; then
-			return 0
-		fi
-		kill -0 "$server_pid" 2>/dev/null || { echo "soak.sh: the node exited" >&2; return 1; }
-		sleep 0.1
-	done
-	echo "soak.sh: nothing listens on $1 after 60 s" >&2
-	return 1
-}
 
 # The node holds the legitimate and the abusive connections; the tool
 # holds the abusive ones in one process.
