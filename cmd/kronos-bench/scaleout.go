@@ -160,6 +160,7 @@ type scaleoutReport struct {
 	PostgresCores    float64 `json:"postgres_cores"`
 	BenchCores       float64 `json:"bench_cores"`
 	NodesCores       float64 `json:"nodes_cores"`
+	PgfwdCores       float64 `json:"pgfwd_cores"` // the forward to PostgreSQL (kronos-pgfwd)
 	PostgresUSPerW   float64 `json:"postgres_cpu_us_per_write"`
 }
 
@@ -289,6 +290,7 @@ func buildScaleoutReport(dir string, n int) (*scaleoutReport, error) {
 		}
 		rep.PostgresCores = ticks("postgres")
 		rep.BenchCores = ticks("kronos-bench")
+		rep.PgfwdCores = ticks("kronos-pgfwd")
 		if w := float64(bench.WritesSent); w > 0 {
 			rep.PostgresUSPerW = 1e6 * rep.PostgresCores * wall / w
 		}
@@ -329,8 +331,8 @@ func (r *scaleoutReport) markdown() string {
 		fmt.Fprintf(&b, "| reconnect storm | %s back in %.2f s |\n", scaleoutCommas(float64(b1.StormReconnected)), b1.StormSeconds)
 	}
 	fmt.Fprintf(&b, "| errors | %d %s |\n", b1.Errors, b1.FirstError)
-	fmt.Fprintf(&b, "| host CPU in load (of %d) | %.2f cores busy, %.2f in softirq; nodes %.2f, PostgreSQL %.2f (%.0f µs per write), bench %.2f |\n\n",
-		scaleoutNumCPU(b1.Machine), r.HostBusyCores, r.HostSoftirqCores, r.NodesCores, r.PostgresCores, r.PostgresUSPerW, r.BenchCores)
+	fmt.Fprintf(&b, "| host CPU in load (of %d) | %.2f cores busy, %.2f in softirq; nodes %.2f, PostgreSQL %.2f (%.0f µs per write), its forward %.2f, bench %.2f |\n\n",
+		scaleoutNumCPU(b1.Machine), r.HostBusyCores, r.HostSoftirqCores, r.NodesCores, r.PostgresCores, r.PostgresUSPerW, r.PgfwdCores, r.BenchCores)
 	return b.String()
 }
 

@@ -40,10 +40,10 @@ func TestScaleoutReport(t *testing.T) {
 			must(os.WriteFile(filepath.Join(dir, "metrics", fmt.Sprintf("%s-node%d.prom", phase, i)), []byte(prom), 0o644))
 		}
 	}
-	host := "time %v\ncpu  %v 0 0 %v 0 0 %v 0 0 0\nclk_tck 100\nticks postgres %v\nticks kronos-bench 0\n"
-	must(os.WriteFile(filepath.Join(dir, "metrics", "idle-host.txt"), fmt.Appendf(nil, host, 100.0, 0, 0, 0, 0), 0o644))
-	// 10 s on 2 CPUs: 2,000 ticks, 1,000 busy (200 of them softirq); PostgreSQL 500 ticks.
-	must(os.WriteFile(filepath.Join(dir, "metrics", "loaded-host.txt"), fmt.Appendf(nil, host, 110.0, 800, 1000, 200, 500), 0o644))
+	host := "time %v\ncpu  %v 0 0 %v 0 0 %v 0 0 0\nclk_tck 100\nticks postgres %v\nticks kronos-bench 0\nticks kronos-pgfwd %v\n"
+	must(os.WriteFile(filepath.Join(dir, "metrics", "idle-host.txt"), fmt.Appendf(nil, host, 100.0, 0, 0, 0, 0, 0), 0o644))
+	// 10 s on 2 CPUs: 2,000 ticks, 1,000 busy (200 of them softirq); PostgreSQL 500 ticks, its forward 100.
+	must(os.WriteFile(filepath.Join(dir, "metrics", "loaded-host.txt"), fmt.Appendf(nil, host, 110.0, 800, 1000, 200, 500, 100), 0o644))
 
 	rep, err := buildScaleoutReport(dir, 3)
 	if err != nil {
@@ -68,8 +68,9 @@ func TestScaleoutReport(t *testing.T) {
 	near("softirq cores", rep.HostSoftirqCores, 0.2)
 	near("PostgreSQL cores", rep.PostgresCores, 0.5)
 	near("PostgreSQL µs per write", rep.PostgresUSPerW, 50000)
+	near("forward cores", rep.PgfwdCores, 0.1)
 	md := rep.markdown()
-	for _, want := range []string{"| node0 | 100 |", "2,000 B", "| **all** | 300 |", "1,000 of 1,000 asked (100.00%)", "(of 2)"} {
+	for _, want := range []string{"| node0 | 100 |", "2,000 B", "| **all** | 300 |", "1,000 of 1,000 asked (100.00%)", "(of 2)", "its forward 0.10"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q:\n%s", want, md)
 		}
