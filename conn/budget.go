@@ -180,7 +180,7 @@ func (c *Conn) reserveIn(n int64) bool {
 // is reserved before it happens, so the count is never below the capacity
 // unless c was cut (its count zeroed) and has not dropped its buffers yet.
 func (c *Conn) syncIn() {
-	actual := int64(cap(c.in) + cap(c.ws.msg))
+	actual := int64(cap(c.in) + c.wsMsgCap())
 	for {
 		held := c.bud.inHeld.Load()
 		if held <= actual {

@@ -35,48 +35,51 @@ func (t Transport) String() string {
 //
 // lifecycle.go describes its states and which goroutine owns what.
 type Conn struct {
+	// The fields are ordered by size, so that padding does not push a Conn
+	// into a larger allocation class: it is most of an idle connection's
+	// memory (TestConnFitsItsSizeClass).
 	id     uint64
 	fd     int
 	srv    *Server
 	remote netip.AddrPort
 
-	transport atomic.Uint32 // Transport; set once by the read side
-	created   int64         // unix nanos
-
-	reason  atomic.Uint32 // CloseReason; the first one set wins (markClosing)
-	closeBy atomic.Int64  // unix nanos: a closing Conn still open then is aborted; 0 = not closing
-
-	// Read side, owned by one goroutine at a time (see lifecycle.go).
-	readState atomic.Int32 // readState; epoll engine only
-	in        []byte       // bytes received but not yet consumed; nil when idle
-	scan      jsonScanner
-	ws        wsReader
-	discardIn bool // closing: read and drop whatever the peer still sends
-	proxyDone bool // the PROXY header was read (Options.ProxyProtocol)
-	ipCounted bool // counted under MaxConnsPerIP (Server.admitAddr)
-	// tlsHandoff: the read side passes to the TLS handshake goroutine at
-	// the end of this read (epoll engine).
-	tlsHandoff bool
-	tls        atomic.Pointer[tlsState] // set once by the read side; nil for plain connections
+	created int64        // unix nanos
+	closeBy atomic.Int64 // unix nanos: a closing Conn still open then is aborted; 0 = not closing
 
 	// Deadlines watched by the sweeper (unix nanos, 0 = none).
 	active       atomic.Int64 // last byte read or written, or last ping sent
 	inSince      atomic.Int64 // when c.in became non-empty
 	stalledSince atomic.Int64 // when a write last left output queued with no progress since
-	identified   atomic.Bool  // the handler said the peer identified itself (SetIdentified)
+
+	// Read side, owned by one goroutine at a time (see lifecycle.go).
+	in   []byte    // bytes received but not yet consumed; nil when idle
+	ws   *wsReader // a fragmented or skipped WebSocket message in progress; nil when none
+	scan jsonScanner
+	tls  atomic.Pointer[tlsState] // set once by the read side; nil for plain connections
+
+	ctx any            // the handler's session; see SetContext
+	g   *goroutineConn // only with the goroutine engine
 
 	mu       sync.Mutex
-	state    connState
-	inBatch  bool      // queued by a Batch that has not flushed yet
 	out      []outItem // queued output, oldest first
 	outOff   int       // bytes of out[0] already written
 	outBytes int       // bytes queued (including out[0]'s unwritten part)
 
 	bud connBudget // its share of the node-wide memory budgets (budget.go)
 
-	ctx any // the handler's session; see SetContext
+	transport  atomic.Uint32 // Transport; set once by the read side
+	reason     atomic.Uint32 // CloseReason; the first one set wins (markClosing)
+	readState  atomic.Int32  // readState; epoll engine only
+	identified atomic.Bool   // the handler said the peer identified itself (SetIdentified)
 
-	g *goroutineConn // only with the goroutine engine
+	state     connState // under mu
+	inBatch   bool      // under mu: queued by a Batch that has not flushed yet
+	discardIn bool      // read side: closing: read and drop whatever the peer still sends
+	proxyDone bool      // read side: the PROXY header was read (Options.ProxyProtocol)
+	ipCounted bool      // counted under MaxConnsPerIP (Server.admitAddr)
+	// tlsHandoff: the read side passes to the TLS handshake goroutine at
+	// the end of this read (epoll engine).
+	tlsHandoff bool
 }
 
 // SetIdentified tells the connection that its peer identified itself (a

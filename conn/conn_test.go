@@ -94,7 +94,7 @@ func init() {
 			return
 		}
 		r.bytesIn.Add(int64(n))
-		held := int64(len(c.in) + len(c.ws.msg))
+		held := int64(len(c.in) + c.wsMsgLen())
 		for old := r.maxHeld.Load(); held > old && !r.maxHeld.CompareAndSwap(old, held); old = r.maxHeld.Load() {
 		}
 		all := c.srv.InputBuffered()

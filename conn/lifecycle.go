@@ -268,7 +268,7 @@ func (c *Conn) teardown() {
 	// learns at once, and the descriptor is free for the next accept.
 	s.engine.closeFd(c)
 	s.release(c)
-	c.in, c.ws = nil, wsReader{}
+	c.in, c.ws = nil, nil
 	c.tls.Store(nil)
 	c.syncIn()
 	s.count.Add(-1)

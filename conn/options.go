@@ -22,7 +22,10 @@ type Options struct {
 	// asking for "epoll" elsewhere makes Listen fail.
 	Engine string
 	// Workers is the number of goroutines reading from sockets and running
-	// handlers. Default 64.
+	// handlers. Default 256: a write holds its worker until the store has
+	// committed it, so the workers bound the writes in flight, and with
+	// them the size of the store's group commits (at 10,000 writes/s and
+	// commits of some 25 ms, 64 workers were the limit).
 	Workers int
 	// MaxMessageBytes bounds one incoming message. Default 4 MiB.
 	MaxMessageBytes int
@@ -102,7 +105,7 @@ func (o *Options) setDefaults() {
 		}
 	}
 	if o.Workers == 0 {
-		o.Workers = 64
+		o.Workers = 256
 	}
 	if o.MaxMessageBytes == 0 {
 		o.MaxMessageBytes = 4 << 20
@@ -148,7 +151,7 @@ func (o *Options) Validate() error {
 	var c check.List
 	c.Add(o.Engine != "" && o.Engine != EngineEpoll && o.Engine != EngineGoroutine, "Engine", o.Engine,
 		"must be "+EngineEpoll+" or "+EngineGoroutine)
-	c.Add(o.Workers < 0, "Workers", o.Workers, "must be 0 (default 64) or more")
+	c.Add(o.Workers < 0, "Workers", o.Workers, "must be 0 (default 256) or more")
 	c.Add(o.MaxMessageBytes < 0, "MaxMessageBytes", o.MaxMessageBytes, "must be 0 (default 4 MiB) or more")
 	c.Add(o.MaxQueueBytes < 0, "MaxQueueBytes", o.MaxQueueBytes, "must be 0 (default 8 MiB) or more")
 	msgLimit, queueLimit := o.MaxMessageBytes, o.MaxQueueBytes

@@ -90,8 +90,8 @@ func (c *Conn) onData(p []byte) {
 		c.discardIn = true // cut for the input budget: drop what is held, below
 	}
 	if c.discardIn {
-		if c.in != nil || c.ws.msg != nil {
-			c.in, c.ws.msg = nil, nil
+		if c.in != nil || c.ws != nil {
+			c.in, c.ws = nil, nil
 			c.inSince.Store(0)
 			c.syncIn()
 		}
@@ -124,7 +124,7 @@ func (c *Conn) onData(p []byte) {
 		}
 	}
 	if c.discardIn {
-		c.in, c.ws.msg = nil, nil // nothing more is read from it: its buffers go now
+		c.in, c.ws = nil, nil // nothing more is read from it: its buffers go now
 		c.inSince.Store(0)
 	}
 	c.syncIn()

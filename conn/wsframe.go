@@ -13,12 +13,47 @@ const maxWSHeader = 10
 
 // wsReader is the read-side state of a WebSocket: a fragmented message being
 // reassembled, or an oversized one being skipped.
+//
+// Most connections never fragment a message nor send one too big, so a
+// Conn holds a *wsReader only while one of those is in progress (nil
+// otherwise): idle connections do not pay for it.
 type wsReader struct {
 	msg        []byte    // payload of a fragmented message so far
-	msgOp      ws.OpCode // its opcode; 0 when no message is open
 	msgValid   int       // bytes of a text msg checked to be whole UTF-8 characters
 	discard    int64     // payload bytes of the current frame still to skip
+	msgOp      ws.OpCode // its opcode; 0 when no message is open
 	discardMsg bool      // skip continuation frames until the one with FIN
+}
+
+// wsReaderOf returns c's reader state, making it when c has none.
+func (c *Conn) wsReaderOf() *wsReader {
+	if c.ws == nil {
+		c.ws = &wsReader{}
+	}
+	return c.ws
+}
+
+// releaseWSReader drops c's reader state once nothing is in progress.
+func (c *Conn) releaseWSReader() {
+	if r := c.ws; r != nil && r.msg == nil && r.msgOp == 0 && r.discard == 0 && !r.discardMsg {
+		c.ws = nil
+	}
+}
+
+// wsMsgLen is the length of the fragmented message held.
+func (c *Conn) wsMsgLen() int {
+	if c.ws == nil {
+		return 0
+	}
+	return len(c.ws.msg)
+}
+
+// wsMsgCap is the capacity of the fragmented message held, for budgets.
+func (c *Conn) wsMsgCap() int {
+	if c.ws == nil {
+		return 0
+	}
+	return cap(c.ws.msg)
 }
 
 // putWSTextHeader writes the header of an unmasked final text frame carrying
@@ -78,11 +113,16 @@ func wsHeaderSize(p []byte) int {
 // many bytes it used. A frame is handled only when all of it has arrived, so
 // the unmasking happens exactly once.
 func (c *Conn) consumeWS(p []byte) int {
-	r := &c.ws
+	used := c.consumeWSFrames(p)
+	c.releaseWSReader()
+	return used
+}
+
+func (c *Conn) consumeWSFrames(p []byte) int {
 	used := 0
 	for !c.discardIn {
 		rest := p[used:]
-		if r.discard > 0 {
+		if r := c.ws; r != nil && r.discard > 0 {
 			n := min(int64(len(rest)), r.discard)
 			r.discard -= n
 			used += int(n)
@@ -107,12 +147,14 @@ func (c *Conn) consumeWS(p []byte) int {
 			// h.Length is the client's, up to 2^63-1: compare without adding
 			// to it. len(r.msg) never exceeds the limit, so the subtraction
 			// cannot overflow either.
-			if limit := int64(c.srv.opts.MaxMessageBytes); r.discardMsg || h.Length > limit-int64(len(r.msg)) {
+			r := c.ws
+			if limit := int64(c.srv.opts.MaxMessageBytes); r != nil && r.discardMsg || h.Length > limit-int64(c.wsMsgLen()) {
 				// Skip the payload as it streams in instead of buffering it:
 				// the connection stays usable and memory stays bounded.
-				if !r.discardMsg {
+				if r == nil || !r.discardMsg {
 					c.srv.handler.OnFramingError(c, &TooBigError{Limit: c.srv.opts.MaxMessageBytes})
 				}
+				r = c.wsReaderOf()
 				r.discardMsg = !h.Fin
 				r.msg, r.msgOp = nil, 0
 				used += hsize
@@ -136,7 +178,11 @@ func startsMessage(op ws.OpCode) bool { return op == ws.OpText || op == ws.OpBin
 
 // wsHeaderValid applies RFC 6455's rules for frames from a client.
 func (c *Conn) wsHeaderValid(h ws.Header) bool {
-	r := &c.ws
+	var msgOp ws.OpCode
+	var discardMsg bool
+	if r := c.ws; r != nil {
+		msgOp, discardMsg = r.msgOp, r.discardMsg
+	}
 	switch {
 	case h.Length < 0: // the most significant bit of a 64-bit length is set
 		c.wsFail(ws.StatusProtocolError, "invalid payload length")
@@ -148,9 +194,9 @@ func (c *Conn) wsHeaderValid(h ws.Header) bool {
 		c.wsFail(ws.StatusProtocolError, "reserved opcode")
 	case h.OpCode.IsControl() && (!h.Fin || h.Length > ws.MaxControlFramePayloadSize):
 		c.wsFail(ws.StatusProtocolError, "bad control frame")
-	case h.OpCode == ws.OpContinuation && r.msgOp == 0 && !r.discardMsg:
+	case h.OpCode == ws.OpContinuation && msgOp == 0 && !discardMsg:
 		c.wsFail(ws.StatusProtocolError, "continuation without a message")
-	case startsMessage(h.OpCode) && (r.msgOp != 0 || r.discardMsg):
+	case startsMessage(h.OpCode) && (msgOp != 0 || discardMsg):
 		c.wsFail(ws.StatusProtocolError, "new message inside a fragmented one")
 	default:
 		return true
@@ -159,7 +205,6 @@ func (c *Conn) wsHeaderValid(h ws.Header) bool {
 }
 
 func (c *Conn) wsFrame(h ws.Header, payload []byte) {
-	r := &c.ws
 	switch h.OpCode {
 	case ws.OpPing:
 		c.sendRaw(wsControlFrame(ws.OpPong, bytes.Clone(payload)))
@@ -178,14 +223,19 @@ func (c *Conn) wsFrame(h ws.Header, payload []byte) {
 			c.wsMessage(payload)
 			return
 		}
+		r := c.wsReaderOf()
 		r.msgOp, r.msgValid = h.OpCode, 0
 		r.msg = c.appendIn(r.msg[:0], payload)
 	case ws.OpContinuation:
+		r := c.wsReaderOf()
 		r.msg = c.appendIn(r.msg, payload)
+	default:
+		return
 	}
 	if c.discardIn { // cut for the input budget
 		return
 	}
+	r := c.ws
 	// A fragment of text is checked as it arrives: invalid UTF-8 fails the
 	// connection at once (RFC 6455 8.1), not after the last fragment.
 	if r.msgOp == ws.OpText {

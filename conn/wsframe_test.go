@@ -274,8 +274,8 @@ func feedWS(t *testing.T, pieces [][]byte) wsOutcome {
 	c.transport.Store(uint32(TransportWebSocket))
 	for _, p := range pieces {
 		c.onData(bytes.Clone(p)) // unmasking happens in place
-		if len(c.in) > fuzzLimit+ws.MaxHeaderSize || len(c.ws.msg) > fuzzLimit {
-			t.Fatalf("the read side holds %d+%d bytes, limit %d", len(c.in), len(c.ws.msg), fuzzLimit)
+		if len(c.in) > fuzzLimit+ws.MaxHeaderSize || c.wsMsgLen() > fuzzLimit {
+			t.Fatalf("the read side holds %d+%d bytes, limit %d", len(c.in), c.wsMsgLen(), fuzzLimit)
 		}
 	}
 	if c.QueuedBytes() != 0 {

@@ -24,22 +24,25 @@ import (
 // mu orders notifications against the login answer (lock order: session.mu
 // before the Conn's own lock, see LOCKS.md).
 type session struct {
+	// Ordered by size, so that padding does not push a session into a
+	// larger allocation class (TestSessionFitsItsSizeClass).
 	node    *Node
 	conn    *conn.Conn
 	limiter rateLimiter
 
 	userID   string
 	deviceID string
-	loggedIn bool
-	loginAt  int64       // unix nanos; orders logins of one device across nodes
-	inHub    bool        // in the hub: receives the user's notifications
-	watching bool        // a Watch of the feed succeeded for this session
-	active   atomic.Bool // logged in: deviceID is final
+	loginAt  int64 // unix nanos; orders logins of one device across nodes
 
 	mu      sync.Mutex
-	pending bool      // login in flight: notifications wait in backlog
-	backlog []pending // notifications that arrived while pending
-	lastSeq uint64    // the last change this device has (login or notification)
+	backlog []pending // under mu: notifications that arrived while pending
+	lastSeq uint64    // under mu: the last change this device has (login or notification)
+
+	active   atomic.Bool // logged in: deviceID is final
+	loggedIn bool
+	inHub    bool // in the hub: receives the user's notifications
+	watching bool // a Watch of the feed succeeded for this session
+	pending  bool // under mu: login in flight: notifications wait in backlog
 }
 
 type pending struct {

@@ -61,7 +61,7 @@ var (
 // frames whole.
 type centrifugoSession struct {
 	conn    net.Conn
-	br      *bufio.Reader
+	frames  *client.FrameReader // reader only
 	channel string
 	device  string
 	nextID  atomic.Uint32 // command IDs: 1 and 2 are the login's
@@ -92,7 +92,7 @@ func (t centrifugoTarget) connect(ctx context.Context, d *benchDevice, local *ne
 		br = bufio.NewReader(conn)
 	}
 	s := &centrifugoSession{
-		conn: conn, br: br, device: d.deviceID,
+		conn: conn, frames: client.NewFrameReader(br, 64<<20), device: d.deviceID,
 		channel: centrifugoNamespace + ":user#" + d.user.id,
 	}
 	s.nextID.Store(2)
@@ -175,22 +175,22 @@ func (s *centrifugoSession) next() ([]byte, error) {
 // one frame, one per line.
 func (s *centrifugoSession) message() ([]byte, error) {
 	for len(s.pending) == 0 {
-		f, err := client.ReadFrame(s.br, 64<<20)
+		h, payload, err := s.frames.Next()
 		if err != nil {
 			return nil, err
 		}
-		switch f.Header.OpCode {
+		switch h.OpCode {
 		case ws.OpText, ws.OpBinary, ws.OpContinuation:
 			// Centrifugo writes each frame whole; a fragment is read as
 			// the lines it holds, which is right while no message spans
 			// two fragments.
-			s.pending = f.Payload
+			s.pending = payload
 		case ws.OpPing:
-			if err := s.sendFrame(ws.NewPongFrame(f.Payload)); err != nil {
+			if err := s.sendFrame(ws.NewPongFrame(payload)); err != nil {
 				return nil, err
 			}
 		case ws.OpClose:
-			code, reason := ws.ParseCloseFrameData(f.Payload)
+			code, reason := ws.ParseCloseFrameData(payload)
 			return nil, fmt.Errorf("centrifugo closed the WebSocket: %d %s: %w", code, reason, io.EOF)
 		}
 	}

@@ -136,7 +136,7 @@ func TestCentrifugoSessionNext(t *testing.T) {
 	client, server := net.Pipe()
 	defer client.Close()
 	defer server.Close()
-	s := &centrifugoSession{conn: client, br: bufio.NewReader(client), device: "dev-1"}
+	s := &centrifugoSession{conn: client, frames: kclient.NewFrameReader(bufio.NewReader(client), 64<<20), device: "dev-1"}
 	push := `{"push":{"channel":"kronos:user#u","pub":{"data":{"sent":5,"device_id":"dev-2"}}}}`
 	go func() {
 		// A ping, a publish reply and a publication joined in one frame,

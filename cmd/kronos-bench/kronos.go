@@ -74,11 +74,12 @@ func (s kronosSession) write(sent, version int64) error {
 
 var kronosRefusal = []byte(`{"success":false`)
 
-// next returns every message but errors: after login the server sends
+// next returns every message but errors, with no deadline (the workers
+// close the connections when they stop): after login the server sends
 // only notifications (the create's own among them, before the load starts)
 // and the answers to refused requests.
 func (s kronosSession) next() ([]byte, error) {
-	msg, err := s.c.NextRaw(time.Hour)
+	msg, err := s.c.Stream()
 	if err == nil && bytes.HasPrefix(msg, kronosRefusal) {
 		return nil, &replyError{string(msg)}
 	}

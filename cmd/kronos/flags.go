@@ -106,7 +106,7 @@ func parseServeFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.Float64Var(&o.RebalanceThreshold, "rebalance-threshold", 0.2, "cluster: shed connections when above the mean by this fraction (negative: off; 0: the default)")
 	fs.IntVar(&o.RebalanceRate, "rebalance-rate", 50, "cluster: most connections shed per second")
 	fs.StringVar(&o.Conn.Engine, "engine", "epoll", "connection engine: epoll, or goroutine (one reader and writer goroutine per connection; a baseline)")
-	fs.IntVar(&o.Conn.Workers, "workers", 64, "goroutines that read sockets and run requests")
+	fs.IntVar(&o.Conn.Workers, "workers", 256, "goroutines that read sockets and run requests")
 	fs.IntVar(&o.Conn.MaxConns, "max-conns", 0, "refuse connections past this count (0: the descriptor limit less 256; negative: no limit)")
 	fs.IntVar(&o.Conn.MaxConnsPerIP, "max-conns-per-ip", 0, "refuse connections from one client address past this count (0: no limit)")
 	fs.DurationVar(&o.Conn.HandshakeTimeout, "handshake-timeout", 10*time.Second, "close a connection that sends no request line or JSON within this")

@@ -5,10 +5,15 @@ package main
 // heap of some 40 MB and, under load, collects several times a second
 // (about a fifth of its CPU at saturation, docs/benchmarks.md) while the
 // memory it was given sits unused. With a memory limit, from --memory-limit
-// or the container's cgroup, the node lets the heap grow to half the limit
-// between collections (never less than Go's default), and tells the runtime
-// the limit as a soft ceiling, which makes it collect harder instead of
-// passing it.
+// or the container's cgroup, the node lets the heap grow between
+// collections by three times its live size or 64 MiB, whichever is more,
+// up to half the limit (never less than Go's default), and tells the
+// runtime the limit as a soft ceiling, which makes it collect harder
+// instead of passing it. The growth is bounded below half the limit
+// because a heap that grows far past its live size spreads the long-lived
+// objects made meanwhile (a ramp's connections) over many spans that stay
+// partly used once the garbage is collected: with half of 1 GiB, a node
+// kept 2.6 KB of RSS per idle connection instead of 1.6 KB.
 
 import (
 	"fmt"
@@ -86,10 +91,19 @@ func cgroupV2Path(root string) string {
 	return ""
 }
 
-// gcPercentFor is the GOGC that lets a heap with live bytes grow to target
-// before the next collection, never below Go's default of 100.
-func gcPercentFor(live, target int64) int {
-	if live <= 0 || target <= 2*live {
+// minGrowth is the least a heap may grow by between collections under a
+// memory limit: a small live heap still collects rarely.
+const minGrowth = 64 << 20
+
+// gcPercentFor is the GOGC that lets a heap with live bytes grow by
+// max(3×live, minGrowth) before the next collection, but not past ceiling,
+// and never less than Go's default of 100.
+func gcPercentFor(live, ceiling int64) int {
+	if live <= 0 {
+		return 100
+	}
+	target := min(ceiling, live+max(3*live, minGrowth))
+	if target <= 2*live {
 		return 100
 	}
 	return int(min((target-live)*100/live, 100_000))
@@ -164,9 +178,9 @@ func idle(allocatedPerInterval, live, heap, goal uint64, interval time.Duration)
 }
 
 // startGCTuner sets GOGC after every collection so that the heap may grow
-// to target: an object without references is finalized once per cycle and
+// as gcPercentFor says, up to ceiling: an object without references is finalized once per cycle and
 // arms the next one.
-func startGCTuner(target int64) {
+func startGCTuner(ceiling int64) {
 	sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
 	var arm func()
 	arm = func() {
@@ -174,7 +188,7 @@ func startGCTuner(target int64) {
 		runtime.SetFinalizer(sentinel, func(*[16]byte) {
 			metrics.Read(sample)
 			if sample[0].Value.Kind() == metrics.KindUint64 {
-				debug.SetGCPercent(gcPercentFor(int64(sample[0].Value.Uint64()), target))
+				debug.SetGCPercent(gcPercentFor(int64(sample[0].Value.Uint64()), ceiling))
 			}
 			arm()
 		})

@@ -26,16 +26,18 @@ func TestParseBytes(t *testing.T) {
 
 func TestGCPercentFor(t *testing.T) {
 	for _, tc := range []struct {
-		live, target int64
-		want         int
+		live, ceiling int64
+		want          int
 	}{
-		{40 << 20, 512 << 20, 1180}, // 40 MiB live may grow to 512 MiB
-		{300 << 20, 512 << 20, 100}, // above half the target: Go's default
+		{40 << 20, 512 << 20, 300},  // 40 MiB live may grow by 120 MiB
+		{10 << 20, 512 << 20, 640},  // 10 MiB live may grow by 64 MiB
+		{100 << 20, 256 << 20, 156}, // the ceiling bounds the growth
+		{300 << 20, 512 << 20, 100}, // above half the ceiling: Go's default
 		{0, 512 << 20, 100},
 		{1, 1 << 40, 100_000}, // capped
 	} {
-		if got := gcPercentFor(tc.live, tc.target); got != tc.want {
-			t.Errorf("gcPercentFor(%d, %d) = %d, want %d", tc.live, tc.target, got, tc.want)
+		if got := gcPercentFor(tc.live, tc.ceiling); got != tc.want {
+			t.Errorf("gcPercentFor(%d, %d) = %d, want %d", tc.live, tc.ceiling, got, tc.want)
 		}
 	}
 }

@@ -31,6 +31,9 @@ type Client struct {
 	Transport Transport
 	Conn      net.Conn
 	reader    *bufio.Reader
+
+	frames *FrameReader // Stream's, made on its first WebSocket call
+	msg    []byte       // Stream's: a message longer than the reader's buffer, or fragmented
 }
 
 // Dial connects to addr over the given transport.
