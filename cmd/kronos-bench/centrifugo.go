@@ -56,6 +56,9 @@ var (
 	cfIDPrefix = []byte(`{"id":`)
 )
 
+// cfMaxFrame bounds a frame from Centrifugo.
+const cfMaxFrame = 64 << 20
+
 // centrifugoSession is one device's connection. Pongs are written by the
 // reading goroutine and publications by the writing one: wmu keeps their
 // frames whole.
@@ -92,7 +95,7 @@ func (t centrifugoTarget) connect(ctx context.Context, d *benchDevice, local *ne
 		br = bufio.NewReader(conn)
 	}
 	s := &centrifugoSession{
-		conn: conn, frames: client.NewFrameReader(br, 64<<20), device: d.deviceID,
+		conn: conn, frames: client.NewFrameReader(br, cfMaxFrame), device: d.deviceID,
 		channel: centrifugoNamespace + ":user#" + d.user.id,
 	}
 	s.nextID.Store(2)
@@ -146,36 +149,80 @@ func (s *centrifugoSession) write(sent, version int64) error {
 	return s.send(cmd)
 }
 
-// next returns the next publication pushed to this device: the whole push
-// message, whose data holds the writer's send time and device ID. It
-// answers pings, skips replies to this device's publishes, and turns an
-// error reply into a *replyError and a disconnect push into an error.
-func (s *centrifugoSession) next() ([]byte, error) {
-	for {
-		msg, err := s.message()
-		if err != nil {
-			return nil, err
-		}
-		switch {
-		case bytes.Equal(msg, cfPing):
-			if err := s.send(cfPing); err != nil {
-				return nil, err
-			}
-		case bytes.HasPrefix(msg, cfPush) && bytes.Contains(msg, cfPub):
-			return msg, nil
-		case bytes.HasPrefix(msg, cfPush) && bytes.Contains(msg, cfDisc):
-			return nil, fmt.Errorf("centrifugo disconnected the client: %s", msg)
-		case bytes.HasPrefix(msg, cfIDPrefix) && bytes.Contains(msg, cfError):
-			return nil, &replyError{string(msg)}
+// handoff gives got the messages left from the login's last frame.
+func (s *centrifugoSession) handoff(got func([]byte, error)) (net.Conn, []byte, error) {
+	for len(s.pending) > 0 {
+		var msg []byte
+		msg, s.pending, _ = bytes.Cut(s.pending, cfNewline)
+		if err := s.handle(msg, got); err != nil {
+			return nil, nil, err
 		}
 	}
+	return s.conn, s.frames.Buffered(), nil
+}
+
+// consume handles the whole frames at the start of p. Centrifugo may join
+// several messages in one frame, one per line, and writes each frame
+// whole; a fragment is read as the lines it holds, which is right while no
+// message spans two fragments.
+func (s *centrifugoSession) consume(p []byte, got func([]byte, error)) (int, error) {
+	used := 0
+	for {
+		h, size, ok := client.ParseHeader(p[used:])
+		if !ok {
+			return used, nil
+		}
+		if h.Length < 0 || h.Length > cfMaxFrame || h.Masked {
+			return used, fmt.Errorf("bad frame from centrifugo: %+v", h)
+		}
+		if int64(len(p)-used-size) < h.Length {
+			return used, nil
+		}
+		payload := p[used+size : used+size+int(h.Length)]
+		used += size + int(h.Length)
+		switch h.OpCode {
+		case ws.OpText, ws.OpBinary, ws.OpContinuation:
+			for len(payload) > 0 {
+				var msg []byte
+				msg, payload, _ = bytes.Cut(payload, cfNewline)
+				if err := s.handle(msg, got); err != nil {
+					return used, err
+				}
+			}
+		case ws.OpPing:
+			if err := s.sendFrame(ws.NewPongFrame(payload)); err != nil {
+				return used, err
+			}
+		case ws.OpClose:
+			code, reason := ws.ParseCloseFrameData(payload)
+			return used, fmt.Errorf("centrifugo closed the WebSocket: %d %s: %w", code, reason, io.EOF)
+		}
+	}
+}
+
+// handle passes on a publication pushed to this device (the whole push
+// message, whose data holds the writer's send time and device ID). It
+// answers pings, skips replies to this device's publishes, and turns an
+// error reply into a *replyError and a disconnect push into an error.
+func (s *centrifugoSession) handle(msg []byte, got func([]byte, error)) error {
+	switch {
+	case bytes.Equal(msg, cfPing):
+		return s.send(cfPing)
+	case bytes.HasPrefix(msg, cfPush) && bytes.Contains(msg, cfPub):
+		got(msg, nil)
+	case bytes.HasPrefix(msg, cfPush) && bytes.Contains(msg, cfDisc):
+		return fmt.Errorf("centrifugo disconnected the client: %s", msg)
+	case bytes.HasPrefix(msg, cfIDPrefix) && bytes.Contains(msg, cfError):
+		got(nil, &replyError{string(msg)})
+	}
+	return nil
 }
 
 // message returns the next JSON message. Centrifugo may join several in
 // one frame, one per line.
 func (s *centrifugoSession) message() ([]byte, error) {
 	for len(s.pending) == 0 {
-		h, payload, err := s.frames.Next()
+		h, payload, err := s.frames.Next() // the login's: the poller reads after it
 		if err != nil {
 			return nil, err
 		}

@@ -1,7 +1,7 @@
 package main
 
 import (
-	"bufio"
+	"bytes"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -130,22 +130,22 @@ func TestBenchCentrifugo(t *testing.T) {
 	}
 }
 
-// A fake Centrifugo at the transport boundary: the frames and messages
-// the session must handle, without the server.
-func TestCentrifugoSessionNext(t *testing.T) {
+// Centrifugo's frames and messages as the session must handle them,
+// without the server: its answers go over a pipe.
+func TestCentrifugoSessionConsume(t *testing.T) {
 	client, server := net.Pipe()
 	defer client.Close()
 	defer server.Close()
-	s := &centrifugoSession{conn: client, frames: kclient.NewFrameReader(bufio.NewReader(client), 64<<20), device: "dev-1"}
+	s := &centrifugoSession{conn: client, device: "dev-1"}
 	push := `{"push":{"channel":"kronos:user#u","pub":{"data":{"sent":5,"device_id":"dev-2"}}}}`
-	go func() {
-		// A ping, a publish reply and a publication joined in one frame,
-		// then a WebSocket ping, a refusal and a disconnect push.
-		ws.WriteFrame(server, ws.NewTextFrame([]byte("{}\n"+`{"id":3,"publish":{}}`+"\n"+push)))
-		ws.WriteFrame(server, ws.NewPingFrame([]byte("p")))
-		ws.WriteFrame(server, ws.NewTextFrame([]byte(`{"id":4,"error":{"code":103,"message":"permission denied"}}`)))
-		ws.WriteFrame(server, ws.NewTextFrame([]byte(`{"push":{"disconnect":{"code":3001,"reason":"shutdown"}}}`)))
-	}()
+	// A ping, a publish reply and a publication joined in one frame, then
+	// a WebSocket ping, a refusal and a disconnect push; the last frame
+	// arrives in two parts.
+	var wire bytes.Buffer
+	ws.WriteFrame(&wire, ws.NewTextFrame([]byte("{}\n"+`{"id":3,"publish":{}}`+"\n"+push)))
+	ws.WriteFrame(&wire, ws.NewPingFrame([]byte("p")))
+	ws.WriteFrame(&wire, ws.NewTextFrame([]byte(`{"id":4,"error":{"code":103,"message":"permission denied"}}`)))
+	ws.WriteFrame(&wire, ws.NewTextFrame([]byte(`{"push":{"disconnect":{"code":3001,"reason":"shutdown"}}}`)))
 	// The client's answers: the pong message, then the WebSocket pong.
 	answers := make(chan ws.Frame, 2)
 	go func() {
@@ -157,21 +157,27 @@ func TestCentrifugoSessionNext(t *testing.T) {
 			answers <- f
 		}
 	}()
-	msg, err := s.next()
-	if err != nil || string(msg) != push {
-		t.Fatalf("next: %q, %v; want the publication", msg, err)
+	var got []string
+	record := func(msg []byte, err error) {
+		var refused *replyError
+		if errors.As(err, &refused) {
+			got = append(got, "refused")
+		} else {
+			got = append(got, string(msg))
+		}
+	}
+	p := wire.Bytes()
+	used, err := s.consume(p[:len(p)-10], record)
+	if err != nil || len(got) != 2 || got[0] != push || got[1] != "refused" {
+		t.Fatalf("consume: %d, %v, %q; want the publication and the refusal", used, err, got)
 	}
 	if f := <-answers; f.Header.OpCode != ws.OpText || string(f.Payload) != "{}" {
 		t.Fatalf("answer to the ping: %v %q", f.Header.OpCode, f.Payload)
 	}
-	var refused *replyError
-	if _, err := s.next(); !errors.As(err, &refused) {
-		t.Fatalf("after the refusal: %v, want a *replyError", err)
-	}
 	if f := <-answers; f.Header.OpCode != ws.OpPong || string(f.Payload) != "p" {
 		t.Fatalf("answer to the WebSocket ping: %v %q", f.Header.OpCode, f.Payload)
 	}
-	if _, err := s.next(); err == nil || errors.As(err, &refused) || !strings.Contains(err.Error(), "disconnected") {
+	if _, err := s.consume(p[used:], record); err == nil || !strings.Contains(err.Error(), "disconnected") {
 		t.Fatalf("after the disconnect push: %v", err)
 	}
 }

@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"time"
 
+	"github.com/gobwas/ws"
 	"github.com/kronos-sync/kronos-server/node/client"
 )
 
@@ -74,16 +77,78 @@ func (s kronosSession) write(sent, version int64) error {
 
 var kronosRefusal = []byte(`{"success":false`)
 
-// next returns every message but errors, with no deadline (the workers
-// close the connections when they stop): after login the server sends
-// only notifications (the create's own among them, before the load starts)
-// and the answers to refused requests.
-func (s kronosSession) next() ([]byte, error) {
-	msg, err := s.c.Stream()
-	if err == nil && bytes.HasPrefix(msg, kronosRefusal) {
-		return nil, &replyError{string(msg)}
+// maxKronosMessage bounds a message from the server: a notification is a
+// task, far below the server's own 4 MiB limit on a request.
+const maxKronosMessage = 4 << 20
+
+func (s kronosSession) handoff(func([]byte, error)) (net.Conn, []byte, error) {
+	return s.c.Conn, s.c.Buffered(), nil
+}
+
+// consume passes on every message but errors: after login the server
+// sends only notifications (the create's own among them, before the load
+// starts) and the answers to refused requests. Raw TCP messages end with a
+// newline; on a WebSocket each is one text frame, which the server never
+// fragments.
+func (s kronosSession) consume(p []byte, got func([]byte, error)) (int, error) {
+	if s.c.Transport != client.WebSocket {
+		used := 0
+		for {
+			i := bytes.IndexByte(p[used:], '\n')
+			if i < 0 {
+				if len(p)-used > maxKronosMessage {
+					return used, fmt.Errorf("a message over %d bytes", maxKronosMessage)
+				}
+				return used, nil
+			}
+			kronosMessage(p[used:used+i], got)
+			used += i + 1
+		}
 	}
-	return msg, err
+	used := 0
+	for {
+		h, size, ok := client.ParseHeader(p[used:])
+		if !ok {
+			return used, nil
+		}
+		if h.Length < 0 || h.Length > maxKronosMessage || h.Masked {
+			return used, fmt.Errorf("bad frame from the server: %+v", h)
+		}
+		if int64(len(p)-used-size) < h.Length {
+			return used, nil
+		}
+		payload := p[used+size : used+size+int(h.Length)]
+		used += size + int(h.Length)
+		switch h.OpCode {
+		case ws.OpText, ws.OpBinary:
+			if !h.Fin {
+				return used, errors.New("a fragmented message from the server")
+			}
+			kronosMessage(payload, got)
+		case ws.OpPing:
+			// One Write: the writing goroutine's frames stay whole.
+			pong, err := ws.CompileFrame(ws.MaskFrame(ws.NewPongFrame(payload)))
+			if err == nil {
+				_, err = s.c.Conn.Write(pong)
+			}
+			if err != nil {
+				return used, err
+			}
+		case ws.OpClose:
+			return used, fmt.Errorf("the server closed the websocket: %w", io.EOF)
+		case ws.OpPong:
+		default:
+			return used, fmt.Errorf("unexpected frame %v from the server", h.OpCode)
+		}
+	}
+}
+
+func kronosMessage(msg []byte, got func([]byte, error)) {
+	if bytes.HasPrefix(msg, kronosRefusal) {
+		got(nil, &replyError{string(msg)})
+		return
+	}
+	got(msg, nil)
 }
 
 func (s kronosSession) close() error { return s.c.Close() }

@@ -32,6 +32,8 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -169,8 +171,25 @@ func runWorker(args []string) error {
 	if err != nil {
 		return err
 	}
+	// A CPU profile of the tool itself, to see what it costs beside the
+	// server it measures.
+	if dir := os.Getenv(profileEnv); dir != "" {
+		f, err := os.Create(filepath.Join(dir, fmt.Sprintf("worker-%d.cpu.pprof", cfg.index)))
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	return w.serve(os.Stdin, os.Stdout)
 }
+
+// profileEnv names a directory where each worker writes a CPU profile of
+// its whole run.
+const profileEnv = "KRONOS_BENCH_WORKER_PROFILE"
 
 // secretEnv carries --centrifugo-secret to the workers.
 const secretEnv = "KRONOS_BENCH_CENTRIFUGO_SECRET"

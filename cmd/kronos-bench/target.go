@@ -26,16 +26,23 @@ type target interface {
 	connect(ctx context.Context, d *benchDevice, local *net.TCPAddr) (session, error)
 }
 
-// A session is one logged-in device. One goroutine calls next while
-// another calls write, as with client.Client.
+// A session is one logged-in device. After the login a poller reads its
+// connection (poller.go) and hands the bytes to consume, while another
+// goroutine calls write.
 type session interface {
 	// write sends one change of the device's user whose notification
 	// carries sent (Unix nanoseconds), the writer's device ID and version.
 	write(sent, version int64) error
-	// next blocks until the server pushes the next notification to this
-	// device and returns its bytes, valid until the next call. A
-	// *replyError is the server refusing a request: the session goes on.
-	next() ([]byte, error)
+	// handoff ends the login's reading: it gives the messages it read
+	// already to got and returns the connection for the poller to read,
+	// with the bytes read from it that no message has taken yet.
+	handoff(got func(msg []byte, err error)) (net.Conn, []byte, error)
+	// consume handles the complete messages at the start of p and returns
+	// how many bytes they took. Each notification goes to got, valid only
+	// during the call; a *replyError is the server refusing a request (the
+	// session goes on). It answers the server's pings itself. An error
+	// ends the connection.
+	consume(p []byte, got func(msg []byte, err error)) (int, error)
 	close() error
 }
 

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -72,12 +73,18 @@ type benchDevice struct {
 	link     atomic.Pointer[link] // nil while disconnected
 }
 
-// link holds a device's session, so that it can be swapped atomically.
-type link struct{ session }
+// link holds a device's session, so that it can be swapped atomically,
+// and who reads its connection.
+type link struct {
+	session
+	p  *poller // nil: a goroutine reads it (TLS)
+	fd int
+}
 
 type worker struct {
 	cfg      workerConfig
 	target   target
+	pollers  []*poller
 	users    []*benchUser
 	order    []*benchDevice // connection order: user by user
 	received atomic.Int64
@@ -100,6 +107,13 @@ func newWorker(cfg workerConfig) (*worker, error) {
 		return nil, err
 	}
 	w := &worker{cfg: cfg, target: t, hist: NewHist()}
+	for range runtime.GOMAXPROCS(0) {
+		p, err := newPoller()
+		if err != nil {
+			return nil, err
+		}
+		w.pollers = append(w.pollers, p)
+	}
 	for u := range cfg.users {
 		user := &benchUser{}
 		for d := range cfg.devices {
@@ -197,9 +211,34 @@ func (w *worker) login(d *benchDevice) error {
 	if err != nil {
 		return err
 	}
-	l := &link{s}
+	got := func(msg []byte, err error) { w.receive(d, msg, err) }
+	conn, pending, err := s.handoff(got)
+	if err != nil {
+		s.close()
+		return err
+	}
+	l := &link{session: s}
+	st := &stream{sess: s, got: got, done: func() {
+		// The device counts as disconnected, unless it has logged in
+		// again already.
+		d.link.CompareAndSwap(l, nil)
+	}}
+	if _, plain := conn.(*net.TCPConn); !plain {
+		d.link.Store(l)
+		go pump(st, conn, pending)
+		return nil
+	}
+	if st.fd, err = fdOf(conn); err != nil {
+		s.close()
+		return err
+	}
+	l.p, l.fd = w.pollers[st.fd%len(w.pollers)], st.fd
 	d.link.Store(l)
-	go w.read(d, l)
+	if err := l.p.watch(st, pending); err != nil {
+		d.link.CompareAndSwap(l, nil)
+		s.close()
+		return err
+	}
 	return nil
 }
 
@@ -239,51 +278,41 @@ func (w *worker) connectUpTo(count int) {
 
 var sentKey = []byte(`"sent":`)
 
-// read counts notifications; for those from another device it records
+// receive counts a notification; for one from another device it records
 // the latency from the writer's send time, which the notification carries.
-func (w *worker) read(d *benchDevice, l *link) {
-	for {
-		msg, err := l.next()
-		var refused *replyError
-		if errors.As(err, &refused) {
-			w.fail(err)
-			continue
-		}
-		if err != nil {
-			// The connection is gone: the device counts as disconnected,
-			// unless it has logged in again already.
-			d.link.CompareAndSwap(l, nil)
-			return
-		}
-		if !w.measure.Load() {
-			continue
-		}
-		now := time.Now()
-		w.received.Add(1)
-		w.bytes.Add(int64(len(msg)))
-		w.lastRecv.Store(now.UnixNano())
-		i := bytes.Index(msg, sentKey)
-		if i < 0 || bytes.Contains(msg, []byte(d.deviceID)) {
-			continue // not a bench update, or this device's own
-		}
-		rest := msg[i+len(sentKey):]
-		end := bytes.IndexAny(rest, ",}")
-		sent, err := strconv.ParseInt(string(rest[:max(end, 0)]), 10, 64)
-		if err != nil {
-			continue
-		}
-		lat := time.Duration(now.UnixNano() - sent)
-		w.histMu.Lock()
-		w.hist.Add(lat)
-		if w.window > 0 {
-			i := int(now.Sub(w.start) / w.window)
-			for len(w.windows) <= i {
-				w.windows = append(w.windows, NewHist())
-			}
-			w.windows[i].Add(lat)
-		}
-		w.histMu.Unlock()
+func (w *worker) receive(d *benchDevice, msg []byte, err error) {
+	if err != nil {
+		w.fail(err) // a refused request
+		return
 	}
+	if !w.measure.Load() {
+		return
+	}
+	now := time.Now()
+	w.received.Add(1)
+	w.bytes.Add(int64(len(msg)))
+	w.lastRecv.Store(now.UnixNano())
+	i := bytes.Index(msg, sentKey)
+	if i < 0 || bytes.Contains(msg, []byte(d.deviceID)) {
+		return // not a bench update, or this device's own
+	}
+	rest := msg[i+len(sentKey):]
+	end := bytes.IndexAny(rest, ",}")
+	sent, err := strconv.ParseInt(string(rest[:max(end, 0)]), 10, 64)
+	if err != nil {
+		return
+	}
+	lat := time.Duration(now.UnixNano() - sent)
+	w.histMu.Lock()
+	w.hist.Add(lat)
+	if w.window > 0 {
+		i := int(now.Sub(w.start) / w.window)
+		for len(w.windows) <= i {
+			w.windows = append(w.windows, NewHist())
+		}
+		w.windows[i].Add(lat)
+	}
+	w.histMu.Unlock()
 }
 
 // load sends updates at rate per second, round robin over the users whose
@@ -368,6 +397,9 @@ func (w *worker) storm() time.Duration {
 func (w *worker) closeAll() {
 	for _, d := range w.order {
 		if l := d.link.Swap(nil); l != nil {
+			if l.p != nil {
+				l.p.unwatch(l.fd) // before the number can be reused
+			}
 			l.close()
 		}
 	}

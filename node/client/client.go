@@ -31,9 +31,6 @@ type Client struct {
 	Transport Transport
 	Conn      net.Conn
 	reader    *bufio.Reader
-
-	frames *FrameReader // Stream's, made on its first WebSocket call
-	msg    []byte       // Stream's: a message longer than the reader's buffer, or fragmented
 }
 
 // Dial connects to addr over the given transport.
@@ -102,7 +99,15 @@ func (c *Client) Close() error { return c.Conn.Close() }
 // message on a WebSocket.
 func (c *Client) SendRaw(p []byte) error {
 	if c.Transport == WebSocket {
-		return wsutil.WriteClientText(c.Conn, p)
+		// One Write for the whole frame (wsutil writes the header and the
+		// payload apart): the server is woken once, as a browser's frame
+		// would wake it, and a pong written by the reading goroutine
+		// cannot fall between the two.
+		frame, err := ws.CompileFrame(ws.MaskFrame(ws.NewTextFrame(p)))
+		if err != nil {
+			return err
+		}
+		p = frame
 	}
 	_, err := c.Conn.Write(p)
 	return err

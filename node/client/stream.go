@@ -3,7 +3,6 @@ package client
 import (
 	"bufio"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 
@@ -55,6 +54,27 @@ func (f *FrameReader) header() (ws.Header, error) {
 	if err != nil {
 		return ws.Header{}, err
 	}
+	if p, err = f.r.Peek(HeaderSize(p)); err != nil {
+		return ws.Header{}, err
+	}
+	h, size, _ := ParseHeader(p)
+	_, err = f.r.Discard(size)
+	return h, err
+}
+
+// Buffered is what the reader holds that no frame has taken yet, for a
+// caller that goes on reading the connection itself.
+func (f *FrameReader) Buffered() []byte {
+	p, _ := f.r.Peek(f.r.Buffered())
+	return p
+}
+
+// HeaderSize is the size of the WebSocket frame header p begins with,
+// from its first two bytes (2 when p is shorter: call again with more).
+func HeaderSize(p []byte) int {
+	if len(p) < 2 {
+		return 2
+	}
 	size := 2
 	switch p[1] & 0x7F {
 	case 126:
@@ -65,10 +85,17 @@ func (f *FrameReader) header() (ws.Header, error) {
 	if p[1]&0x80 != 0 {
 		size += 4
 	}
-	if p, err = f.r.Peek(size); err != nil {
-		return ws.Header{}, err
+	return size
+}
+
+// ParseHeader parses the frame header p begins with and returns its size;
+// ok is false while p holds only part of it.
+func ParseHeader(p []byte) (h ws.Header, size int, ok bool) {
+	size = HeaderSize(p)
+	if len(p) < size {
+		return h, size, false
 	}
-	h := ws.Header{Fin: p[0]&0x80 != 0, Rsv: (p[0] >> 4) & 0x7, OpCode: ws.OpCode(p[0] & 0xF), Masked: p[1]&0x80 != 0}
+	h = ws.Header{Fin: p[0]&0x80 != 0, Rsv: (p[0] >> 4) & 0x7, OpCode: ws.OpCode(p[0] & 0xF), Masked: p[1]&0x80 != 0}
 	rest := p[2:]
 	switch n := p[1] & 0x7F; n {
 	case 126:
@@ -81,67 +108,13 @@ func (f *FrameReader) header() (ws.Header, error) {
 	if h.Masked {
 		copy(h.Mask[:], rest)
 	}
-	_, err = f.r.Discard(size)
-	return h, err
+	return h, size, true
 }
 
-// errClosed: the server closed the WebSocket.
-var errClosed = errors.New("the server closed the websocket")
-
-// Stream returns the next message with no deadline, in a buffer reused by
-// the next call; it answers the server's pings. For one reading goroutine
-// that reads for the connection's lifetime (the load generator): tests
-// use NextRaw, whose messages stay valid.
-func (c *Client) Stream() ([]byte, error) {
-	if c.Transport != WebSocket {
-		line, err := c.reader.ReadSlice('\n')
-		if errors.Is(err, bufio.ErrBufferFull) {
-			c.msg = append(c.msg[:0], line...)
-			rest, err := c.reader.ReadBytes('\n')
-			if err != nil {
-				return nil, err
-			}
-			c.msg = append(c.msg, rest...)
-			line = c.msg
-		} else if err != nil {
-			return nil, err
-		}
-		return line[:len(line)-1], nil
-	}
-	if c.frames == nil {
-		c.frames = NewFrameReader(c.reader, maxFrame)
-	}
-	fragmented := false
-	for {
-		h, payload, err := c.frames.Next()
-		if err != nil {
-			return nil, err
-		}
-		switch h.OpCode {
-		case ws.OpPing:
-			// One Write, as SendRaw's: the writing goroutine's frames and
-			// this one do not interleave.
-			pong, err := ws.CompileFrame(ws.MaskFrame(ws.NewPongFrame(payload)))
-			if err == nil {
-				_, err = c.Conn.Write(pong)
-			}
-			if err != nil {
-				return nil, err
-			}
-		case ws.OpClose:
-			return nil, fmt.Errorf("%w: %x", errClosed, payload)
-		case ws.OpText, ws.OpBinary, ws.OpContinuation:
-			if h.Fin && !fragmented {
-				return payload, nil
-			}
-			if !fragmented {
-				c.msg = c.msg[:0]
-			}
-			fragmented = true
-			c.msg = append(c.msg, payload...)
-			if h.Fin {
-				return c.msg, nil
-			}
-		}
-	}
+// Buffered is what the client has read from the connection and not yet
+// returned, for a caller that goes on reading the connection itself (the
+// load generator's poller).
+func (c *Client) Buffered() []byte {
+	p, _ := c.reader.Peek(c.reader.Buffered())
+	return p
 }

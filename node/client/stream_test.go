@@ -3,81 +3,54 @@ package client
 import (
 	"bufio"
 	"bytes"
-	"net"
 	"strings"
 	"testing"
 
 	"github.com/gobwas/ws"
 )
 
-// serve accepts one connection on a loopback listener and hands it to fn.
-func serve(t *testing.T, fn func(net.Conn)) net.Conn {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		fn(c)
-	}()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
-func TestStreamWebSocket(t *testing.T) {
-	long := strings.Repeat("x", 70_000) // a 64-bit length, over the reader's buffer
-	pong := make(chan ws.Frame, 1)
-	conn := serve(t, func(s net.Conn) {
-		ws.WriteFrame(s, ws.NewTextFrame([]byte(`{"a":1}`)))
-		ws.WriteFrame(s, ws.NewPingFrame([]byte("p")))
-		f, err := ReadFrame(s, 125)
-		if err != nil {
-			return
-		}
-		pong <- f
-		ws.WriteFrame(s, ws.NewFrame(ws.OpText, false, []byte(`{"b":`)))
-		ws.WriteFrame(s, ws.NewFrame(ws.OpContinuation, true, []byte(`2}`)))
-		ws.WriteFrame(s, ws.NewTextFrame([]byte(long)))
-		ws.WriteFrame(s, ws.NewCloseFrame(ws.NewCloseFrameBody(ws.StatusNormalClosure, "")))
-	})
-	c := &Client{Transport: WebSocket, Conn: conn, reader: bufio.NewReader(conn)}
-	for _, want := range []string{`{"a":1}`, `{"b":2}`, long} {
-		msg, err := c.Stream()
-		if err != nil || string(msg) != want {
-			t.Fatalf("got %.40q, %v; want %.40q", msg, err, want)
+func TestFrameReader(t *testing.T) {
+	long := strings.Repeat("x", 70_000) // a 64-bit length, over bufio's buffer
+	var wire bytes.Buffer
+	ws.WriteFrame(&wire, ws.NewTextFrame([]byte(`{"a":1}`)))
+	ws.WriteFrame(&wire, ws.MaskFrame(ws.NewPingFrame([]byte("p"))))
+	ws.WriteFrame(&wire, ws.NewFrame(ws.OpText, false, []byte(`{"b":`)))
+	ws.WriteFrame(&wire, ws.NewTextFrame([]byte(long)))
+	ws.WriteFrame(&wire, ws.NewTextFrame([]byte(strings.Repeat("y", 200))))
+	all := bytes.Clone(wire.Bytes())
+	r := NewFrameReader(bufio.NewReader(&wire), 100_000)
+	for _, want := range []struct {
+		op      ws.OpCode
+		fin     bool
+		payload string
+	}{{ws.OpText, true, `{"a":1}`}, {ws.OpPing, true, "p"}, {ws.OpText, false, `{"b":`}, {ws.OpText, true, long}} {
+		h, payload, err := r.Next()
+		if err != nil || h.OpCode != want.op || h.Fin != want.fin || string(payload) != want.payload || h.Masked {
+			t.Fatalf("got %+v %.20q %v; want %v %.20q", h, payload, err, want.op, want.payload)
 		}
 	}
-	if f := <-pong; f.Header.OpCode != ws.OpPong || !bytes.Equal(f.Payload, []byte("p")) {
-		t.Fatalf("pong %+v", f.Header)
+	small := NewFrameReader(bufio.NewReader(bytes.NewReader(all)), 100)
+	for range 3 {
+		if _, _, err := small.Next(); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if _, err := c.Stream(); err == nil {
-		t.Fatal("a close frame must end the stream")
+	if _, _, err := small.Next(); err == nil || !strings.Contains(err.Error(), "over 100") {
+		t.Fatalf("a frame over the limit: %v", err)
 	}
 }
 
-func TestStreamTCPLongLine(t *testing.T) {
-	long := `{"x":"` + strings.Repeat("y", 10_000) + `"}`
-	conn := serve(t, func(s net.Conn) {
-		s.Write([]byte(`{"a":1}` + "\n" + long + "\n" + `{"b":2}` + "\n"))
-	})
-	c := &Client{Transport: TCP, Conn: conn, reader: bufio.NewReader(conn)}
-	for _, want := range []string{`{"a":1}`, long, `{"b":2}`} {
-		msg, err := c.Stream()
-		if err != nil || string(msg) != want {
-			t.Fatalf("got %.40q, %v; want %.40q", msg, err, want)
+func TestParseHeader(t *testing.T) {
+	var wire bytes.Buffer
+	ws.WriteHeader(&wire, ws.Header{Fin: true, OpCode: ws.OpText, Length: 70_000, Masked: true, Mask: [4]byte{1, 2, 3, 4}})
+	p := wire.Bytes()
+	for i := range len(p) {
+		if _, _, ok := ParseHeader(p[:i]); ok {
+			t.Fatalf("a header of %d bytes parsed from %d", len(p), i)
 		}
 	}
-	if _, err := c.Stream(); err == nil {
-		t.Fatal("the end of the stream must be an error")
+	h, size, ok := ParseHeader(append(p, 'x'))
+	if !ok || size != len(p) || h.Length != 70_000 || !h.Masked || h.Mask != [4]byte{1, 2, 3, 4} || h.OpCode != ws.OpText || !h.Fin {
+		t.Fatalf("%+v %d %v", h, size, ok)
 	}
 }
