@@ -2,7 +2,7 @@
 // with no other service to run.
 //
 // Layout: bucket "users" maps a user id to its record (version, change
-// sequence and counts); "devices" maps a device id to its user id; "tasks"
+// sequence and counts, in JSON: see userRecord); "devices" maps a device id to its user id; "tasks"
 // holds one nested bucket per user whose keys are the task ids, ordered (see
 // taskKey); "device_seen" holds one nested bucket per user mapping each of
 // its devices to its last-seen time (see seenValue), which finds a user's
@@ -67,6 +67,7 @@ type Store struct {
 	// failure is the last commit's error when it failed for a reason of
 	// the store's (a full disk, a read-only file); nil once one succeeds.
 	failure atomic.Pointer[error]
+	seen    seenCache // the committer's
 	ops     chan *op
 	quit    chan struct{}
 	done    chan struct{}
@@ -83,15 +84,6 @@ type op struct {
 	err     error
 	changes []feed.Change
 	done    chan struct{}
-}
-
-// userRecord is a user's entry in the users bucket.
-type userRecord struct {
-	Version json.RawMessage `json:"version"`
-	// Seq is the user's last change number (feed.Change.Seq).
-	Seq     uint64 `json:"seq"`
-	Tasks   int    `json:"tasks"`
-	Devices int    `json:"devices"`
 }
 
 // Open opens (creating if needed) the bbolt file at path and its directory.
@@ -278,6 +270,7 @@ func (s *Store) commit(batch []*op) {
 		return nil
 	})
 	if err != nil {
+		s.seen.reset() // bbolt rolled back what the ops wrote
 		if len(batch) > 1 {
 			for _, o := range batch {
 				s.commit([]*op{o})
@@ -381,16 +374,16 @@ func (s *Store) loginCreate(tx *bbolt.Tx, userID, deviceID string, connected []s
 			if victim == nil {
 				return feed.Session{}, feed.ErrTooManyDevices(s.limits.MaxDevicesPerUser)
 			}
-			if err := removeDevice(tx, sess.UserID, victim); err != nil {
+			if err := s.seen.removeDevice(tx, sess.UserID, victim); err != nil {
 				return feed.Session{}, err
 			}
 			rec.Devices--
 		}
-		if err := putDevice(tx, sess.UserID, sess.DeviceID, now); err != nil {
+		if err := s.seen.putDevice(tx, sess.UserID, sess.DeviceID, now); err != nil {
 			return feed.Session{}, err
 		}
 		rec.Devices++
-	} else if err := stampSeen(tx, sess.UserID, sess.DeviceID, now); err != nil {
+	} else if err := s.seen.stamp(tx, sess.UserID, sess.DeviceID, now); err != nil {
 		return feed.Session{}, err
 	}
 	if err := saveUser(tx, sess.UserID, rec); err != nil {
@@ -401,31 +394,27 @@ func (s *Store) loginCreate(tx *bbolt.Tx, userID, deviceID string, connected []s
 }
 
 func loadUser(tx *bbolt.Tx, userID string) (*userRecord, error) {
-	v := tx.Bucket(bucketUsers).Get([]byte(userID))
+	return loadUserKey(tx, []byte(userID))
+}
+
+func loadUserKey(tx *bbolt.Tx, userID []byte) (*userRecord, error) {
+	v := tx.Bucket(bucketUsers).Get(userID)
 	if v == nil {
 		return nil, feed.ErrUserNotFound()
 	}
 	return decodeUser(v)
 }
 
-func decodeUser(v []byte) (*userRecord, error) {
-	rec := new(userRecord)
-	if err := json.Unmarshal(v, rec); err != nil {
-		return nil, fmt.Errorf("bolt store: corrupt user record: %w", err)
-	}
-	return rec, nil
+func saveUser(tx *bbolt.Tx, userID string, rec *userRecord) error {
+	return saveUserKey(tx, []byte(userID), rec)
 }
 
-func saveUser(tx *bbolt.Tx, userID string, rec *userRecord) error {
-	// Not json.Marshal: it would rewrite <, > and & in a string version
-	// as \u003c…, and versions are echoed verbatim.
-	var b bytes.Buffer
-	enc := json.NewEncoder(&b)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(rec); err != nil {
+func saveUserKey(tx *bbolt.Tx, userID []byte, rec *userRecord) error {
+	v, err := encodeUser(rec)
+	if err != nil {
 		return err
 	}
-	return tx.Bucket(bucketUsers).Put([]byte(userID), bytes.TrimSuffix(b.Bytes(), []byte("\n")))
+	return tx.Bucket(bucketUsers).Put(userID, v)
 }
 
 // ReadAll implements feed.Store.
@@ -453,12 +442,18 @@ func (s *Store) ReadAll(_ context.Context, userID string) (feed.Snapshot, error)
 
 // Write implements feed.Store.
 func (s *Store) Write(ctx context.Context, w *feed.Write) error {
-	return s.submit(ctx, &op{name: w.Kind.String(), run: func(tx *bbolt.Tx) ([]feed.Change, error) {
-		rec, err := loadUser(tx, w.UserID)
+	return s.submit(ctx, s.writeOp(w))
+}
+
+// writeOp is the committer's op for w.
+func (s *Store) writeOp(w *feed.Write) *op {
+	return &op{name: w.Kind.String(), run: func(tx *bbolt.Tx) ([]feed.Change, error) {
+		uid := []byte(w.UserID)
+		rec, err := loadUserKey(tx, uid)
 		if err != nil {
 			return nil, err
 		}
-		tasks, err := tx.Bucket(bucketTasks).CreateBucketIfNotExists([]byte(w.UserID))
+		tasks, err := bucketOf(tx.Bucket(bucketTasks), uid)
 		if err != nil {
 			return nil, err
 		}
@@ -471,14 +466,14 @@ func (s *Store) Write(ctx context.Context, w *feed.Write) error {
 			changes[i].Seq = rec.Seq
 		}
 		if w.DeviceID != "" {
-			if now := s.now(); feed.SeenStale(lastSeen(tx, w.UserID, w.DeviceID), now, s.idle) {
-				if err := stampSeen(tx, w.UserID, w.DeviceID, now); err != nil {
+			if now := s.now(); feed.SeenStale(s.seen.lastSeen(tx, w.UserID, w.DeviceID), now, s.idle) {
+				if err := s.seen.stamp(tx, w.UserID, w.DeviceID, now); err != nil {
 					return nil, err
 				}
 			}
 		}
-		return changes, saveUser(tx, w.UserID, rec)
-	}})
+		return changes, saveUserKey(tx, uid, rec)
+	}}
 }
 
 // TouchDevices implements feed.Store, in one transaction.
@@ -491,7 +486,7 @@ func (s *Store) TouchDevices(ctx context.Context, deviceIDs []string) error {
 		devices := tx.Bucket(bucketDevices)
 		for _, d := range deviceIDs {
 			if owner := devices.Get([]byte(d)); owner != nil {
-				if err := stampSeen(tx, string(owner), d, now); err != nil {
+				if err := s.seen.stamp(tx, string(owner), d, now); err != nil {
 					return nil, err
 				}
 			}
@@ -540,7 +535,8 @@ func indexDevices(tx *bbolt.Tx) error {
 	})
 }
 
-// putDevice registers a device of the user, seen at seen.
+// putDevice registers a device of the user, seen at seen. Ops call it
+// through seenCache.putDevice, which keeps the committer's cache right.
 func putDevice(tx *bbolt.Tx, userID, deviceID string, seen time.Time) error {
 	if err := tx.Bucket(bucketDevices).Put([]byte(deviceID), []byte(userID)); err != nil {
 		return err
@@ -549,18 +545,25 @@ func putDevice(tx *bbolt.Tx, userID, deviceID string, seen time.Time) error {
 }
 
 // stampSeen sets a device's last-seen time; the device must be the user's.
+// Ops call it through seenCache.stamp.
 func stampSeen(tx *bbolt.Tx, userID, deviceID string, seen time.Time) error {
-	b, err := tx.Bucket(bucketSeen).CreateBucketIfNotExists([]byte(userID))
+	b, err := bucketOf(tx.Bucket(bucketSeen), []byte(userID))
 	if err != nil {
 		return err
 	}
-	if seen.IsZero() {
-		return b.Put([]byte(deviceID), []byte{})
-	}
-	return b.Put([]byte(deviceID), seenValue(seen))
+	return b.Put([]byte(deviceID), stampValue(seen))
 }
 
-// removeDevice unregisters a device of the user.
+// stampValue is what stampSeen stores: seenValue, or empty for never.
+func stampValue(seen time.Time) []byte {
+	if seen.IsZero() {
+		return []byte{}
+	}
+	return seenValue(seen)
+}
+
+// removeDevice unregisters a device of the user. Ops call it through
+// seenCache.removeDevice.
 func removeDevice(tx *bbolt.Tx, userID string, deviceID []byte) error {
 	if err := tx.Bucket(bucketDevices).Delete(deviceID); err != nil {
 		return err
@@ -569,6 +572,16 @@ func removeDevice(tx *bbolt.Tx, userID string, deviceID []byte) error {
 		return b.Delete(deviceID)
 	}
 	return nil
+}
+
+// bucketOf is parent's nested bucket name, created if missing: the lookup
+// first, since it almost always exists (CreateBucketIfNotExists copies
+// the name every time).
+func bucketOf(parent *bbolt.Bucket, name []byte) (*bbolt.Bucket, error) {
+	if b := parent.Bucket(name); b != nil {
+		return b, nil
+	}
+	return parent.CreateBucketIfNotExists(name)
 }
 
 // retireCandidate picks the user's least recently seen device that is not
@@ -608,6 +621,25 @@ func taskIDFromKey(k []byte) int64 { return int64(binary.BigEndian.Uint64(k) ^ (
 type userTx struct {
 	rec   *userRecord
 	tasks *bbolt.Bucket
+	// Whether task known exists (if knownOK), from the last Get, Put or
+	// Delete: Apply reads a task before it puts or deletes it, and the
+	// count needs to know whether it existed, which then takes no second
+	// lookup. Every change of the user's tasks goes through u.
+	known       int64
+	knownExists bool
+	knownOK     bool
+}
+
+func (u *userTx) remember(id int64, exists bool) {
+	u.known, u.knownExists, u.knownOK = id, exists, true
+}
+
+// exists reports whether the task is stored.
+func (u *userTx) exists(id int64, k []byte) bool {
+	if u.knownOK && u.known == id {
+		return u.knownExists
+	}
+	return u.tasks.Get(k) != nil
 }
 
 func (u *userTx) Version() json.RawMessage { return u.rec.Version }
@@ -615,6 +647,7 @@ func (u *userTx) TaskCount() int           { return u.rec.Tasks }
 
 func (u *userTx) Get(id int64) (json.RawMessage, bool, error) {
 	v := u.tasks.Get(taskKey(id))
+	u.remember(id, v != nil)
 	return v, v != nil, nil
 }
 
@@ -629,19 +662,29 @@ func (u *userTx) All() ([]feed.Task, error) {
 
 func (u *userTx) Put(id int64, raw json.RawMessage) error {
 	k := taskKey(id)
-	if u.tasks.Get(k) == nil {
+	if !u.exists(id, k) {
 		u.rec.Tasks++
 	}
-	return u.tasks.Put(k, raw)
+	u.knownOK = false // until the put succeeds
+	if err := u.tasks.Put(k, raw); err != nil {
+		return err
+	}
+	u.remember(id, true)
+	return nil
 }
 
 func (u *userTx) Delete(id int64) error {
 	k := taskKey(id)
-	if u.tasks.Get(k) == nil {
+	if !u.exists(id, k) {
 		return nil
 	}
 	u.rec.Tasks--
-	return u.tasks.Delete(k)
+	u.knownOK = false
+	if err := u.tasks.Delete(k); err != nil {
+		return err
+	}
+	u.remember(id, false)
+	return nil
 }
 
 func (u *userTx) SetVersion(v json.RawMessage) error {

@@ -138,7 +138,7 @@ func (s *Store) LoadUsers(ctx context.Context, users []feed.UserData) error {
 		}
 		var changes []feed.Change
 		for i := range users {
-			c, err := loadOne(tx, &users[i])
+			c, err := loadOne(tx, &s.seen, &users[i])
 			if err != nil {
 				return nil, fmt.Errorf("bolt store: loading a user: %w", err)
 			}
@@ -150,7 +150,7 @@ func (s *Store) LoadUsers(ctx context.Context, users []feed.UserData) error {
 
 // loadOne writes one user. A user new to the file starts at Seq 0; one it
 // had gets the difference as numbered changes.
-func loadOne(tx *bbolt.Tx, u *feed.UserData) ([]feed.Change, error) {
+func loadOne(tx *bbolt.Tx, seen *seenCache, u *feed.UserData) ([]feed.Change, error) {
 	rec, err := loadUser(tx, u.ID)
 	isNew := feed.IsCode(err, feed.CodeUserNotFound)
 	if err != nil && !isNew {
@@ -192,7 +192,7 @@ func loadOne(tx *bbolt.Tx, u *feed.UserData) ([]feed.Change, error) {
 		if devices.Get([]byte(d)) == nil {
 			// Not seen here yet: the first retired at the limit, until it
 			// logs in.
-			if err := putDevice(tx, u.ID, d, time.Time{}); err != nil {
+			if err := seen.putDevice(tx, u.ID, d, time.Time{}); err != nil {
 				return nil, err
 			}
 			rec.Devices++
