@@ -212,7 +212,7 @@ func insertUsers(ctx context.Context, tx pgx.Tx, users []*feed.UserData) error {
 // loadExisting runs the difference between a user's stored data and u as
 // one write, as Write does: logged, numbered after last_seq and notified.
 func (s *Store) loadExisting(ctx context.Context, tx pgx.Tx, u *feed.UserData, row *pgUserRow) error {
-	ut := &pgUserTx{ctx: ctx, tx: tx, userID: u.ID, version: json.RawMessage(row.version),
+	ut := &pgUserTx{ctx: ctx, q: tx, userID: u.ID, version: json.RawMessage(row.version),
 		TaskCounter: feed.NewTaskCounter(row.tasks), puts: map[int64]json.RawMessage{}, deletes: map[int64]bool{}}
 	changes, err := feed.Replace(ut, u.ID, "", u.Tasks, u.Version)
 	if err != nil {
@@ -221,19 +221,14 @@ func (s *Store) loadExisting(ctx context.Context, tx pgx.Tx, u *feed.UserData, r
 	if len(changes) == 0 && string(ut.version) == row.version {
 		return nil
 	}
-	if err := ut.flush(); err != nil {
-		return err
-	}
-	if err := logChanges(ctx, tx, u.ID, uint64(row.seq), changes); err != nil {
-		return err
-	}
+	b := &pgx.Batch{}
+	ut.flush(b)
+	logChanges(b, u.ID, uint64(row.seq), changes)
 	newSeq := row.seq + int64(len(changes))
-	if _, err := tx.Exec(ctx, `UPDATE kronos_users SET version = $2, task_count = $3, last_seq = $4 WHERE user_id = $1`,
-		u.ID, string(ut.version), ut.Count, newSeq); err != nil {
-		return err
-	}
+	b.Queue(`UPDATE kronos_users SET version = $2, task_count = $3, last_seq = $4 WHERE user_id = $1`,
+		u.ID, string(ut.version), ut.Count, newSeq)
 	if len(changes) > 0 {
-		_, err = tx.Exec(ctx, `SELECT pg_notify($1, $2)`, notifyChannel, fmt.Sprintf("%s:%d", u.ID, newSeq))
+		b.Queue(`SELECT pg_notify($1, $2)`, notifyChannel, fmt.Sprintf("%s:%d", u.ID, newSeq))
 	}
-	return err
+	return tx.SendBatch(ctx, b).Close()
 }

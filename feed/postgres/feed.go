@@ -13,8 +13,12 @@ import (
 	"github.com/kronos-sync/kronos-server/feed"
 )
 
-// fetchLimit bounds the change rows read in one query.
-const fetchLimit = 5000
+// fetchLimit bounds the change rows read in one query; fetchLimitSQL is
+// the same, written into the queries.
+const (
+	fetchLimit    = 5000
+	fetchLimitSQL = "5000"
+)
 
 // Watch implements feed.Feed. It does not block: the feed reads the
 // user's log from afterSeq, so nothing committed after the login's read can
@@ -194,13 +198,36 @@ func (s *Store) fetchPending() bool {
 	return false
 }
 
-func (s *Store) readLog(ctx context.Context, users []string, after []int64) ([]feed.Change, error) {
-	rows, err := s.pool.Query(ctx, `SELECT c.user_id, c.user_seq, c.kind, c.task_id, c.task, c.device_id, c.version
-		FROM kronos_changes c
-		JOIN unnest($1::text[], $2::bigint[]) AS w(user_id, after)
-		  ON c.user_id = w.user_id AND c.user_seq > w.after
+// The change log is read by index probes, one per user, whatever the
+// planner knows of the table (a fresh schema has no statistics) and however
+// long the log: the key (user_id, user_seq) bounds each user's scan. One
+// user, the usual fetch, is a plain range scan, whose generic plan the
+// server keeps; several are probed from a LATERAL join, so that no plan can
+// walk the log's index from its start to merge it with the user list (the
+// generic plan of a join with the list did, reading a share of the whole
+// log for each fetch). The limit is a constant for the same reason: a
+// parameter's value is unknown to a generic plan.
+const (
+	readLogOne = `SELECT user_id, user_seq, kind, task_id, task, device_id, version
+		FROM kronos_changes WHERE user_id = $1 AND user_seq > $2
+		ORDER BY user_seq LIMIT ` + fetchLimitSQL
+	readLogMany = `SELECT c.user_id, c.user_seq, c.kind, c.task_id, c.task, c.device_id, c.version
+		FROM unnest($1::text[], $2::bigint[]) AS w(user_id, after)
+		CROSS JOIN LATERAL (SELECT * FROM kronos_changes c
+			WHERE c.user_id = w.user_id AND c.user_seq > w.after
+			ORDER BY c.user_seq LIMIT ` + fetchLimitSQL + `) c
 		ORDER BY c.user_id, c.user_seq
-		LIMIT $3`, users, after, fetchLimit)
+		LIMIT ` + fetchLimitSQL
+)
+
+func (s *Store) readLog(ctx context.Context, users []string, after []int64) ([]feed.Change, error) {
+	var rows pgx.Rows
+	var err error
+	if len(users) == 1 {
+		rows, err = s.pool.Query(ctx, readLogOne, users[0], after[0])
+	} else {
+		rows, err = s.pool.Query(ctx, readLogMany, users, after)
+	}
 	if err != nil {
 		return nil, err
 	}

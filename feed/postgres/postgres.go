@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 
@@ -169,10 +170,7 @@ func (s *Store) Login(ctx context.Context, userID, deviceID string, connected ..
 	if userID != "" && deviceID != "" {
 		sess, err = s.loginExisting(ctx, userID, deviceID)
 	} else {
-		err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-			sess, err = s.loginCreate(ctx, tx, userID, deviceID, connected)
-			return err
-		})
+		sess, err = s.loginCreate(ctx, userID, deviceID, connected)
 	}
 	s.metrics.Observe("login", start, err)
 	return sess, err
@@ -206,63 +204,104 @@ func (s *Store) loginExisting(ctx context.Context, userID, deviceID string) (fee
 	return feed.Session{Seq: uint64(seq), UserID: userID, DeviceID: deviceID, Version: json.RawMessage(version)}, nil
 }
 
-func (s *Store) loginCreate(ctx context.Context, tx pgx.Tx, userID, deviceID string, connected []string) (feed.Session, error) {
+// loginCreate creates a user, or registers a device, in one transaction:
+// BEGIN, the user's row (inserted, or locked) and the requested device's
+// owner go in one round trip; the device and the user's count are one
+// statement, sent with the COMMIT when nothing before it may need undoing.
+// A new device of an existing user takes two round trips, a new user three.
+func (s *Store) loginCreate(ctx context.Context, userID, deviceID string, connected []string) (feed.Session, error) {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return feed.Session{}, err
+	}
+	defer conn.Release() // closed if still in the transaction
 	sess := feed.Session{UserID: userID}
 	var version string
 	var devices int
 	var seq int64
+	found := true
+	var owner feed.DeviceOwner
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
 	if userID == "" {
 		sess.UserID, sess.NewUser, version = feed.NewID(), true, "-1"
-		if _, err := tx.Exec(ctx, `INSERT INTO kronos_users (user_id, version) VALUES ($1, $2)`, sess.UserID, version); err != nil {
-			return feed.Session{}, err
-		}
+		b.Queue(`INSERT INTO kronos_users (user_id, version) VALUES ($1, $2)`, sess.UserID, version)
 	} else {
-		err := tx.QueryRow(ctx, `SELECT version, device_count, last_seq FROM kronos_users
-			WHERE user_id = $1 FOR UPDATE`, userID).Scan(&version, &devices, &seq)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return feed.Session{}, feed.ErrUserNotFound()
-		}
-		if err != nil {
-			return feed.Session{}, err
-		}
+		found = false
+		b.Queue(`SELECT version, device_count, last_seq FROM kronos_users
+			WHERE user_id = $1 FOR UPDATE`, userID).QueryRow(func(row pgx.Row) error {
+			err := row.Scan(&version, &devices, &seq)
+			if errors.Is(err, pgx.ErrNoRows) {
+				return nil
+			}
+			found = err == nil
+			return err
+		})
 	}
-	var owner feed.DeviceOwner
 	if deviceID != "" {
-		err := tx.QueryRow(ctx, `SELECT user_id FROM kronos_devices WHERE device_id = $1`, deviceID).Scan(&owner.UserID)
-		switch {
-		case err == nil:
-			owner.Found = true
-		case !errors.Is(err, pgx.ErrNoRows):
-			return feed.Session{}, err
-		}
+		b.Queue(`SELECT user_id FROM kronos_devices WHERE device_id = $1`, deviceID).QueryRow(func(row pgx.Row) error {
+			err := row.Scan(&owner.UserID)
+			if errors.Is(err, pgx.ErrNoRows) {
+				return nil
+			}
+			owner.Found = err == nil
+			return err
+		})
+	}
+	if err := conn.SendBatch(ctx, b).Close(); err != nil {
+		return feed.Session{}, rollback(ctx, conn, err)
+	}
+	if !found {
+		return feed.Session{}, rollback(ctx, conn, feed.ErrUserNotFound())
 	}
 	if err := feed.ResolveDevice(&sess, deviceID, owner); err != nil {
-		return feed.Session{}, err
+		return feed.Session{}, rollback(ctx, conn, err)
 	}
+	committed := false
 	if sess.NewDevice {
 		now := s.opts.Now()
 		retired := false
 		if devices >= s.limits.MaxDevicesPerUser {
 			var err error
-			if retired, err = s.retireDevice(ctx, tx, sess.UserID, connected, now.Add(-s.opts.DeviceIdleAfter)); err != nil {
-				return feed.Session{}, err
+			if retired, err = s.retireDevice(ctx, conn, sess.UserID, connected, now.Add(-s.opts.DeviceIdleAfter)); err != nil {
+				return feed.Session{}, rollback(ctx, conn, err)
 			}
 			if !retired {
-				return feed.Session{}, feed.ErrTooManyDevices(s.limits.MaxDevicesPerUser)
+				return feed.Session{}, rollback(ctx, conn, feed.ErrTooManyDevices(s.limits.MaxDevicesPerUser))
 			}
 		}
-		tag, err := tx.Exec(ctx, `INSERT INTO kronos_devices (device_id, user_id, last_seen) VALUES ($1, $2, $3)
-			ON CONFLICT (device_id) DO NOTHING`, sess.DeviceID, sess.UserID, now)
-		if err != nil {
-			return feed.Session{}, err
+		// The count goes up with the insert, unless a device was retired
+		// for it: one out, one in.
+		inserted := false
+		b := &pgx.Batch{}
+		b.Queue(`WITH added AS (
+				INSERT INTO kronos_devices (device_id, user_id, last_seen) VALUES ($1, $2, $3)
+				ON CONFLICT (device_id) DO NOTHING RETURNING 1),
+			counted AS (
+				UPDATE kronos_users SET device_count = device_count + 1
+				WHERE user_id = $2 AND $4 AND EXISTS (SELECT 1 FROM added))
+			SELECT EXISTS (SELECT 1 FROM added)`, sess.DeviceID, sess.UserID, now, !retired).QueryRow(func(row pgx.Row) error {
+			return row.Scan(&inserted)
+		})
+		// The COMMIT goes with the insert when the insert is all there is
+		// to undo: committing after it found the device taken then
+		// changes nothing. A new user or a retirement waits for it.
+		if !sess.NewUser && !retired {
+			queueCommit(b)
+			committed = true
 		}
-		if tag.RowsAffected() == 0 { // taken by a login that committed meanwhile; the retirement rolls back
-			return feed.Session{}, feed.ErrDeviceTaken(sess.DeviceID)
+		if err := conn.SendBatch(ctx, b).Close(); err != nil {
+			return feed.Session{}, rollback(ctx, conn, err)
 		}
-		if !retired { // one out, one in: the count stays
-			if _, err := tx.Exec(ctx, `UPDATE kronos_users SET device_count = device_count + 1 WHERE user_id = $1`, sess.UserID); err != nil {
-				return feed.Session{}, err
-			}
+		if !inserted { // taken by a login that committed meanwhile
+			return feed.Session{}, rollback(ctx, conn, feed.ErrDeviceTaken(sess.DeviceID))
+		}
+	}
+	if !committed {
+		b := &pgx.Batch{}
+		queueCommit(b)
+		if err := conn.SendBatch(ctx, b).Close(); err != nil {
+			return feed.Session{}, rollback(ctx, conn, err)
 		}
 	}
 	sess.Seq, sess.Version = uint64(seq), json.RawMessage(version)
@@ -275,7 +314,7 @@ func (s *Store) loginCreate(ctx context.Context, tx pgx.Tx, userID, deviceID str
 // condition is checked again on the row as it is when locked, so a device
 // stamped meanwhile is kept; the login is then refused, which is the safe
 // side of that race.
-func (s *Store) retireDevice(ctx context.Context, tx pgx.Tx, userID string, connected []string, cutoff time.Time) (bool, error) {
+func (s *Store) retireDevice(ctx context.Context, tx querier, userID string, connected []string, cutoff time.Time) (bool, error) {
 	if connected == nil {
 		connected = []string{} // <> ALL(NULL) is never true
 	}
@@ -337,60 +376,106 @@ func (s *Store) ReadAll(ctx context.Context, userID string) (feed.Snapshot, erro
 	return snap, err
 }
 
-// Write implements feed.Store.
+// Write implements feed.Store, in two round trips: BEGIN, the lock on the
+// user's row and the read the write needs first (see readAhead) are sent
+// together, and so are the write's statements, its NOTIFY and COMMIT.
+// Each statement of a pipeline runs after the one before it has finished,
+// with a snapshot of its own, as when they are sent one at a time: the
+// read-ahead sees every write committed before the lock was granted.
 func (s *Store) Write(ctx context.Context, w *feed.Write) error {
 	start := time.Now()
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		var version string
-		var count int
-		var lastSeq int64
-		err := tx.QueryRow(ctx, `SELECT version, task_count, last_seq FROM kronos_users
-			WHERE user_id = $1 FOR UPDATE`, w.UserID).Scan(&version, &count, &lastSeq)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return feed.ErrUserNotFound()
-		}
-		if err != nil {
-			return err
-		}
-		u := &pgUserTx{ctx: ctx, tx: tx, userID: w.UserID, version: json.RawMessage(version),
-			TaskCounter: feed.NewTaskCounter(count), puts: map[int64]json.RawMessage{}, deletes: map[int64]bool{}}
-		changes, err := feed.Apply(u, w, s.limits)
-		if err != nil {
-			return err
-		}
-		if err := u.flush(); err != nil {
-			return err
-		}
-		if err := logChanges(ctx, tx, w.UserID, uint64(lastSeq), changes); err != nil {
-			return err
-		}
-		newSeq := lastSeq + int64(len(changes))
-		// The writing device is stamped in the same statement (no extra
-		// round trip), and only when its stamp is due (see feed.SeenStale).
-		now := s.opts.Now()
-		if _, err := tx.Exec(ctx, `WITH seen AS (
-				UPDATE kronos_devices SET last_seen = $6
-				WHERE device_id = $5 AND user_id = $1 AND (last_seen IS NULL OR last_seen < $7))
-			UPDATE kronos_users SET version = $2, task_count = $3, last_seq = $4
-			WHERE user_id = $1`, w.UserID, string(u.version), u.Count, newSeq,
-			w.DeviceID, now, feed.StampBefore(now, s.opts.DeviceIdleAfter)); err != nil {
-			return err
-		}
-		if len(changes) > 0 {
-			// Delivered by PostgreSQL only if the transaction commits.
-			_, err = tx.Exec(ctx, `SELECT pg_notify($1, $2)`, notifyChannel, fmt.Sprintf("%s:%d", w.UserID, newSeq))
-		}
-		return err
-	})
+	err := s.write(ctx, w)
 	s.metrics.Observe(w.Kind.String(), start, err)
 	return err
 }
 
-// logChanges appends a write's changes to the change log, numbered after
-// lastSeq in order.
-func logChanges(ctx context.Context, tx pgx.Tx, userID string, lastSeq uint64, changes []feed.Change) error {
-	if len(changes) == 0 {
+func (s *Store) write(ctx context.Context, w *feed.Write) error {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	// A connection left in the transaction (a ROLLBACK that failed) is
+	// closed on release, and the server rolls the transaction back.
+	defer conn.Release()
+	var version string
+	var count int
+	var lastSeq int64
+	found := false
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	b.Queue(`SELECT version, task_count, last_seq FROM kronos_users
+		WHERE user_id = $1 FOR UPDATE`, w.UserID).QueryRow(func(row pgx.Row) error {
+		err := row.Scan(&version, &count, &lastSeq)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil
+		}
+		found = err == nil
+		return err
+	})
+	u := &pgUserTx{ctx: ctx, q: conn, userID: w.UserID, puts: map[int64]json.RawMessage{}, deletes: map[int64]bool{}}
+	u.readAhead(b, w)
+	if err := conn.SendBatch(ctx, b).Close(); err != nil {
+		return rollback(ctx, conn, err)
+	}
+	if !found {
+		return rollback(ctx, conn, feed.ErrUserNotFound())
+	}
+	u.version, u.TaskCounter = json.RawMessage(version), feed.NewTaskCounter(count)
+	changes, err := feed.Apply(u, w, s.limits)
+	if err != nil {
+		return rollback(ctx, conn, err)
+	}
+	b = &pgx.Batch{}
+	u.flush(b)
+	logChanges(b, w.UserID, uint64(lastSeq), changes)
+	newSeq := lastSeq + int64(len(changes))
+	// The writing device is stamped in the same statement, and only when
+	// its stamp is due (see feed.SeenStale).
+	now := s.opts.Now()
+	b.Queue(`WITH seen AS (
+			UPDATE kronos_devices SET last_seen = $6
+			WHERE device_id = $5 AND user_id = $1 AND (last_seen IS NULL OR last_seen < $7))
+		UPDATE kronos_users SET version = $2, task_count = $3, last_seq = $4
+		WHERE user_id = $1`, w.UserID, string(u.version), u.Count, newSeq,
+		w.DeviceID, now, feed.StampBefore(now, s.opts.DeviceIdleAfter))
+	if len(changes) > 0 {
+		// Delivered by PostgreSQL only if the transaction commits.
+		b.Queue(`SELECT pg_notify($1, $2)`, notifyChannel, fmt.Sprintf("%s:%d", w.UserID, newSeq))
+	}
+	queueCommit(b)
+	if err := conn.SendBatch(ctx, b).Close(); err != nil {
+		return rollback(ctx, conn, err)
+	}
+	return nil
+}
+
+// queueCommit ends a pipeline that runs in a transaction with its COMMIT.
+// After a statement fails the server skips the rest of the pipeline, the
+// COMMIT too, and the failure is what the batch reports.
+func queueCommit(b *pgx.Batch) {
+	b.Queue("COMMIT").Exec(func(tag pgconn.CommandTag) error {
+		if tag.String() != "COMMIT" {
+			return pgx.ErrTxCommitRollback
+		}
 		return nil
+	})
+}
+
+// rollback ends the transaction that conn is still in, if it is, and
+// returns err. A failed ROLLBACK leaves conn in the transaction: it is
+// closed when released.
+func rollback(ctx context.Context, conn *pgxpool.Conn, err error) error {
+	if conn.Conn().PgConn().TxStatus() != 'I' {
+		conn.Exec(ctx, "ROLLBACK")
+	}
+	return err
+}
+
+// logChanges queues the statement that appends a write's changes to the
+// change log, numbered after lastSeq in order.
+func logChanges(b *pgx.Batch, userID string, lastSeq uint64, changes []feed.Change) {
+	if len(changes) == 0 {
+		return
 	}
 	seqs := make([]int64, len(changes))
 	kinds := make([]int16, len(changes))
@@ -406,24 +491,73 @@ func logChanges(ctx context.Context, tx pgx.Tx, userID string, lastSeq uint64, c
 		}
 	}
 	c := changes[0]
-	_, err := tx.Exec(ctx, `INSERT INTO kronos_changes (user_id, user_seq, kind, task_id, task, device_id, version)
+	b.Queue(`INSERT INTO kronos_changes (user_id, user_seq, kind, task_id, task, device_id, version)
 		SELECT $1, s, k, i, t, $6, $7 FROM unnest($2::bigint[], $3::smallint[], $4::bigint[], $5::text[]) AS x(s, k, i, t)`,
 		userID, seqs, kinds, ids, tasks, c.DeviceID, string(c.Version))
-	return err
 }
 
 // pgUserTx is one user's data inside a write transaction. Reads go to the
-// database; mutations are collected and written by flush in two
-// statements, which apply allows because it reads everything it needs
-// before its first mutation.
+// database, but for the one read ahead; mutations are collected and queued
+// by flush in two statements, which apply allows because it reads
+// everything it needs before its first mutation.
 type pgUserTx struct {
 	ctx     context.Context
-	tx      pgx.Tx
+	q       querier
 	userID  string
 	version json.RawMessage
 	feed.TaskCounter
 	puts    map[int64]json.RawMessage
 	deletes map[int64]bool
+
+	// The read ahead: one task (aheadID: aheadTask, nil if absent) or all.
+	aheadID      int64
+	aheadTask    *string
+	aheadOne     bool
+	aheadAll     []feed.Task
+	aheadAllRead bool // aheadAll holds the tasks
+}
+
+// querier runs the reads of a pgUserTx: a pooled connection or a pgx.Tx.
+type querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+const (
+	getTaskSQL  = `SELECT task FROM kronos_tasks WHERE user_id = $1 AND task_id = $2`
+	allTasksSQL = `SELECT task_id, task FROM kronos_tasks WHERE user_id = $1 ORDER BY task_id`
+)
+
+// readAhead queues, after the lock in b, the read that Apply makes first
+// for w: the task that an update or a delete names, or all the tasks for
+// a write-all or a delete by index (read even if Apply then refuses the
+// write). A create's id is known only once Apply has parsed the task: it
+// is read on its own. Apply then finds the read in u without another
+// round trip.
+func (u *pgUserTx) readAhead(b *pgx.Batch, w *feed.Write) {
+	switch {
+	case w.Kind == feed.WriteUpdate || w.Kind == feed.WriteDelete && w.TaskIndex == "":
+		u.aheadID = w.TaskID
+		b.Queue(getTaskSQL, u.userID, w.TaskID).QueryRow(func(row pgx.Row) error {
+			var task string
+			err := row.Scan(&task)
+			switch {
+			case err == nil:
+				u.aheadTask, u.aheadOne = &task, true
+			case errors.Is(err, pgx.ErrNoRows):
+				u.aheadOne = true
+			default:
+				return err
+			}
+			return nil
+		})
+	case w.Kind == feed.WriteAll || w.Kind == feed.WriteDelete:
+		b.Queue(allTasksSQL, u.userID).Query(func(rows pgx.Rows) error {
+			all, err := collectTasks(rows)
+			u.aheadAll, u.aheadAllRead = all, err == nil
+			return err
+		})
+	}
 }
 
 func (u *pgUserTx) Version() json.RawMessage { return u.version }
@@ -436,34 +570,53 @@ func (u *pgUserTx) Get(id int64) (json.RawMessage, bool, error) {
 		return nil, false, nil
 	}
 	var task string
-	err := u.tx.QueryRow(u.ctx, `SELECT task FROM kronos_tasks WHERE user_id = $1 AND task_id = $2`, u.userID, id).Scan(&task)
-	if errors.Is(err, pgx.ErrNoRows) {
-		u.Seen(id, false)
-		return nil, false, nil
-	}
-	if err != nil {
-		return nil, false, err
+	if u.aheadOne && id == u.aheadID {
+		if u.aheadTask == nil {
+			u.Seen(id, false)
+			return nil, false, nil
+		}
+		task = *u.aheadTask
+	} else {
+		err := u.q.QueryRow(u.ctx, getTaskSQL, u.userID, id).Scan(&task)
+		if errors.Is(err, pgx.ErrNoRows) {
+			u.Seen(id, false)
+			return nil, false, nil
+		}
+		if err != nil {
+			return nil, false, err
+		}
 	}
 	u.Seen(id, true)
 	return json.RawMessage(task), true, nil
 }
 
 func (u *pgUserTx) All() ([]feed.Task, error) {
-	rows, err := u.tx.Query(u.ctx, `SELECT task_id, task FROM kronos_tasks WHERE user_id = $1 ORDER BY task_id`, u.userID)
-	if err != nil {
-		return nil, err
+	all := u.aheadAll
+	if u.aheadAllRead {
+		u.aheadAll, u.aheadAllRead = nil, false // Apply reads them once
+	} else {
+		rows, err := u.q.Query(u.ctx, allTasksSQL, u.userID)
+		if err != nil {
+			return nil, err
+		}
+		if all, err = collectTasks(rows); err != nil {
+			return nil, err
+		}
 	}
-	all, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (feed.Task, error) {
+	for _, t := range all {
+		u.Seen(t.ID, true)
+	}
+	return all, nil
+}
+
+func collectTasks(rows pgx.Rows) ([]feed.Task, error) {
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (feed.Task, error) {
 		var t feed.Task
 		var task string
 		err := row.Scan(&t.ID, &task)
 		t.Raw = json.RawMessage(task)
 		return t, err
 	})
-	for _, t := range all {
-		u.Seen(t.ID, true)
-	}
-	return all, err
 }
 
 func (u *pgUserTx) Put(id int64, raw json.RawMessage) error {
@@ -485,15 +638,14 @@ func (u *pgUserTx) SetVersion(v json.RawMessage) error {
 	return nil
 }
 
-func (u *pgUserTx) flush() error {
+// flush queues the collected mutations in b.
+func (u *pgUserTx) flush(b *pgx.Batch) {
 	if len(u.deletes) > 0 {
 		ids := make([]int64, 0, len(u.deletes))
 		for id := range u.deletes {
 			ids = append(ids, id)
 		}
-		if _, err := u.tx.Exec(u.ctx, `DELETE FROM kronos_tasks WHERE user_id = $1 AND task_id = ANY($2)`, u.userID, ids); err != nil {
-			return err
-		}
+		b.Queue(`DELETE FROM kronos_tasks WHERE user_id = $1 AND task_id = ANY($2)`, u.userID, ids)
 	}
 	if len(u.puts) > 0 {
 		ids := make([]int64, 0, len(u.puts))
@@ -502,11 +654,8 @@ func (u *pgUserTx) flush() error {
 			ids = append(ids, id)
 			tasks = append(tasks, string(raw))
 		}
-		if _, err := u.tx.Exec(u.ctx, `INSERT INTO kronos_tasks (user_id, task_id, task)
+		b.Queue(`INSERT INTO kronos_tasks (user_id, task_id, task)
 			SELECT $1, i, t FROM unnest($2::bigint[], $3::text[]) AS x(i, t)
-			ON CONFLICT (user_id, task_id) DO UPDATE SET task = EXCLUDED.task`, u.userID, ids, tasks); err != nil {
-			return err
-		}
+			ON CONFLICT (user_id, task_id) DO UPDATE SET task = EXCLUDED.task`, u.userID, ids, tasks)
 	}
-	return nil
 }
