@@ -143,6 +143,22 @@ func testInputBudget(t *testing.T, engine string, tr Transport) {
 	if most := r.maxBudget.Load(); most > budget {
 		t.Errorf("the server held %d bytes of unfinished input at once; the budget is %d", most, budget)
 	}
+	if held := s.InputBuffered(); held > budget || held <= 0 {
+		t.Errorf("input held %d after the cuts, budget %d", held, budget)
+	}
+	// The small and medium clients finish their messages, which may cut
+	// one more large holder: how many the large ones' reads needed cut
+	// depends on how the kernel split their bytes into reads (a buffer
+	// grown in one read is smaller than one grown in many).
+	for _, c := range append([]*halfClient{small}, medium...) {
+		c.write(t, c.rest)
+		if m := r.message(t); m.data != c.whole {
+			t.Fatalf("%s client: got %d bytes, want its message of %d", c.role, len(m.data), len(c.whole))
+		}
+	}
+	if most := r.maxBudget.Load(); most > budget {
+		t.Errorf("the server held %d bytes of unfinished input at once; the budget is %d", most, budget)
+	}
 	fates := r.fates(s)
 	cut, toldWhy := 0, 0
 	for _, c := range all {
@@ -157,22 +173,14 @@ func testInputBudget(t *testing.T, engine string, tr Transport) {
 			t.Errorf("a %s client was closed (%v)", c.role, reason)
 		}
 	}
-	if cut < 3 { // 10 × 256 KiB of buffers and the others need at least 3 out
-		t.Errorf("%d large holders cut, want at least 3", cut)
+	// 10 large holders of over 200 KiB each and the others pass the
+	// budget of 2 MiB by more than one large holder's share.
+	if cut < 1 {
+		t.Errorf("%d large holders cut, want at least 1", cut)
 	}
 	for told := 0; told < toldWhy; told++ {
 		if err := r.framingError(t); !errors.Is(err, ErrInputBudget) {
 			t.Fatalf("framing error %v, want ErrInputBudget", err)
-		}
-	}
-	if held := s.InputBuffered(); held > budget || held <= 0 {
-		t.Errorf("input held %d after the cuts, budget %d", held, budget)
-	}
-	// The small and medium clients finish their messages.
-	for _, c := range append([]*halfClient{small}, medium...) {
-		c.write(t, c.rest)
-		if m := r.message(t); m.data != c.whole {
-			t.Fatalf("%s client: got %d bytes, want its message of %d", c.role, len(m.data), len(c.whole))
 		}
 	}
 	select {
