@@ -141,40 +141,45 @@ func applyMemoryPolicy(flagLimit int64, cgroupRoot string) memoryPolicy {
 }
 
 // collectWhenIdle gives memory back once the node goes quiet. With the heap
-// allowed to grow to half the limit, the garbage of a burst (a reconnect
-// storm's logins, say) would otherwise stay until the next collection,
-// which an idle node does not reach for minutes. Each interval: if the node
-// allocated little (at that pace the next collection is over a minute away)
-// and the heap holds garbage (more than half again its live size, and 8 MiB
-// more), it collects and returns the memory to the system.
+// allowed to grow well past its live size, the garbage of a burst (a
+// reconnect storm's logins, say) would otherwise stay until the next
+// collection, which an idle node does not reach for minutes, and the
+// runtime keeps freed pages up to the heap's goal instead of returning
+// them. Each interval: if the node allocated little (at that pace the next
+// collection is over a minute away) and the heap holds garbage (more than
+// half again its live size, and 8 MiB more) or pages freed but not
+// returned (over 8 MiB), it collects and returns the memory to the system.
 func collectWhenIdle(interval time.Duration) {
 	samples := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}, {Name: "/gc/heap/live:bytes"},
-		{Name: "/memory/classes/heap/objects:bytes"}, {Name: "/gc/heap/goal:bytes"}}
+		{Name: "/memory/classes/heap/objects:bytes"}, {Name: "/gc/heap/goal:bytes"},
+		{Name: "/memory/classes/heap/free:bytes"}}
 	var lastAllocs uint64
 	for range time.Tick(interval) {
 		metrics.Read(samples)
-		if samples[0].Value.Kind() != metrics.KindUint64 {
+		if samples[0].Value.Kind() != metrics.KindUint64 || samples[4].Value.Kind() != metrics.KindUint64 {
 			return
 		}
-		allocs, live, heap, goal := samples[0].Value.Uint64(), samples[1].Value.Uint64(),
-			samples[2].Value.Uint64(), samples[3].Value.Uint64()
+		allocs, live, heap, goal, free := samples[0].Value.Uint64(), samples[1].Value.Uint64(),
+			samples[2].Value.Uint64(), samples[3].Value.Uint64(), samples[4].Value.Uint64()
 		rate := allocs - lastAllocs
 		lastAllocs = allocs
-		if idle(rate, live, heap, goal, interval) {
+		if idle(rate, live, heap, goal, free, interval) {
 			debug.FreeOSMemory()
 		}
 	}
 }
 
-// idle reports whether a heap with these figures should be collected now:
-// allocation is slow enough that the next collection is over a minute away,
-// and there is garbage worth returning.
-func idle(allocatedPerInterval, live, heap, goal uint64, interval time.Duration) bool {
+// idle reports whether a heap with these figures should be collected and
+// its free pages returned now: allocation is slow enough that the next
+// collection is over a minute away, and there is garbage or free memory
+// worth returning.
+func idle(allocatedPerInterval, live, heap, goal, free uint64, interval time.Duration) bool {
 	if goal <= heap || live == 0 {
 		return false
 	}
 	intervalsToGoal := (goal - heap) / max(allocatedPerInterval, 1)
-	return time.Duration(intervalsToGoal)*interval > time.Minute && heap > live+live/2+8<<20
+	quiet := time.Duration(intervalsToGoal)*interval > time.Minute
+	return quiet && (heap > live+live/2+8<<20 || free > 8<<20)
 }
 
 // startGCTuner sets GOGC after every collection so that the heap may grow

@@ -45,16 +45,18 @@ func TestGCPercentFor(t *testing.T) {
 func TestIdleCollection(t *testing.T) {
 	const mib = 1 << 20
 	for _, tc := range []struct {
-		name                        string
-		perSecond, live, heap, goal uint64
-		want                        bool
+		name                              string
+		perSecond, live, heap, goal, free uint64
+		want                              bool
 	}{
-		{"after a burst, quiet", 1 * mib, 40 * mib, 300 * mib, 512 * mib, true},
-		{"under load", 50 * mib, 40 * mib, 300 * mib, 512 * mib, false},
-		{"quiet, no garbage", 0, 40 * mib, 45 * mib, 512 * mib, false},
-		{"past the goal", 0, 40 * mib, 600 * mib, 512 * mib, false},
+		{"after a burst, quiet", 1 * mib, 40 * mib, 300 * mib, 512 * mib, 0, true},
+		{"under load", 50 * mib, 40 * mib, 300 * mib, 512 * mib, 0, false},
+		{"quiet, no garbage", 0, 40 * mib, 45 * mib, 512 * mib, 0, false},
+		{"quiet, freed pages kept", 0, 40 * mib, 45 * mib, 512 * mib, 60 * mib, true},
+		{"under load, freed pages kept", 50 * mib, 40 * mib, 45 * mib, 100 * mib, 60 * mib, false},
+		{"past the goal", 0, 40 * mib, 600 * mib, 512 * mib, 60 * mib, false},
 	} {
-		if got := idle(tc.perSecond, tc.live, tc.heap, tc.goal, time.Second); got != tc.want {
+		if got := idle(tc.perSecond, tc.live, tc.heap, tc.goal, tc.free, time.Second); got != tc.want {
 			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
 		}
 	}
