@@ -145,10 +145,11 @@ func applyMemoryPolicy(flagLimit int64, cgroupRoot string) memoryPolicy {
 // reconnect storm's logins, say) would otherwise stay until the next
 // collection, which an idle node does not reach for minutes, and the
 // runtime keeps freed pages up to the heap's goal instead of returning
-// them. Each interval: if the node allocated little (at that pace the next
-// collection is over a minute away) and the heap holds garbage (more than
-// half again its live size, and 8 MiB more) or pages freed but not
-// returned (over 8 MiB), it collects and returns the memory to the system.
+// them. Each interval: if the node allocated little (under 2 MiB a second:
+// an idle node allocates a few hundred KiB) and the heap holds garbage
+// (more than half again its live size, and 8 MiB more) or pages freed but
+// not returned (over 8 MiB), it collects and returns the memory to the
+// system. Once done, neither holds again until garbage has built up anew.
 func collectWhenIdle(interval time.Duration) {
 	samples := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}, {Name: "/gc/heap/live:bytes"},
 		{Name: "/memory/classes/heap/objects:bytes"}, {Name: "/gc/heap/goal:bytes"},
@@ -170,15 +171,13 @@ func collectWhenIdle(interval time.Duration) {
 }
 
 // idle reports whether a heap with these figures should be collected and
-// its free pages returned now: allocation is slow enough that the next
-// collection is over a minute away, and there is garbage or free memory
-// worth returning.
+// its free pages returned now: allocation is slow, the next collection is
+// not due anyway, and there is garbage or free memory worth returning.
 func idle(allocatedPerInterval, live, heap, goal, free uint64, interval time.Duration) bool {
 	if goal <= heap || live == 0 {
 		return false
 	}
-	intervalsToGoal := (goal - heap) / max(allocatedPerInterval, 1)
-	quiet := time.Duration(intervalsToGoal)*interval > time.Minute
+	quiet := float64(allocatedPerInterval)/interval.Seconds() < 2<<20
 	return quiet && (heap > live+live/2+8<<20 || free > 8<<20)
 }
 
