@@ -168,18 +168,11 @@ func (s *centrifugoSession) handoff(got func([]byte, error)) (net.Conn, []byte, 
 func (s *centrifugoSession) consume(p []byte, got func([]byte, error)) (int, error) {
 	used := 0
 	for {
-		h, size, ok := client.ParseHeader(p[used:])
-		if !ok {
-			return used, nil
+		h, payload, n, err := client.CutFrame(p[used:], cfMaxFrame)
+		if n == 0 || err != nil {
+			return used, err
 		}
-		if h.Length < 0 || h.Length > cfMaxFrame || h.Masked {
-			return used, fmt.Errorf("bad frame from centrifugo: %+v", h)
-		}
-		if int64(len(p)-used-size) < h.Length {
-			return used, nil
-		}
-		payload := p[used+size : used+size+int(h.Length)]
-		used += size + int(h.Length)
+		used += n
 		switch h.OpCode {
 		case ws.OpText, ws.OpBinary, ws.OpContinuation:
 			for len(payload) > 0 {
@@ -189,15 +182,24 @@ func (s *centrifugoSession) consume(p []byte, got func([]byte, error)) (int, err
 					return used, err
 				}
 			}
-		case ws.OpPing:
-			if err := s.sendFrame(ws.NewPongFrame(payload)); err != nil {
+		default:
+			if err := s.control(h.OpCode, payload); err != nil {
 				return used, err
 			}
-		case ws.OpClose:
-			code, reason := ws.ParseCloseFrameData(payload)
-			return used, fmt.Errorf("centrifugo closed the WebSocket: %d %s: %w", code, reason, io.EOF)
 		}
 	}
+}
+
+// control answers a ping; a close frame ends the connection.
+func (s *centrifugoSession) control(op ws.OpCode, payload []byte) error {
+	switch op {
+	case ws.OpPing:
+		return s.sendFrame(ws.NewPongFrame(payload))
+	case ws.OpClose:
+		code, reason := ws.ParseCloseFrameData(payload)
+		return fmt.Errorf("centrifugo closed the WebSocket: %d %s: %w", code, reason, io.EOF)
+	}
+	return nil
 }
 
 // handle passes on a publication pushed to this device (the whole push
@@ -232,13 +234,10 @@ func (s *centrifugoSession) message() ([]byte, error) {
 			// the lines it holds, which is right while no message spans
 			// two fragments.
 			s.pending = payload
-		case ws.OpPing:
-			if err := s.sendFrame(ws.NewPongFrame(payload)); err != nil {
+		default:
+			if err := s.control(h.OpCode, payload); err != nil {
 				return nil, err
 			}
-		case ws.OpClose:
-			code, reason := ws.ParseCloseFrameData(payload)
-			return nil, fmt.Errorf("centrifugo closed the WebSocket: %d %s: %w", code, reason, io.EOF)
 		}
 	}
 	msg, rest, _ := bytes.Cut(s.pending, cfNewline)

@@ -107,18 +107,11 @@ func (s kronosSession) consume(p []byte, got func([]byte, error)) (int, error) {
 	}
 	used := 0
 	for {
-		h, size, ok := client.ParseHeader(p[used:])
-		if !ok {
-			return used, nil
+		h, payload, n, err := client.CutFrame(p[used:], maxKronosMessage)
+		if n == 0 || err != nil {
+			return used, err
 		}
-		if h.Length < 0 || h.Length > maxKronosMessage || h.Masked {
-			return used, fmt.Errorf("bad frame from the server: %+v", h)
-		}
-		if int64(len(p)-used-size) < h.Length {
-			return used, nil
-		}
-		payload := p[used+size : used+size+int(h.Length)]
-		used += size + int(h.Length)
+		used += n
 		switch h.OpCode {
 		case ws.OpText, ws.OpBinary:
 			if !h.Fin {

@@ -111,6 +111,24 @@ func ParseHeader(p []byte) (h ws.Header, size int, ok bool) {
 	return h, size, true
 }
 
+// CutFrame cuts the server frame p begins with: its header, its payload
+// (a part of p) and its whole size. n is 0 while p holds only part of it.
+// A frame over limit bytes, or masked (a server's never is), is an error.
+func CutFrame(p []byte, limit int64) (h ws.Header, payload []byte, n int, err error) {
+	h, size, ok := ParseHeader(p)
+	if !ok {
+		return h, nil, 0, nil
+	}
+	if h.Length < 0 || h.Length > limit || h.Masked {
+		return h, nil, 0, fmt.Errorf("bad frame from the server: %+v", h)
+	}
+	if int64(len(p)-size) < h.Length {
+		return h, nil, 0, nil
+	}
+	n = size + int(h.Length)
+	return h, p[size:n], n, nil
+}
+
 // Buffered is what the client has read from the connection and not yet
 // returned, for a caller that goes on reading the connection itself (the
 // load generator's poller).

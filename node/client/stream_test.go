@@ -54,3 +54,26 @@ func TestParseHeader(t *testing.T) {
 		t.Fatalf("%+v %d %v", h, size, ok)
 	}
 }
+
+func TestCutFrame(t *testing.T) {
+	var wire bytes.Buffer
+	ws.WriteFrame(&wire, ws.NewTextFrame([]byte(`{"a":1}`)))
+	p := append(wire.Bytes(), 0x81) // and the first byte of the next frame
+	for i := range 9 {
+		if _, _, n, err := CutFrame(p[:i], 100); n != 0 || err != nil {
+			t.Fatalf("%d bytes: cut %d, %v", i, n, err)
+		}
+	}
+	h, payload, n, err := CutFrame(p, 100)
+	if err != nil || n != 9 || string(payload) != `{"a":1}` || h.OpCode != ws.OpText {
+		t.Fatalf("%+v %q %d %v", h, payload, n, err)
+	}
+	if _, _, _, err := CutFrame(p, 3); err == nil {
+		t.Fatal("a frame over the limit was cut")
+	}
+	var masked bytes.Buffer
+	ws.WriteFrame(&masked, ws.MaskFrame(ws.NewTextFrame([]byte("x"))))
+	if _, _, _, err := CutFrame(masked.Bytes(), 100); err == nil {
+		t.Fatal("a masked frame from the server was cut")
+	}
+}
