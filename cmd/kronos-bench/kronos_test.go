@@ -64,3 +64,23 @@ func TestKronosSessionConsumeWebSocket(t *testing.T) {
 		t.Fatalf("after the close frame: %d, %v, %q", n, err, got)
 	}
 }
+
+// pump reads a connection the poller cannot (TLS) with a goroutine: what
+// the login left buffered first, then the stream, messages cut across
+// reads, until the connection ends.
+func TestPumpReadsUntilTheEnd(t *testing.T) {
+	c, server := net.Pipe()
+	defer c.Close()
+	s := kronosSession{&kclient.Client{Transport: kclient.TCP, Conn: c}}
+	var got []string
+	ended := make(chan struct{})
+	st := &stream{sess: s, got: record(&got), done: func() { close(ended) }}
+	go pump(st, c, []byte(`{"a":1}`+"\n"+`{"b":`))
+	server.Write([]byte(`2}` + "\n" + `{"c":`))
+	server.Write([]byte(`3}` + "\n"))
+	server.Close()
+	<-ended
+	if len(got) != 3 || got[0] != `{"a":1}` || got[1] != `{"b":2}` || got[2] != `{"c":3}` {
+		t.Fatalf("got %q", got)
+	}
+}

@@ -42,18 +42,20 @@ func (c *seenCache) lastSeen(tx *bbolt.Tx, userID, deviceID string) time.Time {
 
 // stamp sets a device's last-seen time (stampSeen).
 func (c *seenCache) stamp(tx *bbolt.Tx, userID, deviceID string, seen time.Time) error {
-	delete(c.at, seenKey{userID, deviceID})
-	if err := stampSeen(tx, userID, deviceID, seen); err != nil {
-		return err
-	}
-	c.set(userID, deviceID, decodeSeen(stampValue(seen)))
-	return nil
+	return c.writeThrough(userID, deviceID, seen, func() error { return stampSeen(tx, userID, deviceID, seen) })
 }
 
 // putDevice registers a device of the user (putDevice).
 func (c *seenCache) putDevice(tx *bbolt.Tx, userID, deviceID string, seen time.Time) error {
+	return c.writeThrough(userID, deviceID, seen, func() error { return putDevice(tx, userID, deviceID, seen) })
+}
+
+// writeThrough runs write, which stores seen as the device's last-seen
+// time, and caches what it stored; the entry is dropped first, so that a
+// failed write leaves none.
+func (c *seenCache) writeThrough(userID, deviceID string, seen time.Time, write func() error) error {
 	delete(c.at, seenKey{userID, deviceID})
-	if err := putDevice(tx, userID, deviceID, seen); err != nil {
+	if err := write(); err != nil {
 		return err
 	}
 	c.set(userID, deviceID, decodeSeen(stampValue(seen)))

@@ -22,6 +22,17 @@ func TestFetchLimitSQL(t *testing.T) {
 	}
 }
 
+// openStore opens a store on url, closed when the test ends.
+func openStore(t *testing.T, url string) *Store {
+	t.Helper()
+	s, err := Open(context.Background(), url, feed.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
 // The change log's reads probe its (user_id, user_seq) index per user in
 // every plan, the generic one included, whatever the table's size and
 // statistics: a plan that scans the log or merges it with the user list
@@ -29,11 +40,7 @@ func TestFetchLimitSQL(t *testing.T) {
 func TestReadLogPlans(t *testing.T) {
 	ctx := context.Background()
 	url := pgtest.URL(t)
-	s, err := Open(ctx, url, feed.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	openStore(t, url) // for its schema
 	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
 		t.Fatal(err)
@@ -100,11 +107,7 @@ func md5(t *testing.T, conn *pgx.Conn, s string) string {
 func TestReadLogMany(t *testing.T) {
 	ctx := context.Background()
 	url := pgtest.URL(t)
-	s, err := Open(ctx, url, feed.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openStore(t, url)
 	var users []string
 	for range 3 {
 		sess, err := s.Login(ctx, "", "")
@@ -147,11 +150,7 @@ func TestReadLogMany(t *testing.T) {
 		want[c.UserID]++
 	}
 	// Through the feed: a second node watching all three from the start.
-	other, err := Open(ctx, url, feed.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Close()
+	other := openStore(t, url)
 	rec := storetest.NewRecorder()
 	other.Subscribe(rec.Sink)
 	for _, u := range users {
@@ -174,15 +173,7 @@ func TestReadLogMany(t *testing.T) {
 func TestConcurrentUpdatesMerge(t *testing.T) {
 	ctx := context.Background()
 	url := pgtest.URL(t)
-	var stores [2]*Store
-	for i := range stores {
-		s, err := Open(ctx, url, feed.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer s.Close()
-		stores[i] = s
-	}
+	stores := [2]*Store{openStore(t, url), openStore(t, url)}
 	sess, err := stores[0].Login(ctx, "", "")
 	if err != nil {
 		t.Fatal(err)
