@@ -263,6 +263,12 @@ func (s *centrifugoSession) sendFrame(f ws.Frame) error {
 
 func (s *centrifugoSession) close() error { return s.conn.Close() }
 
+func (s *centrifugoSession) useConn(c net.Conn) {
+	s.wmu.Lock()
+	s.conn = c
+	s.wmu.Unlock()
+}
+
 // hs256Token is a JWT for Centrifugo's connect command: HS256, with the
 // user ID as sub and no expiry (a run is short and the secret is its own).
 func hs256Token(secret []byte, user string) string {

@@ -145,3 +145,5 @@ func kronosMessage(msg []byte, got func([]byte, error)) {
 }
 
 func (s kronosSession) close() error { return s.c.Close() }
+
+func (s kronosSession) useConn(c net.Conn) { s.c.Conn = c }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"sync"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -42,24 +41,6 @@ func newPoller() (*poller, error) {
 	p := &poller{epfd: fd, streams: make(map[int32]*stream)}
 	go p.loop()
 	return p, nil
-}
-
-// fdOf is the descriptor of c. It stays c's: Go's own poller watches it
-// too, but with no reader parked on it, it only notes the readiness.
-func fdOf(c net.Conn) (int, error) {
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return 0, fmt.Errorf("%T has no descriptor", c)
-	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
-		return 0, err
-	}
-	fd := -1
-	if err := raw.Control(func(f uintptr) { fd = int(f) }); err != nil {
-		return 0, err
-	}
-	return fd, nil
 }
 
 // watch starts reading st.fd; pending is what the session read already.

@@ -43,6 +43,9 @@ type session interface {
 	// session goes on). It answers the server's pings itself. An error
 	// ends the connection.
 	consume(p []byte, got func(msg []byte, err error)) (int, error)
+	// useConn makes c, the same socket taken out of Go's poller (see
+	// detach), the connection that write, the pongs and close use.
+	useConn(c net.Conn)
 	close() error
 }
 

@@ -228,10 +228,13 @@ func (w *worker) login(d *benchDevice) error {
 		go pump(st, conn, pending)
 		return nil
 	}
-	if st.fd, err = fdOf(conn); err != nil {
+	fc, err := detach(conn)
+	if err != nil {
 		s.close()
 		return err
 	}
+	s.useConn(fc)
+	st.fd = fc.fd
 	l.p, l.fd = w.pollers[st.fd%len(w.pollers)], st.fd
 	d.link.Store(l)
 	if err := l.p.watch(st, pending); err != nil {
