@@ -23,7 +23,7 @@ import (
 
 // fdConn is a connection's socket without Go's poller: writes wait with
 // poll(2) when the socket is full. Only Write and Close are used after the
-// login; the rest is there to be a net.Conn.
+// login; the rest is there to be a net.Conn, and refuses.
 type fdConn struct {
 	wmu    sync.Mutex // one message at a time: a pong between a write's parts would corrupt both
 	fd     int
@@ -32,7 +32,10 @@ type fdConn struct {
 	once   sync.Once
 }
 
-var errNoDeadlines = errors.New("fdConn: deadlines are not supported after the login")
+var (
+	errNoDeadlines   = errors.New("fdConn: deadlines are not supported after the login")
+	errReadsByPoller = errors.New("fdConn: the worker's poller reads this socket")
+)
 
 // detach returns c's socket as an fdConn and closes c.
 func detach(c net.Conn) (*fdConn, error) {
@@ -73,7 +76,7 @@ func (c *fdConn) Write(p []byte) (int, error) {
 		switch {
 		case err == nil || errors.Is(err, unix.EINTR):
 		case errors.Is(err, unix.EAGAIN):
-			if err := c.wait(unix.POLLOUT); err != nil {
+			if err := c.waitWritable(); err != nil {
 				return done, err
 			}
 		default:
@@ -83,28 +86,12 @@ func (c *fdConn) Write(p []byte) (int, error) {
 	return done, nil
 }
 
-func (c *fdConn) Read(p []byte) (int, error) {
-	for {
-		n, err := unix.Read(c.fd, p)
-		switch {
-		case err == nil && n == 0 && len(p) > 0:
-			return 0, net.ErrClosed
-		case err == nil:
-			return n, nil
-		case errors.Is(err, unix.EINTR):
-		case errors.Is(err, unix.EAGAIN):
-			if err := c.wait(unix.POLLIN); err != nil {
-				return 0, err
-			}
-		default:
-			return 0, &net.OpError{Op: "read", Net: "tcp", Addr: c.remote, Err: os.NewSyscallError("read", err)}
-		}
-	}
-}
+// Read is not for use: the worker's poller reads the socket.
+func (c *fdConn) Read([]byte) (int, error) { return 0, errReadsByPoller }
 
-// wait blocks until the socket is ready for events.
-func (c *fdConn) wait(events int16) error {
-	fds := []unix.PollFd{{Fd: int32(c.fd), Events: events}}
+// waitWritable blocks until the socket has room.
+func (c *fdConn) waitWritable() error {
+	fds := []unix.PollFd{{Fd: int32(c.fd), Events: unix.POLLOUT}}
 	for {
 		_, err := unix.Poll(fds, -1)
 		if err == nil || !errors.Is(err, unix.EINTR) {

@@ -13,8 +13,9 @@ import (
 // instead of with a goroutine per connection: waking a goroutine for each
 // notification cost the tool almost as much CPU as the server it measured,
 // and on a two-core machine the two share the cores. Each worker runs one
-// poller per CPU; a device's descriptor is watched by one of them from its
-// login until it is closed or fails.
+// poller per CPU; a device's descriptor, taken out of Go's own poller
+// (detach, in fdconn.go), is watched by one of them from its login until
+// it is closed or fails.
 
 // A poller waits for input on the connections given to it and hands what
 // it reads to each one's session.
