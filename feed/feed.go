@@ -48,6 +48,19 @@ type Store interface {
 	Close() error
 }
 
+// AsyncWriter is a Store that can queue a write and report its outcome
+// later, so that the caller need not hold a goroutine while it commits. A
+// backend whose writes commit one by one in their own round trips gains
+// nothing from it and need not implement it.
+type AsyncWriter interface {
+	// WriteAsync queues w, waiting at most until ctx ends for room. If it
+	// returns nil, done is called exactly once, with what Write would have
+	// returned, after the write's changes have reached the Sink (and from
+	// a goroutine that must not be held up: done must not block). If it
+	// returns an error, w was not queued and done is never called.
+	WriteAsync(ctx context.Context, w *Write, done func(error)) error
+}
+
 // Feed delivers this node's share of the committed changes: those of the
 // users it watches (the embedded store, which serves one node, delivers
 // every user's). Its methods are safe for concurrent use.

@@ -109,6 +109,8 @@ type Node struct {
 	opts    Options
 	log     zerolog.Logger
 	store   feed.Store
+	async   feed.AsyncWriter // the store, when it can queue writes (nil: it cannot)
+	writes  sync.WaitGroup   // writes queued on async and not committed yet
 	feed    feed.Feed
 	hub     *hub
 	fanout  *fanout
@@ -145,6 +147,7 @@ func New(b feed.Backend, opts Options) (*Node, error) {
 		hub:   newHub(),
 		stop:  make(chan struct{}),
 	}
+	n.async, _ = b.Store.(feed.AsyncWriter)
 	n.metrics = newMetrics(opts.Registerer, n.hub)
 	n.answers = newAnswers()
 	n.signups = newAddrLimiter(float64(opts.NewUsersPerMinute)/60, float64(opts.NewUsersPerMinute))
@@ -196,9 +199,25 @@ func (n *Node) Shutdown(ctx context.Context) error {
 		n.log.Info().Int("connections", n.srv.Count()).Msg("shutting down")
 		err = n.srv.Shutdown(ctx, conn.ReasonShutdown)
 	}
+	if werr := n.waitWrites(ctx); err == nil {
+		err = werr
+	}
 	n.fanout.close()
 	n.leaveCluster(ctx)
 	return err
+}
+
+// waitWrites waits for the writes queued on the store to commit, so that
+// their changes are delivered before the fan-out stops.
+func (n *Node) waitWrites(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() { n.writes.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("writes still committing: %w", ctx.Err())
+	}
 }
 
 // OnMessage handles one request. It runs on a pool worker; requests of one
@@ -209,8 +228,18 @@ func (n *Node) OnMessage(c *conn.Conn, p []byte) {
 		s = &session{node: n, conn: c}
 		c.SetContext(s)
 	}
+	s.awaitWrite()
 	start := time.Now()
-	typ, outcome := n.handle(s, p, start)
+	if typ, outcome := n.handle(s, p, start); outcome != outcomeLater {
+		n.observeRequest(typ, outcome, start)
+	}
+}
+
+// outcomeLater is handle's outcome for a write queued on an AsyncWriter:
+// the committer records it.
+const outcomeLater = ""
+
+func (n *Node) observeRequest(typ, outcome string, start time.Time) {
 	label := typ
 	if !knownType(typ) {
 		label = "unknown"
@@ -267,6 +296,10 @@ func (n *Node) handle(s *session, p []byte, now time.Time) (string, string) {
 	if typ == typeReadAll {
 		s.readAll(ctx)
 		return typ, "done"
+	}
+	if n.async != nil {
+		s.writeAsync(ctx, typ, req, now)
+		return typ, outcomeLater
 	}
 	if !s.write(ctx, typ, req) {
 		return typ, "refused"

@@ -36,7 +36,10 @@ type session struct {
 
 	mu      sync.Mutex
 	backlog []pending // under mu: notifications that arrived while pending
-	lastSeq uint64    // under mu: the last change this device has (login or notification)
+	// writing is held from a write's queueing on an AsyncWriter until its
+	// answer: the next request waits for it, so answers keep their order.
+	writing sync.Mutex
+	lastSeq uint64 // under mu: the last change this device has (login or notification)
 
 	active   atomic.Bool // logged in: deviceID is final
 	loggedIn bool
@@ -246,6 +249,66 @@ func (s *session) write(ctx context.Context, typ string, req *request) bool {
 		return false
 	}
 	return true // the change reaches every device, this one too, as notifications
+}
+
+// writeAsync queues a write on a store that commits asynchronously (see
+// feed.AsyncWriter) and returns without waiting for it: the worker goes back
+// to the pool, and the committer answers (only a failure has an answer) and
+// records the request. The session's next request waits on s.writing.
+func (s *session) writeAsync(ctx context.Context, typ string, req *request, start time.Time) {
+	w, err := buildWrite(typ, req, s.node.opts.Limits)
+	if err != nil {
+		s.sendError(typ, err.Error())
+		s.node.observeRequest(typ, "refused", start)
+		return
+	}
+	w.UserID, w.DeviceID = s.userID, s.deviceID
+	aw := &asyncWrite{s: s, typ: typ, start: start}
+	s.writing.Lock()
+	s.node.writes.Add(1)
+	aw.timer = time.AfterFunc(s.node.opts.StoreTimeout, aw.timedOut)
+	if err := s.node.async.WriteAsync(ctx, w, aw.committed); err != nil {
+		aw.committed(err)
+	}
+}
+
+// awaitWrite waits until the session's write in flight, if any, has been
+// answered: a connection's answers go out in the order of its requests.
+// Only the read side calls it.
+func (s *session) awaitWrite() {
+	s.writing.Lock()
+	//lint:ignore SA2001 a wait for the committer's Unlock, not a critical section
+	s.writing.Unlock()
+}
+
+// asyncWrite is a write in flight on an AsyncWriter. Its answer goes out
+// when it commits or when StoreTimeout passes, whichever comes first (as
+// with a blocking write, one that times out may still commit and be
+// notified); timer.Stop decides which.
+type asyncWrite struct {
+	s     *session
+	typ   string
+	start time.Time
+	timer *time.Timer
+}
+
+func (aw *asyncWrite) committed(err error) {
+	if aw.timer.Stop() {
+		outcome := "ok"
+		if err != nil {
+			aw.s.storeError(aw.typ, err)
+			outcome = "refused"
+		}
+		aw.s.node.observeRequest(aw.typ, outcome, aw.start)
+		aw.s.writing.Unlock()
+	}
+	aw.s.node.writes.Done()
+}
+
+func (aw *asyncWrite) timedOut() {
+	aw.s.storeError(aw.typ, context.DeadlineExceeded)
+	aw.s.node.observeRequest(aw.typ, "refused", aw.start)
+	aw.s.writing.Unlock()
 }
 
 // storeError answers a failed store call: a refusal with its own message;

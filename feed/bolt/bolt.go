@@ -74,8 +74,9 @@ type Store struct {
 }
 
 var (
-	_ feed.Store = (*Store)(nil)
-	_ feed.Feed  = (*Store)(nil)
+	_ feed.Store       = (*Store)(nil)
+	_ feed.Feed        = (*Store)(nil)
+	_ feed.AsyncWriter = (*Store)(nil)
 )
 
 type op struct {
@@ -83,7 +84,9 @@ type op struct {
 	run     func(tx *bbolt.Tx) ([]feed.Change, error)
 	err     error
 	changes []feed.Change
-	done    chan struct{}
+	start   time.Time
+	done    chan struct{} // closed once it has committed (submit)
+	then    func(error)   // or called then instead (WriteAsync)
 }
 
 // Open opens (creating if needed) the bbolt file at path and its directory.
@@ -202,26 +205,41 @@ func (s *Store) Close() error {
 // first the write may still commit (and be notified).
 func (s *Store) submit(ctx context.Context, o *op) error {
 	o.done = make(chan struct{})
-	start := time.Now()
-	s.mu.RLock()
-	if s.closed {
-		s.mu.RUnlock()
-		return ErrClosed
+	if err := s.enqueue(ctx, o); err != nil {
+		return err
 	}
-	select {
-	case s.ops <- o:
-	case <-ctx.Done():
-		s.mu.RUnlock()
-		return ctx.Err()
-	}
-	s.mu.RUnlock()
 	select {
 	case <-o.done:
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	s.metrics.Observe(o.name, start, o.err)
+	s.metrics.Observe(o.name, o.start, o.err)
 	return o.err
+}
+
+// WriteAsync implements feed.AsyncWriter: the caller's goroutine is free as
+// soon as the write is queued, and done runs on the committer once the
+// write's changes have gone to the Sink.
+func (s *Store) WriteAsync(ctx context.Context, w *feed.Write, done func(error)) error {
+	o := s.writeOp(w)
+	o.then = done
+	return s.enqueue(ctx, o)
+}
+
+// enqueue hands o to the committer, waiting for room until ctx ends.
+func (s *Store) enqueue(ctx context.Context, o *op) error {
+	o.start = time.Now()
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return ErrClosed
+	}
+	select {
+	case s.ops <- o:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 func (s *Store) commitLoop() {
@@ -301,7 +319,12 @@ func (s *Store) commit(batch []*op) {
 		}
 	}
 	for _, o := range batch {
-		close(o.done)
+		if o.then == nil {
+			close(o.done)
+			continue
+		}
+		s.metrics.Observe(o.name, o.start, o.err)
+		o.then(o.err)
 	}
 }
 

@@ -2,6 +2,7 @@ package bolt_test
 
 import (
 	"errors"
+	"fmt"
 	"path/filepath"
 	"testing"
 
@@ -119,5 +120,69 @@ func TestFileWithoutLastSeen(t *testing.T) {
 	}
 	if _, err := s.Login(ctx, "user-1", "dev-used"); err != nil {
 		t.Fatalf("the device seen now was retired: %v", err)
+	}
+}
+
+// WriteAsync calls done once per write, after the write's changes reached
+// the Sink; a refused write gets its refusal and changes nothing; a closed
+// store takes no write and never calls done.
+func TestWriteAsync(t *testing.T) {
+	s, err := bolt.Open(filepath.Join(t.TempDir(), "kronos.db"), feed.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := storetest.NewRecorder()
+	s.Subscribe(rec.Sink)
+	sess, err := s.Login(t.Context(), "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const writes = 50
+	type outcome struct {
+		err       error
+		delivered int // changes the Sink had for the user when done ran
+	}
+	outcomes := make(chan outcome, writes+1)
+	for i := range writes {
+		w := &feed.Write{Kind: feed.WriteCreate, UserID: sess.UserID,
+			Task: fmt.Appendf(nil, `{"id":%d,"desc":"x"}`, i), Version: []byte(`1`)}
+		seq := uint64(i + 1)
+		err := s.WriteAsync(t.Context(), w, func(err error) {
+			delivered := 0
+			for _, c := range rec.Changes(sess.UserID) {
+				if c.Seq <= seq {
+					delivered++
+				}
+			}
+			outcomes <- outcome{err, delivered}
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range writes {
+		o := <-outcomes
+		if o.err != nil || o.delivered != i+1 {
+			t.Fatalf("write %d: done(%v) with %d of its user's first %d changes delivered", i+1, o.err, o.delivered, i+1)
+		}
+	}
+	missing := &feed.Write{Kind: feed.WriteDelete, UserID: sess.UserID, TaskID: 999, Version: []byte(`2`)}
+	if err := s.WriteAsync(t.Context(), missing, func(err error) { outcomes <- outcome{err: err} }); err != nil {
+		t.Fatal(err)
+	}
+	var fe *feed.Error
+	if o := <-outcomes; !errors.As(o.err, &fe) {
+		t.Fatalf("deleting a missing task: done(%v), want a refusal", o.err)
+	}
+	snap, err := s.ReadAll(t.Context(), sess.UserID)
+	if err != nil || len(snap.Tasks) != writes || string(snap.Version) != "1" || snap.Seq != writes {
+		t.Fatalf("after the writes: %d tasks, version %s, seq %d, %v", len(snap.Tasks), snap.Version, snap.Seq, err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	err = s.WriteAsync(t.Context(), missing, func(error) { t.Error("done called for a write a closed store refused") })
+	if !errors.Is(err, bolt.ErrClosed) {
+		t.Fatalf("WriteAsync after Close: %v, want ErrClosed", err)
 	}
 }
