@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -109,7 +110,8 @@ func runBench(t *testing.T, bench string, args ...string) Results {
 // devices measured each: what was delivered, never how fast.
 func checkDelivered(t *testing.T, r Results, conns, devices int) {
 	t.Helper()
-	if r.Errors != 0 || r.WorkerProcs != 2 || r.Idle.Conns != conns || r.StormReconnected != conns {
+	if r.Errors != 0 || r.WorkerProcs != 2 || r.Idle.Conns != conns || r.StormReconnected != conns ||
+		fmt.Sprint(r.WorkerPollers) != "[1 1]" { // --worker-gomaxprocs 1 by default
 		t.Fatalf("results: %+v", r)
 	}
 	if r.WritesSent == 0 || r.Notifications != r.WritesSent*int64(devices) {

@@ -33,6 +33,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -57,6 +58,7 @@ type options struct {
 	out, label, image string
 	timeout           time.Duration
 	dialConc          int
+	workerProcs       int // GOMAXPROCS of each worker process
 }
 
 // subcommands are the modes other than a run; a run takes only flags.
@@ -102,6 +104,7 @@ func main() {
 	fs.StringVar(&o.label, "label", "", "a name for this run in the results")
 	fs.DurationVar(&o.timeout, "timeout", 30*time.Second, "timeout of one dial and login, and of waiting for the server's /metrics at the start")
 	fs.IntVar(&o.dialConc, "dial-concurrency", 256, "logins in flight per worker while ramping")
+	fs.IntVar(&o.workerProcs, "worker-gomaxprocs", 1, "GOMAXPROCS of each worker process, and so its epoll pollers (0: Go's default, one per CPU)")
 	fs.Parse(os.Args[1:])
 	if err := o.validate(); err != nil {
 		fmt.Fprintln(os.Stderr, "kronos-bench:", err)
@@ -158,8 +161,16 @@ func runWorker(args []string) error {
 	fs.StringVar(&sources, "sources", "", "")
 	fs.DurationVar(&cfg.timeout, "timeout", 30*time.Second, "")
 	fs.IntVar(&cfg.dialConc, "dial-concurrency", 256, "")
+	gomaxprocs := fs.Int("gomaxprocs", 0, "")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *gomaxprocs > 0 {
+		// Before newWorker: it starts a poller per P. The workers are
+		// several processes already; with a P each, each reads its
+		// sockets on one thread, and their threads wake one another less
+		// (docs/benchmarks.md).
+		runtime.GOMAXPROCS(*gomaxprocs)
 	}
 	for _, s := range strings.Split(sources, ",") {
 		if ip := net.ParseIP(strings.TrimSpace(s)); ip != nil {
@@ -245,7 +256,8 @@ func spawn(o options) ([]*child, error) {
 		usersLeft -= users
 		cmd := exec.Command(self, "worker", "--server", o.server, "--addr", o.addr, "--tls="+strconv.FormatBool(o.tls), "--users", strconv.Itoa(users),
 			"--devices", strconv.Itoa(o.devices), "--ws", fmt.Sprint(o.wsShare), "--index", strconv.Itoa(i),
-			"--sources", o.sources, "--timeout", o.timeout.String(), "--dial-concurrency", strconv.Itoa(o.dialConc))
+			"--sources", o.sources, "--timeout", o.timeout.String(), "--dial-concurrency", strconv.Itoa(o.dialConc),
+			"--gomaxprocs", strconv.Itoa(o.workerProcs))
 		cmd.Stderr = os.Stderr
 		cmd.Env = append(os.Environ(), secretEnv+"="+o.secret)
 		in, err := cmd.StdinPipe()

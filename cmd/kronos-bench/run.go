@@ -22,6 +22,9 @@ type Results struct {
 	Conns       int       `json:"connections"`
 	WSShare     float64   `json:"websocket_share"`
 	WorkerProcs int       `json:"worker_processes"`
+	// WorkerPollers is the epoll pollers of each worker process (its
+	// GOMAXPROCS, --worker-gomaxprocs), as the workers reported them.
+	WorkerPollers []int `json:"worker_pollers"`
 
 	Baseline serverSample   `json:"server_before"`
 	Ramp     []serverSample `json:"server_during_ramp"`
@@ -150,6 +153,10 @@ func run(o options) (*Results, error) {
 			return nil, err
 		}
 		res.addErrors(connected)
+		res.WorkerPollers = res.WorkerPollers[:0]
+		for _, r := range connected {
+			res.WorkerPollers = append(res.WorkerPollers, r.Pollers)
+		}
 		sample, err := scrapeCounted(o, connected)
 		if err != nil {
 			return nil, err

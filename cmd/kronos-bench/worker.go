@@ -42,6 +42,7 @@ type reply struct {
 	Hist     *Hist   `json:"hist,omitempty"`
 	Windows  []*Hist `json:"windows,omitempty"` // load with a window
 	StormMS  float64 `json:"storm_ms,omitempty"`
+	Pollers  int     `json:"pollers,omitempty"` // connect: the worker's epoll pollers, one per P
 }
 
 type workerConfig struct {
@@ -174,6 +175,7 @@ func (w *worker) serve(in io.Reader, out io.Writer) error {
 		switch cmd.Cmd {
 		case "connect":
 			w.connectUpTo(cmd.Count)
+			r.Pollers = len(w.pollers)
 		case "load":
 			w.histMu.Lock()
 			w.window, w.windows = cmd.Window, nil
