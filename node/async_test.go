@@ -105,14 +105,7 @@ func startHeld(t *testing.T, opts node.Options) (*heldWrites, *nodetest.Node) {
 // it is notified like any other.
 func TestSlowAsyncWriteTimesOut(t *testing.T) {
 	held, n := startHeld(t, node.Options{StoreTimeout: 200 * time.Millisecond})
-	c, err := client.Dial(context.Background(), client.TCP, n.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if _, err := c.Login("", "", wait); err != nil {
-		t.Fatal(err)
-	}
+	c := loginTCP(t, n.Addr)
 	sendRaw(t, c, `{"type":"create","task":{"id":1,"desc":"late"},"version":1}`)
 	<-held.queued
 	expectError(t, c, "create", "store timed out, try again")
@@ -135,13 +128,7 @@ func TestSlowAsyncWriteTimesOut(t *testing.T) {
 // says so.
 func TestShutdownWaitsForQueuedWrites(t *testing.T) {
 	held, n := startHeld(t, node.Options{})
-	c, err := client.Dial(context.Background(), client.TCP, n.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Login("", "", wait); err != nil {
-		t.Fatal(err)
-	}
+	c := loginTCP(t, n.Addr)
 	sendRaw(t, c, `{"type":"create","task":{"id":1,"desc":"held"},"version":1}`)
 	<-held.queued
 	c.Close()

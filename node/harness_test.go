@@ -52,6 +52,21 @@ func (h *harness) login(tr client.Transport, user, device string) (*client.Clien
 	return c, m
 }
 
+// loginTCP dials addr over raw TCP and logs in a new user; the client is
+// closed when the test ends.
+func loginTCP(t *testing.T, addr string) *client.Client {
+	t.Helper()
+	c, err := client.Dial(context.Background(), client.TCP, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if _, err := c.Login("", "", wait); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 func send(t *testing.T, c *client.Client, v any) {
 	t.Helper()
 	if err := c.Send(v); err != nil {

@@ -297,11 +297,15 @@ func (n *Node) handle(s *session, p []byte, now time.Time) (string, string) {
 		s.readAll(ctx)
 		return typ, "done"
 	}
+	w := s.prepareWrite(typ, req)
+	if w == nil {
+		return typ, "refused"
+	}
 	if n.async != nil {
-		s.writeAsync(ctx, typ, req, now)
+		s.writeAsync(ctx, typ, w, now)
 		return typ, outcomeLater
 	}
-	if !s.write(ctx, typ, req) {
+	if !s.write(ctx, typ, w) {
 		return typ, "refused"
 	}
 	return typ, "ok"

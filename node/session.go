@@ -36,10 +36,10 @@ type session struct {
 
 	mu      sync.Mutex
 	backlog []pending // under mu: notifications that arrived while pending
+	lastSeq uint64    // under mu: the last change this device has (login or notification)
 	// writing is held from a write's queueing on an AsyncWriter until its
 	// answer: the next request waits for it, so answers keep their order.
 	writing sync.Mutex
-	lastSeq uint64 // under mu: the last change this device has (login or notification)
 
 	active   atomic.Bool // logged in: deviceID is final
 	loggedIn bool
@@ -237,13 +237,19 @@ func (s *session) readAll(ctx context.Context) {
 	s.send(encodeReadAll(snap))
 }
 
-func (s *session) write(ctx context.Context, typ string, req *request) bool {
+// prepareWrite builds the store's write for a request, or answers why the
+// request is not one.
+func (s *session) prepareWrite(typ string, req *request) *feed.Write {
 	w, err := buildWrite(typ, req, s.node.opts.Limits)
 	if err != nil {
 		s.sendError(typ, err.Error())
-		return false
+		return nil
 	}
 	w.UserID, w.DeviceID = s.userID, s.deviceID
+	return w
+}
+
+func (s *session) write(ctx context.Context, typ string, w *feed.Write) bool {
 	if err := s.node.store.Write(ctx, w); err != nil {
 		s.storeError(typ, err)
 		return false
@@ -255,14 +261,7 @@ func (s *session) write(ctx context.Context, typ string, req *request) bool {
 // feed.AsyncWriter) and returns without waiting for it: the worker goes back
 // to the pool, and the committer answers (only a failure has an answer) and
 // records the request. The session's next request waits on s.writing.
-func (s *session) writeAsync(ctx context.Context, typ string, req *request, start time.Time) {
-	w, err := buildWrite(typ, req, s.node.opts.Limits)
-	if err != nil {
-		s.sendError(typ, err.Error())
-		s.node.observeRequest(typ, "refused", start)
-		return
-	}
-	w.UserID, w.DeviceID = s.userID, s.deviceID
+func (s *session) writeAsync(ctx context.Context, typ string, w *feed.Write, start time.Time) {
 	aw := &asyncWrite{s: s, typ: typ, start: start}
 	s.writing.Lock()
 	s.node.writes.Add(1)

@@ -14,7 +14,6 @@ import (
 	"github.com/kronos-sync/kronos-server/feed"
 	"github.com/kronos-sync/kronos-server/feed/bolt"
 	"github.com/kronos-sync/kronos-server/internal/nodetest"
-	"github.com/kronos-sync/kronos-server/node/client"
 )
 
 // smallDisk mounts a 4 MiB tmpfs for the test (root only; skipped
@@ -62,14 +61,7 @@ func TestFullDiskIsStorageUnavailable(t *testing.T) {
 	}
 	t.Cleanup(func() { s.Close() })
 	n := nodetest.Start(t, nodetest.Options{Backend: &feed.Backend{Store: s, Feed: s}})
-	c, err := client.Dial(context.Background(), client.TCP, n.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if _, err := c.Login("", "", wait); err != nil {
-		t.Fatal(err)
-	}
+	c := loginTCP(t, n.Addr)
 	big := strings.Repeat("x", 60<<10)
 	send(t, c, map[string]any{"type": "create", "task": map[string]any{"id": 0, "desc": "before"}, "version": 1})
 	expectType(t, c, "create")

@@ -23,8 +23,10 @@ func TestConformance(t *testing.T) {
 	})
 }
 
-func TestReopenKeepsData(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "sub", "dir", "kronos.db")
+// openWithUser opens a store at path with a recording Sink and logs in a
+// new user. The test closes the store.
+func openWithUser(t *testing.T, path string) (*bolt.Store, *storetest.Recorder, feed.Session) {
+	t.Helper()
 	s, err := bolt.Open(path, feed.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -35,6 +37,12 @@ func TestReopenKeepsData(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return s, rec, sess
+}
+
+func TestReopenKeepsData(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "sub", "dir", "kronos.db")
+	s, rec, sess := openWithUser(t, path)
 	if err := s.Write(t.Context(), &feed.Write{Kind: feed.WriteCreate, UserID: sess.UserID,
 		Task: []byte(`{"id":1,"desc":"x"}`), Version: []byte(`42`)}); err != nil {
 		t.Fatal(err)
@@ -45,7 +53,7 @@ func TestReopenKeepsData(t *testing.T) {
 	if len(rec.Changes(sess.UserID)) != 1 {
 		t.Fatal("Close returned before the change was delivered")
 	}
-	s, err = bolt.Open(path, feed.Options{})
+	s, err := bolt.Open(path, feed.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,16 +135,7 @@ func TestFileWithoutLastSeen(t *testing.T) {
 // the Sink; a refused write gets its refusal and changes nothing; a closed
 // store takes no write and never calls done.
 func TestWriteAsync(t *testing.T) {
-	s, err := bolt.Open(filepath.Join(t.TempDir(), "kronos.db"), feed.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec := storetest.NewRecorder()
-	s.Subscribe(rec.Sink)
-	sess, err := s.Login(t.Context(), "", "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, rec, sess := openWithUser(t, filepath.Join(t.TempDir(), "kronos.db"))
 	const writes = 50
 	type outcome struct {
 		err       error
