@@ -124,6 +124,11 @@ func checkDelivered(t *testing.T, r Results, conns, devices int) {
 	if r.NotificationBytes <= 0 {
 		t.Fatalf("notification size %v", r.NotificationBytes)
 	}
+	// The probe ran: the two costs every machine has (the wake round trips
+	// need two CPUs).
+	if r.Probe == nil || r.Probe.SyscallNS <= 0 || r.Probe.FdatasyncUS <= 0 {
+		t.Fatalf("machine probe: %+v", r.Probe)
+	}
 }
 
 func TestHistQuantiles(t *testing.T) {

@@ -66,6 +66,10 @@ func runCompareReport(args []string) error {
 		f.Close()
 		return err
 	}
+	if err := writeProbeSummary(f, runs); err != nil {
+		f.Close()
+		return err
+	}
 	if err := f.Close(); err != nil {
 		return err
 	}
@@ -194,6 +198,48 @@ func writeCompareTable(w io.Writer, points []comparePoint) error {
 	}
 	_, err := fmt.Fprintln(w, "\nundelivered and errors: totals over the rounds; every other column: the median of the rounds.")
 	return err
+}
+
+// writeProbeSummary says what the machine probe read before the runs
+// (probe.go), by server: a slower machine shows there before it shows in
+// the table. Runs from before the probe have none, and add nothing.
+func writeProbeSummary(w io.Writer, runs []Results) error {
+	byServer := map[string][]*machineProbe{}
+	var servers []string
+	for _, r := range runs {
+		if r.Probe == nil {
+			continue
+		}
+		if byServer[r.Server] == nil {
+			servers = append(servers, r.Server)
+		}
+		byServer[r.Server] = append(byServer[r.Server], r.Probe)
+	}
+	if len(servers) == 0 {
+		return nil
+	}
+	sort.Slice(servers, func(i, j int) bool { return serverRank(servers[i]) < serverRank(servers[j]) })
+	fmt.Fprintln(w, "\nThe machine just before each run, idle (`kronos-bench machine-probe`): median, and lowest–highest over the runs.")
+	fmt.Fprintln(w, "\n| before the runs of | runs | system call ns | wake round trip µs, busy | wake round trip µs, after 200 µs idle | 4 KiB write + fdatasync µs |")
+	fmt.Fprintln(w, "|---|---:|---|---|---|---|")
+	for _, s := range servers {
+		ps := byServer[s]
+		field := func(get func(*machineProbe) float64) string {
+			v := make([]float64, len(ps))
+			for i, p := range ps {
+				v[i] = get(p)
+			}
+			return fmt.Sprintf("%.1f (%.1f–%.1f)", median(v), slices.Min(v), slices.Max(v))
+		}
+		if _, err := fmt.Fprintf(w, "| %s | %d | %s | %s | %s | %s |\n", s, len(ps),
+			field(func(p *machineProbe) float64 { return p.SyscallNS }),
+			field(func(p *machineProbe) float64 { return p.WakeRTTBusyUS }),
+			field(func(p *machineProbe) float64 { return p.WakeRTTIdleUS }),
+			field(func(p *machineProbe) float64 { return p.FdatasyncUS })); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // thousands formats v rounded, with commas: 27300 → "27,300".

@@ -36,7 +36,10 @@ func TestCompareReport(t *testing.T) {
 	for _, server := range []string{serverCentrifugo, serverKronos} {
 		for _, rate := range []float64{400, 200} {
 			for _, round := range []int{3, 1, 2} { // any order
-				data, _ := json.Marshal(fakeRun(server, rate, round))
+				r := fakeRun(server, rate, round)
+				k := float64(round)
+				r.Probe = &machineProbe{SyscallNS: 1000 + k, WakeRTTBusyUS: 20 * k, WakeRTTIdleUS: 100 * k, FdatasyncUS: 200 + k}
+				data, _ := json.Marshal(r)
 				name := fmt.Sprintf("%s-%.0f-r%d.json", server, rate, round)
 				if err := os.WriteFile(filepath.Join(in, name), data, 0o644); err != nil {
 					t.Fatal(err)
@@ -54,7 +57,7 @@ func TestCompareReport(t *testing.T) {
 	}
 	var rows []string
 	for _, line := range strings.Split(string(table), "\n") {
-		if strings.HasPrefix(line, "| ") && !strings.HasPrefix(line, "| writes") {
+		if strings.HasPrefix(line, "| ") && line[2] >= '0' && line[2] <= '9' { // the rates' rows, not the probe's
 			rows = append(rows, line)
 		}
 	}
@@ -70,6 +73,13 @@ func TestCompareReport(t *testing.T) {
 	}
 	if !strings.HasPrefix(string(table), "Medians of 3 round(s); 50 connections (5 devices per user).") {
 		t.Fatalf("table header:\n%s", table)
+	}
+	// The probe's line per server: the median round's figures, then the range.
+	for _, server := range []string{serverKronos, serverCentrifugo} {
+		row := fmt.Sprintf("| %s | 6 | 1002.0 (1001.0–1003.0) | 40.0 (20.0–60.0) | 200.0 (100.0–300.0) | 202.0 (201.0–203.0) |", server)
+		if !strings.Contains(string(table), row) {
+			t.Fatalf("table:\n%s\nwant the probe row %s", table, row)
+		}
 	}
 	png, err := os.ReadFile(out + ".png")
 	if err != nil || !bytes.HasPrefix(png, []byte("\x89PNG")) || len(png) < 10_000 {

@@ -68,7 +68,8 @@ var subcommands = map[string]func(args []string) error{
 	"centrifugo-config": runCentrifugoConfig, // the configuration compare.sh runs it with
 	"soak":              runSoakCommand,      // legitimate load beside abusive clients (soak.go)
 	"soak-report":       runSoakReport,
-	"trace-report":      runTraceReport, // a node's goroutines from a runtime trace (tracereport.go)
+	"trace-report":      runTraceReport,  // a node's goroutines from a runtime trace (tracereport.go)
+	"machine-probe":     runMachineProbe, // what the machine's basic operations cost (probe.go)
 }
 
 func main() {

@@ -25,6 +25,9 @@ type Results struct {
 	// WorkerPollers is the epoll pollers of each worker process (its
 	// GOMAXPROCS, --worker-gomaxprocs), as the workers reported them.
 	WorkerPollers []int `json:"worker_pollers"`
+	// Probe is what the machine's basic operations cost just before the
+	// run (probe.go).
+	Probe *machineProbe `json:"machine_probe,omitempty"`
 
 	Baseline serverSample   `json:"server_before"`
 	Ramp     []serverSample `json:"server_during_ramp"`
@@ -66,6 +69,9 @@ func (r *Results) summary() string {
 	fmt.Fprintf(&b, "  load: %d writes -> %d notifications in %.1fs = %.0f/s; latency p50 %.2fms p90 %.2fms p99 %.2fms max %.2fms\n",
 		r.WritesSent, r.Notifications, r.LoadSeconds, r.NotificationsPS, r.LatencyP50MS, r.LatencyP90MS, r.LatencyP99MS, r.LatencyMaxMS)
 	fmt.Fprintf(&b, "  a notification as received: %.0f bytes on average\n", r.NotificationBytes)
+	if r.Probe != nil {
+		fmt.Fprintf(&b, "  machine before the run: %v\n", r.Probe)
+	}
 	if r.StormSeconds > 0 {
 		fmt.Fprintf(&b, "  reconnect storm: %d connections back in %.2fs\n", r.StormReconnected, r.StormSeconds)
 	}
@@ -129,6 +135,12 @@ func run(o options) (*Results, error) {
 	if res.Baseline, err = waitForMetrics(o.admin, o.timeout); err != nil {
 		return nil, err
 	}
+	// Before any connection: the server is idle, and the probe measures
+	// the machine rather than the load.
+	if res.Probe, err = probeMachine(); err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(os.Stderr, "machine: %v\n", res.Probe)
 	children, err := spawn(o)
 	if err != nil {
 		return nil, err
