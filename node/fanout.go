@@ -11,7 +11,7 @@ import (
 
 // fanout is the feed's Sink: it hands committed changes to the sessions of
 // their users. Fan-out is mostly socket writes, which on a busy node take
-// more than one core, so changes are spread over one goroutine per CPU by
+// more than one core, so changes are spread over one goroutine per P by
 // user: each user's changes always go through the same goroutine, in the
 // order the feed gave them. The feed waits only while a bounded queue is
 // full.

@@ -113,6 +113,9 @@ func serve(cfg *config, stderr io.Writer) error {
 	}
 	mem := applyMemoryPolicy(cfg.memoryLimit, "/sys/fs/cgroup")
 	log.Info().Int64("memory_limit", mem.limit).Str("source", mem.source).Msg("memory policy")
+	// Before the node starts: its fan-out runs one goroutine per P.
+	procs := applyProcsPolicy(cfg.gomaxprocs)
+	log.Info().Int("gomaxprocs", procs.procs).Str("source", procs.source).Msg("scheduler policy")
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 

@@ -1,0 +1,79 @@
+package main
+
+import (
+	"bufio"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestProcsPolicy(t *testing.T) {
+	t.Setenv("GOMAXPROCS", "") // whatever the test runs with
+	base := runtime.GOMAXPROCS(0)
+	t.Cleanup(func() { runtime.GOMAXPROCS(base) })
+	for _, c := range []struct {
+		flag   int
+		env    string
+		want   int
+		source string
+	}{
+		{flag: 0, want: procsPerCPU * base, source: "default"},
+		{flag: 3, want: 3, source: "flag"},
+		{flag: -1, want: base, source: "go"},
+		{flag: 3, env: "1", want: base, source: "GOMAXPROCS"}, // the environment wins
+	} {
+		runtime.GOMAXPROCS(base)
+		t.Setenv("GOMAXPROCS", c.env)
+		p := applyProcsPolicy(c.flag)
+		if p.procs != c.want || p.source != c.source || runtime.GOMAXPROCS(0) != c.want {
+			t.Errorf("flag %d, env %q: %+v and GOMAXPROCS %d, want %d from %s",
+				c.flag, c.env, p, runtime.GOMAXPROCS(0), c.want, c.source)
+		}
+	}
+}
+
+// The real binary runs with twice Go's default Ps unless told otherwise,
+// as its /metrics show.
+func TestServeSetsGOMAXPROCS(t *testing.T) {
+	procsOf := func(args ...string) (int, string) {
+		cmd := exec.Command(kronosBinary(t), append([]string{"serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+			"--store", "bolt:" + filepath.Join(t.TempDir(), "k.db")}, args...)...)
+		for _, kv := range os.Environ() {
+			if !strings.HasPrefix(kv, "GOMAXPROCS=") {
+				cmd.Env = append(cmd.Env, kv)
+			}
+		}
+		s := startCommand(t, cmd)
+		source, _ := s.logs.waitFor(t, "scheduler policy", 5*time.Second)["source"].(string)
+		resp, err := http.Get("http://" + s.admin + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			if v, ok := strings.CutPrefix(sc.Text(), "go_sched_gomaxprocs_threads "); ok {
+				n, err := strconv.Atoi(v)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return n, source
+			}
+		}
+		t.Fatal("no go_sched_gomaxprocs_threads in /metrics")
+		return 0, ""
+	}
+	goDefault, source := procsOf("--gomaxprocs", "-1")
+	if source != "go" || goDefault < 1 {
+		t.Fatalf("--gomaxprocs -1: %d Ps, from %q", goDefault, source)
+	}
+	if n, source := procsOf(); n != procsPerCPU*goDefault || source != "default" {
+		t.Fatalf("by default: %d Ps from %q, want %d", n, source, procsPerCPU*goDefault)
+	}
+}
