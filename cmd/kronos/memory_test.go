@@ -93,19 +93,25 @@ func TestCgroupMemoryLimit(t *testing.T) {
 // The real binary hands --memory-limit to the runtime, as its /metrics show.
 func TestServeSetsTheMemoryLimit(t *testing.T) {
 	srv := startServer(t, "--store", "bolt:"+filepath.Join(t.TempDir(), "k.db"), "--memory-limit", "512MiB")
-	resp, err := http.Get("http://" + srv.admin + "/metrics")
+	if v := metricValue(t, srv.admin, "go_gc_gomemlimit_bytes"); v != "5.36870912e+08" {
+		t.Fatalf("go_gc_gomemlimit_bytes %s, want 512 MiB", v)
+	}
+}
+
+// metricValue reads one unlabelled metric from a node's /metrics.
+func metricValue(t *testing.T, admin, name string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + admin + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "go_gc_gomemlimit_bytes "); ok {
-			if v != "5.36870912e+08" {
-				t.Fatalf("go_gc_gomemlimit_bytes %s, want 512 MiB", v)
-			}
-			return
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			return v
 		}
 	}
-	t.Fatal("no go_gc_gomemlimit_bytes in /metrics")
+	t.Fatalf("no %s in /metrics", name)
+	return ""
 }
