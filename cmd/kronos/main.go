@@ -117,7 +117,11 @@ func serve(cfg *config, stderr io.Writer) error {
 	procs := applyProcsPolicy(cfg.gomaxprocs)
 	log.Info().Int("gomaxprocs", procs.procs).Str("source", procs.source).Msg("scheduler policy")
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// The scheduler's metrics add go_sched_latencies_seconds, how long
+	// runnable goroutines waited for a P: on a node short of CPU, the tail
+	// of the notifications' latency shows there first.
+	reg.MustRegister(collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(collectors.MetricsScheduler)),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

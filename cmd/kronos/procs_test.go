@@ -63,3 +63,13 @@ func TestServeSetsGOMAXPROCS(t *testing.T) {
 		t.Fatalf("by default: %d Ps from %q, want %d", n, source, procsPerCPU*goDefault)
 	}
 }
+
+// How long goroutines waited for a P is on /metrics: the first place a
+// node short of CPU shows.
+func TestServeExportsSchedulerLatency(t *testing.T) {
+	s := startServer(t, "--store", "bolt:"+filepath.Join(t.TempDir(), "k.db"))
+	n, err := strconv.ParseFloat(metricValue(t, s.admin, "go_sched_latencies_seconds_count"), 64)
+	if err != nil || n < 1 {
+		t.Fatalf("go_sched_latencies_seconds_count %v (%v): the node ran goroutines, so the histogram counts some", n, err)
+	}
+}
