@@ -124,6 +124,13 @@ func checkDelivered(t *testing.T, r Results, conns, devices int) {
 	if r.NotificationBytes <= 0 {
 		t.Fatalf("notification size %v", r.NotificationBytes)
 	}
+	// The load's CPU was read on both sides: the server's from its
+	// /metrics, the tool's from its workers.
+	if r.ServerCPUSeconds <= 0 || r.ToolCPUSeconds <= 0 ||
+		r.ServerCPUPerNotifUS != r.ServerCPUSeconds/float64(r.Notifications)*1e6 {
+		t.Fatalf("CPU in the load: server %vs (%v µs per notification), tool %vs",
+			r.ServerCPUSeconds, r.ServerCPUPerNotifUS, r.ToolCPUSeconds)
+	}
 	// The probe ran: the two costs every machine has (the wake round trips
 	// need two CPUs).
 	if r.Probe == nil || r.Probe.SyscallNS <= 0 || r.Probe.FdatasyncUS <= 0 {

@@ -39,8 +39,12 @@ type comparePoint struct {
 	BytesPerConn float64 // idle RSS per connection
 	NotifBytes   float64 // a notification's size as received
 	StormSeconds float64
-	Errors       int   // over all rounds
-	Undelivered  int64 // notifications that did not arrive, over all rounds
+	// CPU in the load, µs per notification received and cores: zero for
+	// runs from before the tool measured it.
+	ServerCPUUS, ToolCPUUS float64
+	ServerCores, ToolCores float64
+	Errors                 int   // over all rounds
+	Undelivered            int64 // notifications that did not arrive, over all rounds
 }
 
 func runCompareReport(args []string) error {
@@ -63,6 +67,10 @@ func runCompareReport(args []string) error {
 		return err
 	}
 	if err := writeCompareTable(f, points); err != nil {
+		f.Close()
+		return err
+	}
+	if err := writeCPUTable(f, points); err != nil {
 		f.Close()
 		return err
 	}
@@ -133,6 +141,10 @@ func summarize(runs []Results) []comparePoint {
 		p.BytesPerConn = pick(func(r Results) float64 { return r.BytesPerConn })
 		p.NotifBytes = pick(func(r Results) float64 { return r.NotificationBytes })
 		p.StormSeconds = pick(func(r Results) float64 { return r.StormSeconds })
+		p.ServerCPUUS = pick(func(r Results) float64 { return r.ServerCPUPerNotifUS })
+		p.ToolCPUUS = pick(func(r Results) float64 { return r.ToolCPUPerNotifUS })
+		p.ServerCores = pick(func(r Results) float64 { return cores(r.ServerCPUSeconds, r.LoadSeconds) })
+		p.ToolCores = pick(func(r Results) float64 { return cores(r.ToolCPUSeconds, r.LoadSeconds) })
 		for _, r := range rs {
 			p.Errors += r.Errors
 			// Every device of the writer's user, the writer's included,
@@ -198,6 +210,36 @@ func writeCompareTable(w io.Writer, points []comparePoint) error {
 	}
 	_, err := fmt.Fprintln(w, "\nundelivered and errors: totals over the rounds; every other column: the median of the rounds.")
 	return err
+}
+
+// cores is CPU seconds over a span of wall time.
+func cores(cpuSeconds, wallSeconds float64) float64 {
+	if wallSeconds <= 0 {
+		return 0
+	}
+	return cpuSeconds / wallSeconds
+}
+
+// writeCPUTable says what the load cost each side in CPU: what a server
+// spends per notification is what bounds it once the cores are shared
+// with the load tool. Runs from before the tool measured it add nothing.
+func writeCPUTable(w io.Writer, points []comparePoint) error {
+	if !slices.ContainsFunc(points, func(p comparePoint) bool { return p.ServerCPUUS > 0 }) {
+		return nil
+	}
+	fmt.Fprintln(w, "\nCPU during the load (the server's `process_cpu_seconds_total`, the load tool's workers' `getrusage`), medians of the rounds:")
+	fmt.Fprintln(w, "\n| writes/s asked | server | server µs per notification | server cores | load tool µs per notification | load tool cores |")
+	fmt.Fprintln(w, "|---:|---|---:|---:|---:|---:|")
+	for _, p := range points {
+		if p.ServerCPUUS == 0 {
+			continue
+		}
+		if _, err := fmt.Fprintf(w, "| %s | %s | %.1f | %.2f | %.1f | %.2f |\n", thousands(p.Rate), p.Server,
+			p.ServerCPUUS, p.ServerCores, p.ToolCPUUS, p.ToolCores); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // writeProbeSummary says what the machine probe read before the runs

@@ -20,6 +20,7 @@ func fakeRun(server string, rate float64, round int) Results {
 		WritesSent: int64(rate) * 10, Notifications: int64(rate) * 10 * 5,
 		NotificationsPS: rate*5 - k, LatencyP50MS: k, LatencyP99MS: 10 * k,
 		BytesPerConn: 1000 * k, NotificationBytes: 150, StormSeconds: k / 10,
+		LoadSeconds: 10, ServerCPUSeconds: 5 * k, ServerCPUPerNotifUS: 10 * k, ToolCPUSeconds: 2 * k, ToolCPUPerNotifUS: 4 * k,
 	}
 	if server == serverKronos {
 		r.WSShare = 0.5
@@ -57,7 +58,7 @@ func TestCompareReport(t *testing.T) {
 	}
 	var rows []string
 	for _, line := range strings.Split(string(table), "\n") {
-		if strings.HasPrefix(line, "| ") && line[2] >= '0' && line[2] <= '9' { // the rates' rows, not the probe's
+		if strings.HasPrefix(line, "| ") && line[2] >= '0' && line[2] <= '9' && strings.Count(line, "|") == 13 { // the main table's rows
 			rows = append(rows, line)
 		}
 	}
@@ -73,6 +74,12 @@ func TestCompareReport(t *testing.T) {
 	}
 	if !strings.HasPrefix(string(table), "Medians of 3 round(s); 50 connections (5 devices per user).") {
 		t.Fatalf("table header:\n%s", table)
+	}
+	// CPU in the load: the median round's, per notification and in cores.
+	for _, row := range []string{"| 200 | kronos | 20.0 | 1.00 | 8.0 | 0.40 |", "| 400 | centrifugo | 20.0 | 1.00 | 8.0 | 0.40 |"} {
+		if !strings.Contains(string(table), row) {
+			t.Fatalf("table:\n%s\nwant the CPU row %s", table, row)
+		}
 	}
 	// The probe's line per server: the median round's figures, then the range.
 	for _, server := range []string{serverKronos, serverCentrifugo} {

@@ -52,10 +52,19 @@ type Results struct {
 	// the JSON message, without WebSocket framing or the raw stream's
 	// newline.
 	NotificationBytes float64 `json:"notification_bytes_mean"`
-	StormSeconds      float64 `json:"reconnect_storm_seconds,omitempty"`
-	StormReconnected  int     `json:"reconnect_storm_connections,omitempty"`
-	Errors            int     `json:"errors"`
-	FirstError        string  `json:"first_error,omitempty"`
+	// CPU used during the load phase: the server's from its
+	// process_cpu_seconds_total (both servers export the Prometheus
+	// process collector), the load tool's from its workers' getrusage;
+	// per notification received. At saturation the two share the
+	// machine's cores, so what one spends the other cannot.
+	ServerCPUSeconds    float64 `json:"server_cpu_seconds_in_load,omitempty"`
+	ServerCPUPerNotifUS float64 `json:"server_cpu_us_per_notification,omitempty"`
+	ToolCPUSeconds      float64 `json:"tool_cpu_seconds_in_load,omitempty"`
+	ToolCPUPerNotifUS   float64 `json:"tool_cpu_us_per_notification,omitempty"`
+	StormSeconds        float64 `json:"reconnect_storm_seconds,omitempty"`
+	StormReconnected    int     `json:"reconnect_storm_connections,omitempty"`
+	Errors              int     `json:"errors"`
+	FirstError          string  `json:"first_error,omitempty"`
 
 	hist *Hist
 }
@@ -69,6 +78,10 @@ func (r *Results) summary() string {
 	fmt.Fprintf(&b, "  load: %d writes -> %d notifications in %.1fs = %.0f/s; latency p50 %.2fms p90 %.2fms p99 %.2fms max %.2fms\n",
 		r.WritesSent, r.Notifications, r.LoadSeconds, r.NotificationsPS, r.LatencyP50MS, r.LatencyP90MS, r.LatencyP99MS, r.LatencyMaxMS)
 	fmt.Fprintf(&b, "  a notification as received: %.0f bytes on average\n", r.NotificationBytes)
+	if r.ServerCPUSeconds > 0 {
+		fmt.Fprintf(&b, "  CPU in the load: server %.2fs (%.1f µs per notification), load tool %.2fs (%.1f µs)\n",
+			r.ServerCPUSeconds, r.ServerCPUPerNotifUS, r.ToolCPUSeconds, r.ToolCPUPerNotifUS)
+	}
 	if r.Probe != nil {
 		fmt.Fprintf(&b, "  machine before the run: %v\n", r.Probe)
 	}
@@ -188,6 +201,10 @@ func run(o options) (*Results, error) {
 	// Load: writes spread over the workers; every device of the writing
 	// user receives the notification.
 	fmt.Fprintf(os.Stderr, "load: %.0f writes/s for %v\n", o.rate, o.duration)
+	cpuBefore, err := serverCPU(o.admin)
+	if err != nil {
+		return nil, err
+	}
 	loadStart := time.Now()
 	replies, err := all(children, func(c *child) command {
 		return command{Cmd: "load", Rate: o.rate * float64(c.conns) / float64(res.Conns), Duration: o.duration}
@@ -197,10 +214,16 @@ func run(o options) (*Results, error) {
 	}
 	res.addErrors(replies)
 	res.hist = NewHist()
+	cpuAfter, err := serverCPU(o.admin)
+	if err != nil {
+		return nil, err
+	}
+	res.ServerCPUSeconds = cpuAfter - cpuBefore
 	var size int64
 	for _, rep := range replies {
 		res.WritesSent += rep.Sent
 		res.Notifications += rep.Received
+		res.ToolCPUSeconds += rep.CPUSeconds
 		size += rep.Bytes
 		if rep.Hist != nil {
 			res.hist.Merge(rep.Hist)
@@ -224,6 +247,8 @@ func run(o options) (*Results, error) {
 	res.LatencySamples = res.hist.Count
 	if res.Notifications > 0 {
 		res.NotificationBytes = float64(size) / float64(res.Notifications)
+		res.ServerCPUPerNotifUS = res.ServerCPUSeconds / float64(res.Notifications) * 1e6
+		res.ToolCPUPerNotifUS = res.ToolCPUSeconds / float64(res.Notifications) * 1e6
 	}
 
 	if o.storm {

@@ -44,6 +44,20 @@ func sampleOf(m metricValues) serverSample {
 	}
 }
 
+// serverCPU is the CPU time the server's process has used, from the
+// Prometheus process collector.
+func serverCPU(admin string) (float64, error) {
+	m, err := scrapeAll(admin)
+	if err != nil {
+		return 0, err
+	}
+	v, ok := m["process_cpu_seconds_total"]
+	if !ok {
+		return 0, fmt.Errorf("%s/metrics has no process_cpu_seconds_total", admin)
+	}
+	return v, nil
+}
+
 // metricValues is a scrape: each series, as name{labels} the way the
 // server writes it, and its value.
 type metricValues map[string]float64

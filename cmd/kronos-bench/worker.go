@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/kronos-sync/kronos-server/node/client"
@@ -43,6 +44,9 @@ type reply struct {
 	Windows  []*Hist `json:"windows,omitempty"` // load with a window
 	StormMS  float64 `json:"storm_ms,omitempty"`
 	Pollers  int     `json:"pollers,omitempty"` // connect: the worker's epoll pollers, one per P
+	// CPUSeconds is the worker's CPU time (user and system) during the
+	// command: load only.
+	CPUSeconds float64 `json:"cpu_seconds,omitempty"`
 }
 
 type workerConfig struct {
@@ -180,7 +184,9 @@ func (w *worker) serve(in io.Reader, out io.Writer) error {
 			w.histMu.Lock()
 			w.window, w.windows = cmd.Window, nil
 			w.histMu.Unlock()
+			cpu := processCPUSeconds()
 			r.Sent, r.Received, r.Bytes, r.Hist = w.load(cmd.Rate, cmd.Duration)
+			r.CPUSeconds = processCPUSeconds() - cpu
 			w.histMu.Lock()
 			r.Windows, w.window = w.windows, 0
 			w.histMu.Unlock()
@@ -408,4 +414,14 @@ func (w *worker) closeAll() {
 			l.close()
 		}
 	}
+}
+
+// processCPUSeconds is the CPU time, user and system, this process has
+// used so far.
+func processCPUSeconds() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }
