@@ -11,14 +11,23 @@ import (
 
 // fanout is the feed's Sink: it hands committed changes to the sessions of
 // their users. Fan-out is mostly socket writes, which on a busy node take
-// more than one core, so changes are spread over one goroutine per P by
-// user: each user's changes always go through the same goroutine, in the
-// order the feed gave them. The feed waits only while a bounded queue is
-// full.
+// more than one core, so changes are spread over a few goroutines (shards)
+// by user: each user's changes always go through the same goroutine, in
+// the order the feed gave them. The feed waits only while a bounded queue
+// is full.
+//
+// There are fewer shards than Ps (half, by default: Options.FanoutShards),
+// because a shard with a backlog writes without pause and holds its P. With
+// one shard per P, a node short of CPU left its read workers waiting for a
+// P: the input waited unread in the sockets, where nothing merges it,
+// instead of in the shards' queues, where a round merges what waits for
+// one connection into one writev (docs/benchmarks.md, "Fewer fan-out
+// shards than Ps").
 type fanout struct {
 	seed    maphash.Seed
 	shards  []chan []feed.Change
 	deliver func([]feed.Change, *conn.Batch)
+	flush   func(*conn.Batch) // writes a round's batch: (*conn.Batch).Flush, but in tests
 	wg      sync.WaitGroup
 
 	// closing guards the queues: a feed goroutine that outlives the node's
@@ -31,8 +40,12 @@ type fanout struct {
 // fanoutQueue bounds the batches waiting for each shard.
 const fanoutQueue = 1024
 
-func newFanout(deliver func([]feed.Change, *conn.Batch)) *fanout {
-	f := &fanout{seed: maphash.MakeSeed(), shards: make([]chan []feed.Change, runtime.GOMAXPROCS(0)), deliver: deliver}
+// defaultFanoutShards is half the Ps, at least one: the rest stay free for
+// the read workers and the commit loop.
+func defaultFanoutShards() int { return max(1, runtime.GOMAXPROCS(0)/2) }
+
+func newFanout(shards int, deliver func([]feed.Change, *conn.Batch)) *fanout {
+	f := &fanout{seed: maphash.MakeSeed(), shards: make([]chan []feed.Change, shards), deliver: deliver, flush: (*conn.Batch).Flush}
 	for i := range f.shards {
 		f.shards[i] = make(chan []feed.Change, fanoutQueue)
 		f.wg.Add(1)
@@ -41,21 +54,20 @@ func newFanout(deliver func([]feed.Change, *conn.Batch)) *fanout {
 	return f
 }
 
-// coalesceBatches bounds the queued batches one round takes at once.
-const coalesceBatches = 64
-
 // run delivers the shard's batches. When it has fallen behind, it takes
-// what is queued (up to coalesceBatches) in one round and writes each
-// connection's notifications together, one writev for all, which is what
-// lets a busy node catch up; when it keeps up, a round is one batch and
-// nothing waits.
+// everything queued (at most fanoutQueue batches) in one round and writes
+// each connection's notifications together, one writev for all, which is
+// what lets a busy node catch up: the longer the backlog, the more a round
+// merges. When it keeps up, a round is one batch and nothing waits. A
+// round's first notifications wait for the rest to be queued, which costs
+// microseconds each against the writev it saves.
 func (f *fanout) run(queue chan []feed.Change) {
 	defer f.wg.Done()
 	var b conn.Batch
 	for changes := range queue {
 		f.deliver(changes, &b)
 	more:
-		for range coalesceBatches - 1 {
+		for range fanoutQueue - 1 {
 			select {
 			case next, ok := <-queue:
 				if !ok {
@@ -66,8 +78,17 @@ func (f *fanout) run(queue chan []feed.Change) {
 				break more
 			}
 		}
-		b.Flush()
+		f.flush(&b)
 	}
+}
+
+// queued is the batches waiting in the shards' queues, for the metrics.
+func (f *fanout) queued() int {
+	n := 0
+	for _, q := range f.shards {
+		n += len(q)
+	}
+	return n
 }
 
 func (f *fanout) shardOf(userID string) int {

@@ -13,7 +13,7 @@ type metrics struct {
 	rebalancePaused prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer, h *hub) *metrics {
+func newMetrics(reg prometheus.Registerer, h *hub, f *fanout) *metrics {
 	m := &metrics{
 		logins: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kronos_logins_total",
@@ -46,7 +46,11 @@ func newMetrics(reg prometheus.Registerer, h *hub) *metrics {
 			Name: "kronos_users_connected",
 			Help: "Users with at least one logged-in device on this node.",
 		}, func() float64 { return float64(h.users()) })
-		reg.MustRegister(m.logins, m.requests, m.latency, m.notifications, m.rebalanced, m.rebalancePaused, users)
+		fanoutQueued := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kronos_fanout_queued_batches",
+			Help: "Committed batches of changes waiting for the fan-out to write them: a backlog the node is behind by.",
+		}, func() float64 { return float64(f.queued()) })
+		reg.MustRegister(m.logins, m.requests, m.latency, m.notifications, m.rebalanced, m.rebalancePaused, users, fanoutQueued)
 	}
 	return m
 }

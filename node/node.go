@@ -56,10 +56,19 @@ type Options struct {
 	// interval. The store's feed.Options.DeviceIdleAfter must be a few
 	// times longer: a device seen within it is never retired. Default 10m.
 	DeviceTouchInterval time.Duration
+	// FanoutShards is how many goroutines write notifications to the
+	// node's connections, each user's always through the same one.
+	// Default: half of GOMAXPROCS, at least 1, so that the read workers
+	// and the commit loop find a P free while the fan-out has a backlog.
+	FanoutShards int
 
 	Logger     zerolog.Logger
 	Registerer prometheus.Registerer // nil: metrics are not registered
 }
+
+// maxFanoutShards bounds Options.FanoutShards: each shard is a goroutine
+// and a queue of fanoutQueue batches.
+const maxFanoutShards = 256
 
 func (o *Options) setDefaults() {
 	o.Limits.SetDefaults()
@@ -84,6 +93,9 @@ func (o *Options) setDefaults() {
 	if o.DeviceTouchInterval == 0 {
 		o.DeviceTouchInterval = 10 * time.Minute
 	}
+	if o.FanoutShards == 0 {
+		o.FanoutShards = defaultFanoutShards()
+	}
 }
 
 // Validate reports every field that is neither zero (its default) nor
@@ -101,6 +113,8 @@ func (o *Options) Validate() error {
 	c.Add(o.RebalanceRate < 0, "RebalanceRate", o.RebalanceRate, "must be 0 (default 50) or more")
 	c.Add(o.NewUsersPerMinute < 0, "NewUsersPerMinute", o.NewUsersPerMinute, "must be 0 (no limit) or more")
 	c.Add(o.DeviceTouchInterval < 0, "DeviceTouchInterval", o.DeviceTouchInterval, "must be 0 (default 10m) or more")
+	c.Add(o.FanoutShards < 0 || o.FanoutShards > maxFanoutShards, "FanoutShards", o.FanoutShards,
+		fmt.Sprintf("must be 0 (default: half the Ps) or 1 to %d", maxFanoutShards))
 	return c.Err()
 }
 
@@ -148,10 +162,10 @@ func New(b feed.Backend, opts Options) (*Node, error) {
 		stop:  make(chan struct{}),
 	}
 	n.async, _ = b.Store.(feed.AsyncWriter)
-	n.metrics = newMetrics(opts.Registerer, n.hub)
+	n.fanout = newFanout(opts.FanoutShards, n.deliver)
+	n.metrics = newMetrics(opts.Registerer, n.hub, n.fanout)
 	n.answers = newAnswers()
 	n.signups = newAddrLimiter(float64(opts.NewUsersPerMinute)/60, float64(opts.NewUsersPerMinute))
-	n.fanout = newFanout(n.deliver)
 	b.Feed.Subscribe(n.fanout.publish)
 	return n, nil
 }

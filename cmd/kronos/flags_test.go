@@ -32,12 +32,12 @@ func TestFlagsFallBackToEnvironment(t *testing.T) {
 func TestBadConfigurationListsEveryProblem(t *testing.T) {
 	t.Setenv("KRONOS_WORKERS", "many")
 	_, err := parseServeFlags([]string{"--rate-limit", "-1", "--max-message-bytes", "-1", "--engine", "frob", "--device-touch-interval", "-1s",
-		"--cluster-key", "c2hvcnQ=", "--tls-required", "--memory-limit", "lots"}, &bytes.Buffer{})
+		"--cluster-key", "c2hvcnQ=", "--tls-required", "--memory-limit", "lots", "--fanout-shards", "-2"}, &bytes.Buffer{})
 	if err == nil {
 		t.Fatal("bad configuration accepted")
 	}
 	for _, want := range []string{"KRONOS_WORKERS", "--rate-limit -1", "--max-message-bytes -1", "--engine frob",
-		"--cluster-key (5 bytes)", "--device-touch-interval -1s", "--tls-required true: needs a certificate", "--memory-limit: "} {
+		"--cluster-key (5 bytes)", "--device-touch-interval -1s", "--tls-required true: needs a certificate", "--memory-limit: ", "--fanout-shards -2"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %s", err, want)
 		}
