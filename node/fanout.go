@@ -16,12 +16,11 @@ import (
 // the order the feed gave them. The feed waits only while a bounded queue
 // is full.
 //
-// There are fewer shards than Ps (half, by default: Options.FanoutShards),
-// because a shard with a backlog writes without pause and holds its P. With
-// one shard per P, a node short of CPU left its read workers waiting for a
-// P: the input waited unread in the sockets, where nothing merges it,
-// instead of in the shards' queues, where a round merges what waits for
-// one connection into one writev (docs/benchmarks.md, "Fewer fan-out
+// By default there is one shard per P (Options.FanoutShards). Fewer shards
+// deliver more at saturation: the read workers keep up, and the backlog
+// waits in the shards' queues, where a round merges it, instead of unread
+// in the sockets. Below saturation they cost latency, because fewer threads
+// write each commit's notifications (docs/benchmarks.md, "Fewer fan-out
 // shards than Ps").
 type fanout struct {
 	seed    maphash.Seed
@@ -40,9 +39,8 @@ type fanout struct {
 // fanoutQueue bounds the batches waiting for each shard.
 const fanoutQueue = 1024
 
-// defaultFanoutShards is half the Ps, at least one: the rest stay free for
-// the read workers and the commit loop.
-func defaultFanoutShards() int { return max(1, runtime.GOMAXPROCS(0)/2) }
+// defaultFanoutShards is one shard per P.
+func defaultFanoutShards() int { return runtime.GOMAXPROCS(0) }
 
 func newFanout(shards int, deliver func([]feed.Change, *conn.Batch)) *fanout {
 	f := &fanout{seed: maphash.MakeSeed(), shards: make([]chan []feed.Change, shards), deliver: deliver, flush: (*conn.Batch).Flush}

@@ -12,12 +12,11 @@ import (
 	"github.com/kronos-sync/kronos-server/feed"
 )
 
-// By default the fan-out takes half the Ps, so that the read workers and
-// the commit loop find one free while it writes a backlog.
+// By default the fan-out has one shard per P; a setting is kept.
 func TestFanoutShardsDefault(t *testing.T) {
 	base := runtime.GOMAXPROCS(0)
 	t.Cleanup(func() { runtime.GOMAXPROCS(base) })
-	for procs, want := range map[int]int{1: 1, 2: 1, 4: 2, 16: 8} {
+	for procs, want := range map[int]int{1: 1, 2: 2, 4: 4, 16: 16} {
 		runtime.GOMAXPROCS(procs)
 		var o Options
 		o.setDefaults()
