@@ -180,7 +180,7 @@ func (n *Node) Start() error {
 	n.loops.Add(1)
 	go n.touchLoop()
 	n.ready.Store(true)
-	n.log.Info().Str("addr", srv.Addr().String()).Msg("accepting clients")
+	n.log.Info().Str("addr", srv.Addr().String()).Int("fanout_shards", len(n.fanout.shards)).Msg("accepting clients")
 	return nil
 }
 

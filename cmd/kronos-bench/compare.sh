@@ -27,6 +27,7 @@ usage: compare.sh [options] [-- kronos-bench flags]
   --out DIR             results, logs, table and chart (default compare-out)
   --centrifugo PATH     use this centrifugo binary instead of installing it
   --go-install-timeout D  bound on the Centrifugo install (default 30m)
+  --kronos-flags "F ..."   more flags for kronos serve, e.g. "--fanout-shards 2"
   --kronos-memory-limit S  Kronos's --memory-limit (default 1GiB, about what
                         Centrifugo's memory engine holds at 19,000 connections)
 EOF
@@ -41,6 +42,7 @@ out=compare-out
 centrifugo=""
 install_timeout=30m
 kronos_memory=1GiB
+kronos_flags=""
 bench_extra=()
 while (($#)); do
 	case "$1" in
@@ -53,6 +55,7 @@ while (($#)); do
 	--centrifugo) centrifugo=$2; shift 2 ;;
 	--go-install-timeout) install_timeout=$2; shift 2 ;;
 	--kronos-memory-limit) kronos_memory=$2; shift 2 ;;
+	--kronos-flags) kronos_flags=$2; shift 2 ;;
 	--) shift; bench_extra=("$@"); break ;;
 	-h | --help) usage; exit 0 ;;
 	*) echo "compare.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
@@ -117,9 +120,11 @@ run_one() { # server rate round
 		--label "$server, $rate writes/s, round $round" --out "$out/runs/$name.json")
 	case $server in
 	kronos)
+		local extra=()
+		read -r -a extra <<<"$kronos_flags"
 		"$work/kronos" serve --listen "$kronos_addr" --admin-listen "$kronos_admin" \
 			--memory-limit "$kronos_memory" \
-			--store "bolt:$work/data-$name/kronos.db" >"$out/logs/$name.server.log" 2>&1 &
+			--store "bolt:$work/data-$name/kronos.db" "${extra[@]}" >"$out/logs/$name.server.log" 2>&1 &
 		server_pid=$!
 		wait_port "$kronos_addr"
 		args+=(--addr "$kronos_addr" --admin "$kronos_admin")

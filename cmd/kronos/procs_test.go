@@ -37,7 +37,7 @@ func TestProcsPolicy(t *testing.T) {
 }
 
 // The real binary runs with twice Go's default Ps unless told otherwise,
-// as its /metrics show.
+// as its /metrics show, and one fan-out shard per P.
 func TestServeSetsGOMAXPROCS(t *testing.T) {
 	procsOf := func(args ...string) (int, string) {
 		cmd := exec.Command(kronosBinary(t), append([]string{"serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
@@ -52,6 +52,10 @@ func TestServeSetsGOMAXPROCS(t *testing.T) {
 		n, err := strconv.Atoi(metricValue(t, s.admin, "go_sched_gomaxprocs_threads"))
 		if err != nil {
 			t.Fatal(err)
+		}
+		// The fan-out has one shard per P, and says so as it starts.
+		if shards, _ := s.logs.waitFor(t, "accepting clients", 5*time.Second)["fanout_shards"].(float64); int(shards) != n {
+			t.Fatalf("%d fan-out shards logged with %d Ps", int(shards), n)
 		}
 		return n, source
 	}
