@@ -4,6 +4,7 @@ import (
 	"hash/maphash"
 	"runtime"
 	"sync"
+	"time"
 
 	"github.com/kronos-sync/kronos-server/conn"
 	"github.com/kronos-sync/kronos-server/feed"
@@ -16,17 +17,20 @@ import (
 // the order the feed gave them. The feed waits only while a bounded queue
 // is full.
 //
-// By default there is one shard per P (Options.FanoutShards). Fewer shards
-// deliver more at saturation: the read workers keep up, and the backlog
-// waits in the shards' queues, where a round merges it, instead of unread
-// in the sockets. Below saturation they cost latency, because fewer threads
-// write each commit's notifications (docs/benchmarks.md, "Fewer fan-out
-// shards than Ps").
+// By default there is one shard per P (Options.FanoutShards), so that a
+// commit's notifications are written on several threads. While the node is
+// saturated, only half the shards write at once (writers.go): the read
+// workers keep up, and the backlog waits in the shards' queues, where a
+// round merges it, instead of unread in the sockets (docs/benchmarks.md,
+// "Fewer fan-out shards than Ps").
 type fanout struct {
 	seed    maphash.Seed
 	shards  []chan []feed.Change
 	deliver func([]feed.Change, *conn.Batch)
 	flush   func(*conn.Batch) // writes a round's batch: (*conn.Batch).Flush, but in tests
+	writers *writerLimit      // how many shards write at once; nil with one shard
+	stop    chan struct{}     // ends adapt
+	adapted chan struct{}     // closed when adapt has returned
 	wg      sync.WaitGroup
 
 	// closing guards the queues: a feed goroutine that outlives the node's
@@ -43,7 +47,14 @@ const fanoutQueue = 1024
 func defaultFanoutShards() int { return runtime.GOMAXPROCS(0) }
 
 func newFanout(shards int, deliver func([]feed.Change, *conn.Batch)) *fanout {
-	f := &fanout{seed: maphash.MakeSeed(), shards: make([]chan []feed.Change, shards), deliver: deliver, flush: (*conn.Batch).Flush}
+	f := &fanout{seed: maphash.MakeSeed(), shards: make([]chan []feed.Change, shards), deliver: deliver,
+		flush: (*conn.Batch).Flush, stop: make(chan struct{}), adapted: make(chan struct{})}
+	if shards > 1 {
+		f.writers = newWriterLimit(shards)
+		go f.adapt()
+	} else {
+		close(f.adapted)
+	}
 	for i := range f.shards {
 		f.shards[i] = make(chan []feed.Change, fanoutQueue)
 		f.wg.Add(1)
@@ -63,6 +74,9 @@ func (f *fanout) run(queue chan []feed.Change) {
 	defer f.wg.Done()
 	var b conn.Batch
 	for changes := range queue {
+		if f.writers != nil {
+			f.writers.acquire()
+		}
 		f.deliver(changes, &b)
 	more:
 		for range fanoutQueue - 1 {
@@ -77,7 +91,42 @@ func (f *fanout) run(queue chan []feed.Change) {
 			}
 		}
 		f.flush(&b)
+		if f.writers != nil {
+			f.writers.release()
+		}
 	}
+}
+
+// adapt limits the shards that write at once to half while the node is
+// saturated (see writers.go).
+func (f *fanout) adapt() {
+	defer close(f.adapted)
+	waits := newSchedWaits()
+	waits.window() // the first reading only sets the baseline
+	var sat saturation
+	tick := time.NewTicker(saturationWindow)
+	defer tick.Stop()
+	for {
+		select {
+		case <-f.stop:
+			return
+		case now := <-tick.C:
+			share, n := waits.window()
+			limit := len(f.shards)
+			if sat.observe(share, n, f.queued(), now) {
+				limit = max(1, limit/2)
+			}
+			f.writers.set(limit)
+		}
+	}
+}
+
+// writersLimit is how many shards may write at once now.
+func (f *fanout) writersLimit() int {
+	if f.writers == nil {
+		return len(f.shards)
+	}
+	return f.writers.current()
 }
 
 // queued is the batches waiting in the shards' queues, for the metrics.
@@ -140,6 +189,11 @@ func (f *fanout) close() {
 		return
 	}
 	f.closed = true
+	close(f.stop)
+	<-f.adapted
+	if f.writers != nil {
+		f.writers.set(len(f.shards)) // no shard waits for a turn while the queues drain
+	}
 	for _, q := range f.shards {
 		close(q)
 	}
