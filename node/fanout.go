@@ -51,14 +51,17 @@ func newFanout(shards int, deliver func([]feed.Change, *conn.Batch)) *fanout {
 		flush: (*conn.Batch).Flush, stop: make(chan struct{}), adapted: make(chan struct{})}
 	if shards > 1 {
 		f.writers = newWriterLimit(shards)
-		go f.adapt()
-	} else {
-		close(f.adapted)
 	}
 	for i := range f.shards {
 		f.shards[i] = make(chan []feed.Change, fanoutQueue)
 		f.wg.Add(1)
 		go f.run(f.shards[i])
+	}
+	// After the queues exist: adapt reads them.
+	if f.writers != nil {
+		go f.adapt()
+	} else {
+		close(f.adapted)
 	}
 	return f
 }

@@ -58,8 +58,8 @@ type Options struct {
 	DeviceTouchInterval time.Duration
 	// FanoutShards is how many goroutines write notifications to the
 	// node's connections, each user's always through the same one.
-	// Default: GOMAXPROCS. Fewer (half) deliver more at saturation, at
-	// the cost of latency below it.
+	// Default: GOMAXPROCS. While the node is saturated, half of them
+	// write at once (writers.go).
 	FanoutShards int
 
 	Logger     zerolog.Logger
