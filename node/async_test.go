@@ -70,21 +70,21 @@ func TestPipelinedRequestsAnswerInOrder(t *testing.T) {
 
 // heldWrites is the embedded store with a gate before its committer: a
 // write reaches the store only when the test opens the gate, as when the
-// committer is far behind.
+// committer is far behind. Writes reach it in the order they were queued.
 type heldWrites struct {
 	*bolt.Store
-	queued chan struct{}
-	gate   chan struct{}
+	queued  chan struct{}
+	gate    chan struct{}
+	forward chan func()
 }
 
 func (s *heldWrites) WriteAsync(_ context.Context, w *feed.Write, done func(error)) error {
 	s.queued <- struct{}{}
-	go func() {
-		<-s.gate
+	s.forward <- func() {
 		if err := s.Store.WriteAsync(context.Background(), w, done); err != nil {
 			done(err)
 		}
-	}()
+	}
 	return nil
 }
 
@@ -95,9 +95,90 @@ func startHeld(t *testing.T, opts node.Options) (*heldWrites, *nodetest.Node) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	held := &heldWrites{Store: s, queued: make(chan struct{}, 16), gate: make(chan struct{})}
+	held := &heldWrites{Store: s, queued: make(chan struct{}, 64), gate: make(chan struct{}),
+		forward: make(chan func(), 64)}
+	go func() {
+		<-held.gate
+		for f := range held.forward {
+			f()
+		}
+	}()
+	t.Cleanup(func() { close(held.forward) })
 	n := nodetest.Start(t, nodetest.Options{Node: opts, Backend: &feed.Backend{Store: held, Feed: s}})
 	return held, n
+}
+
+// A device's writes sent faster than they commit are queued together, not
+// one per commit: a read worker does not wait for a write's commit before
+// it queues the same connection's next write, so they can join one commit.
+// Their notifications keep their order.
+func TestWritesQueueWhileTheOneBeforeCommits(t *testing.T) {
+	held, n := startHeld(t, node.Options{})
+	c := loginTCP(t, n.Addr)
+	const writes = 5
+	var batch []string
+	for i := range writes {
+		batch = append(batch, fmt.Sprintf(`{"type":"create","task":{"id":%d,"desc":"t"},"version":%d}`, i+1, i+1))
+	}
+	sendRaw(t, c, strings.Join(batch, "\n"))
+	for i := range writes {
+		select {
+		case <-held.queued:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%d of %d writes queued while the first is held: the next waits for its commit", i, writes)
+		}
+	}
+	close(held.gate)
+	for i := range writes {
+		if m := expectType(t, c, "create"); fmt.Sprint(m["version"]) != fmt.Sprint(i+1) {
+			t.Fatalf("notification %d: %v", i+1, m)
+		}
+	}
+}
+
+// An answer the node gives at once (a malformed write, a read-all) waits
+// for the answers of the writes queued before it, even when the store is
+// behind: the client sees its answers in the order of its requests.
+func TestAnswersWaitForQueuedWrites(t *testing.T) {
+	held, n := startHeld(t, node.Options{})
+	c := loginTCP(t, n.Addr)
+	sendRaw(t, c, strings.Join([]string{
+		`{"type":"create","task":{"id":1,"desc":"a"},"version":2}`,
+		`{"type":"update","task":{"id":9,"desc":"missing"},"version":3}`,
+		`{"type":"update","version":4}`,
+		`{"type":"read-all"}`,
+	}, "\n"))
+	<-held.queued
+	<-held.queued
+	// Nothing is answered while the writes before are held. (A bounded
+	// wait: it cannot fail a correct node, and catches one that answers
+	// the malformed write at once.)
+	if m, err := c.Next(300 * time.Millisecond); err == nil {
+		t.Fatalf("answered %v while the writes before it were held", m)
+	}
+	close(held.gate)
+	var got []string
+	for len(got) < 4 {
+		m := next(t, c)
+		switch {
+		case !m.Success():
+			got = append(got, fmt.Sprintf("error %s %v", m.Type(), m["error"]))
+		default:
+			got = append(got, fmt.Sprintf("%s %v", m.Type(), m["version"]))
+		}
+	}
+	// The create's notification may come before or after the update's
+	// answer (they take different paths); answers keep their order.
+	var answers []string
+	for _, g := range got {
+		if !strings.HasPrefix(g, "create") {
+			answers = append(answers, g)
+		}
+	}
+	if len(answers) != 3 || !strings.HasPrefix(answers[0], "error update task 9 not found") ||
+		!strings.HasPrefix(answers[1], "error update missing task") || answers[2] != "read-all 2" {
+		t.Fatalf("answers %q, want the refused update's, the malformed update's, then read-all at version 2", answers)
+	}
 }
 
 // A write that has not committed within StoreTimeout is answered "store

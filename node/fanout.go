@@ -4,7 +4,6 @@ import (
 	"hash/maphash"
 	"runtime"
 	"sync"
-	"time"
 
 	"github.com/kronos-sync/kronos-server/conn"
 	"github.com/kronos-sync/kronos-server/feed"
@@ -18,19 +17,12 @@ import (
 // is full.
 //
 // By default there is one shard per P (Options.FanoutShards), so that a
-// commit's notifications are written on several threads. While the node is
-// saturated, only half the shards write at once (writers.go): the read
-// workers keep up, and the backlog waits in the shards' queues, where a
-// round merges it, instead of unread in the sockets (docs/benchmarks.md,
-// "Fewer fan-out shards than Ps").
+// commit's notifications are written on several threads.
 type fanout struct {
 	seed    maphash.Seed
 	shards  []chan []feed.Change
 	deliver func([]feed.Change, *conn.Batch)
 	flush   func(*conn.Batch) // writes a round's batch: (*conn.Batch).Flush, but in tests
-	writers *writerLimit      // how many shards write at once; nil with one shard
-	stop    chan struct{}     // ends adapt
-	adapted chan struct{}     // closed when adapt has returned
 	wg      sync.WaitGroup
 
 	// closing guards the queues: a feed goroutine that outlives the node's
@@ -48,20 +40,11 @@ func defaultFanoutShards() int { return runtime.GOMAXPROCS(0) }
 
 func newFanout(shards int, deliver func([]feed.Change, *conn.Batch)) *fanout {
 	f := &fanout{seed: maphash.MakeSeed(), shards: make([]chan []feed.Change, shards), deliver: deliver,
-		flush: (*conn.Batch).Flush, stop: make(chan struct{}), adapted: make(chan struct{})}
-	if shards > 1 {
-		f.writers = newWriterLimit(shards)
-	}
+		flush: (*conn.Batch).Flush}
 	for i := range f.shards {
 		f.shards[i] = make(chan []feed.Change, fanoutQueue)
 		f.wg.Add(1)
 		go f.run(f.shards[i])
-	}
-	// After the queues exist: adapt reads them.
-	if f.writers != nil {
-		go f.adapt()
-	} else {
-		close(f.adapted)
 	}
 	return f
 }
@@ -77,9 +60,6 @@ func (f *fanout) run(queue chan []feed.Change) {
 	defer f.wg.Done()
 	var b conn.Batch
 	for changes := range queue {
-		if f.writers != nil {
-			f.writers.acquire()
-		}
 		f.deliver(changes, &b)
 	more:
 		for range fanoutQueue - 1 {
@@ -94,42 +74,7 @@ func (f *fanout) run(queue chan []feed.Change) {
 			}
 		}
 		f.flush(&b)
-		if f.writers != nil {
-			f.writers.release()
-		}
 	}
-}
-
-// adapt limits the shards that write at once to half while the node is
-// saturated (see writers.go).
-func (f *fanout) adapt() {
-	defer close(f.adapted)
-	waits := newSchedWaits()
-	waits.window() // the first reading only sets the baseline
-	var sat saturation
-	tick := time.NewTicker(saturationWindow)
-	defer tick.Stop()
-	for {
-		select {
-		case <-f.stop:
-			return
-		case now := <-tick.C:
-			share, n := waits.window()
-			limit := len(f.shards)
-			if sat.observe(share, n, f.queued(), now) {
-				limit = max(1, limit/2)
-			}
-			f.writers.set(limit)
-		}
-	}
-}
-
-// writersLimit is how many shards may write at once now.
-func (f *fanout) writersLimit() int {
-	if f.writers == nil {
-		return len(f.shards)
-	}
-	return f.writers.current()
 }
 
 // queued is the batches waiting in the shards' queues, for the metrics.
@@ -192,11 +137,6 @@ func (f *fanout) close() {
 		return
 	}
 	f.closed = true
-	close(f.stop)
-	<-f.adapted
-	if f.writers != nil {
-		f.writers.set(len(f.shards)) // no shard waits for a turn while the queues drain
-	}
 	for _, q := range f.shards {
 		close(q)
 	}

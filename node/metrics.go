@@ -50,11 +50,7 @@ func newMetrics(reg prometheus.Registerer, h *hub, f *fanout) *metrics {
 			Name: "kronos_fanout_queued_batches",
 			Help: "Committed batches of changes waiting for the fan-out to write them: a backlog the node is behind by.",
 		}, func() float64 { return float64(f.queued()) })
-		fanoutWriters := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "kronos_fanout_writers_limit",
-			Help: "Fan-out shards allowed to write at once: all of them, or half while the node is saturated.",
-		}, func() float64 { return float64(f.writersLimit()) })
-		reg.MustRegister(m.logins, m.requests, m.latency, m.notifications, m.rebalanced, m.rebalancePaused, users, fanoutQueued, fanoutWriters)
+		reg.MustRegister(m.logins, m.requests, m.latency, m.notifications, m.rebalanced, m.rebalancePaused, users, fanoutQueued)
 	}
 	return m
 }

@@ -242,7 +242,6 @@ func (n *Node) OnMessage(c *conn.Conn, p []byte) {
 		s = &session{node: n, conn: c}
 		c.SetContext(s)
 	}
-	s.awaitWrite()
 	start := time.Now()
 	if typ, outcome := n.handle(s, p, start); outcome != outcomeLater {
 		n.observeRequest(typ, outcome, start)
@@ -262,6 +261,15 @@ func (n *Node) observeRequest(typ, outcome string, start time.Time) {
 	n.metrics.latency.WithLabelValues(label).Observe(time.Since(start).Seconds())
 }
 
+// isWrite: a request that changes the user's tasks.
+func isWrite(t string) bool {
+	switch t {
+	case typeWriteAll, typeCreate, typeUpdate, typeDelete:
+		return true
+	}
+	return false
+}
+
 func knownType(t string) bool {
 	switch t {
 	case typeLogin, typeReadAll, typeWriteAll, typeCreate, typeUpdate, typeDelete:
@@ -270,28 +278,35 @@ func knownType(t string) bool {
 	return false
 }
 
-// handle runs one request and returns its type and outcome label.
+// handle runs one request and returns its type and outcome label. Every
+// answer it sends waits for the answers of the session's writes in flight
+// (refuse, awaitWrites); a write joins them.
 func (n *Node) handle(s *session, p []byte, now time.Time) (string, string) {
 	req, typ, err := decodeRequest(p)
 	if err == errInvalidJSON && s.conn.Transport() == conn.TransportTCP {
 		// A raw stream that is not JSON cannot be re-synchronised.
-		s.sendError(typ, err.Error())
+		s.refuse(typ, err.Error())
 		s.conn.Close(conn.ReasonProtocolError)
 		return typ, "invalid"
 	}
 	// Bad requests count too: each costs an answer, and a WebSocket (or
 	// a raw stream of valid JSON) stays open after one.
 	if !s.allow(now) {
-		s.sendError(typ, fmt.Sprintf("rate limit exceeded: at most %g requests per second", n.opts.RateLimit))
+		s.refuse(typ, fmt.Sprintf("rate limit exceeded: at most %g requests per second", n.opts.RateLimit))
 		return typ, "rate_limited"
 	}
 	if err != nil {
-		s.sendError(typ, err.Error())
+		s.refuse(typ, err.Error())
 		return typ, "invalid"
 	}
 	if !knownType(typ) {
-		s.sendError(typ, fmt.Sprintf("unknown request type %q", typ))
+		s.refuse(typ, fmt.Sprintf("unknown request type %q", typ))
 		return typ, "invalid"
+	}
+	if isWrite(typ) {
+		s.awaitWrites(maxPipelinedWrites - 1)
+	} else {
+		s.awaitWrites(0)
 	}
 	ctx, cancel := s.storeContext()
 	defer cancel()
@@ -300,19 +315,20 @@ func (n *Node) handle(s *session, p []byte, now time.Time) (string, string) {
 		return typ, "done"
 	}
 	if !s.loggedIn {
-		s.sendError(typ, "not logged in")
+		s.refuse(typ, "not logged in")
 		return typ, "refused"
 	}
 	if err := s.checkIdentity(req); err != nil {
-		s.sendError(typ, err.Error())
+		s.refuse(typ, err.Error())
 		return typ, "refused"
 	}
 	if typ == typeReadAll {
 		s.readAll(ctx)
 		return typ, "done"
 	}
-	w := s.prepareWrite(typ, req)
-	if w == nil {
+	w, err := s.prepareWrite(typ, req)
+	if err != nil {
+		s.refuse(typ, err.Error())
 		return typ, "refused"
 	}
 	if n.async != nil {

@@ -37,9 +37,10 @@ type session struct {
 	mu      sync.Mutex
 	backlog []pending // under mu: notifications that arrived while pending
 	lastSeq uint64    // under mu: the last change this device has (login or notification)
-	// writing is held from a write's queueing on an AsyncWriter until its
-	// answer: the next request waits for it, so answers keep their order.
-	writing sync.Mutex
+	// inflight: under mu: the oldest of the writes queued on an
+	// AsyncWriter and not answered yet, linked oldest first (see
+	// writeAsync).
+	inflight *asyncWrite
 
 	active   atomic.Bool // logged in: deviceID is final
 	loggedIn bool
@@ -237,16 +238,14 @@ func (s *session) readAll(ctx context.Context) {
 	s.send(encodeReadAll(snap))
 }
 
-// prepareWrite builds the store's write for a request, or answers why the
-// request is not one.
-func (s *session) prepareWrite(typ string, req *request) *feed.Write {
+// prepareWrite builds the store's write for a request.
+func (s *session) prepareWrite(typ string, req *request) (*feed.Write, error) {
 	w, err := buildWrite(typ, req, s.node.opts.Limits)
 	if err != nil {
-		s.sendError(typ, err.Error())
-		return nil
+		return nil, err
 	}
 	w.UserID, w.DeviceID = s.userID, s.deviceID
-	return w
+	return w, nil
 }
 
 func (s *session) write(ctx context.Context, typ string, w *feed.Write) bool {
@@ -257,13 +256,28 @@ func (s *session) write(ctx context.Context, typ string, w *feed.Write) bool {
 	return true // the change reaches every device, this one too, as notifications
 }
 
+// maxPipelinedWrites bounds a session's writes in flight on an
+// AsyncWriter. A device that sends writes faster than they commit (a
+// backlog after a stall, a client that batches) has them queued together,
+// so that they join the same commit instead of holding a read worker each
+// while the one before commits (docs/benchmarks.md, "Pipelined writes").
+const maxPipelinedWrites = 16
+
 // writeAsync queues a write on a store that commits asynchronously (see
 // feed.AsyncWriter) and returns without waiting for it: the worker goes back
 // to the pool, and the committer answers (only a failure has an answer) and
-// records the request. The session's next request waits on s.writing.
+// records the request. The store commits a session's writes in the order
+// they were queued; their answers go out in that order too (finishWrite),
+// and any other answer waits for them (awaitWrites).
 func (s *session) writeAsync(ctx context.Context, typ string, w *feed.Write, start time.Time) {
 	aw := &asyncWrite{s: s, typ: typ, start: start}
-	s.writing.Lock()
+	s.mu.Lock()
+	link := &s.inflight
+	for *link != nil {
+		link = &(*link).next
+	}
+	*link = aw
+	s.mu.Unlock()
 	s.node.writes.Add(1)
 	aw.timer = time.AfterFunc(s.node.opts.StoreTimeout, aw.timedOut)
 	if err := s.node.async.WriteAsync(ctx, w, aw.committed); err != nil {
@@ -271,16 +285,43 @@ func (s *session) writeAsync(ctx context.Context, typ string, w *feed.Write, sta
 	}
 }
 
-// awaitWrite waits until the session's write in flight, if any, has been
-// answered: a connection's answers go out in the order of its requests.
-// Only the read side calls it.
-func (s *session) awaitWrite() {
-	s.writing.Lock()
-	//lint:ignore SA2001 a wait for the committer's Unlock, not a critical section
-	s.writing.Unlock()
+// awaitWrites waits until at most limit of the session's writes are in
+// flight. Only the read side calls it: with limit 0 before any answer of
+// its own, so that answers keep the order of their requests.
+func (s *session) awaitWrites(limit int) {
+	for {
+		s.mu.Lock()
+		n := 0
+		for aw := s.inflight; aw != nil; aw = aw.next {
+			n++
+		}
+		if n <= limit {
+			s.mu.Unlock()
+			return
+		}
+		// Writes are answered oldest first: once this one is, at most
+		// limit are left.
+		aw := s.inflight
+		for range n - limit - 1 {
+			aw = aw.next
+		}
+		if aw.answered == nil {
+			aw.answered = make(chan struct{})
+		}
+		answered := aw.answered
+		s.mu.Unlock()
+		<-answered
+	}
 }
 
-// asyncWrite is a write in flight on an AsyncWriter. Its answer goes out
+// refuse answers a request with an error, after the answers of the
+// session's writes in flight.
+func (s *session) refuse(typ, msg string) {
+	s.awaitWrites(0)
+	s.sendError(typ, msg)
+}
+
+// asyncWrite is a write in flight on an AsyncWriter. Its outcome is known
 // when it commits or when StoreTimeout passes, whichever comes first (as
 // with a blocking write, one that times out may still commit and be
 // notified); timer.Stop decides which.
@@ -289,25 +330,44 @@ type asyncWrite struct {
 	typ   string
 	start time.Time
 	timer *time.Timer
+
+	// Under s.mu.
+	next     *asyncWrite   // the session's next write in flight
+	err      error         // its outcome, once done
+	done     bool          // committed or timed out; answered when it is the oldest
+	answered chan struct{} // made by a waiting reader, closed once answered
 }
 
 func (aw *asyncWrite) committed(err error) {
 	if aw.timer.Stop() {
-		outcome := "ok"
-		if err != nil {
-			aw.s.storeError(aw.typ, err)
-			outcome = "refused"
-		}
-		aw.s.node.observeRequest(aw.typ, outcome, aw.start)
-		aw.s.writing.Unlock()
+		aw.s.finishWrite(aw, err)
 	}
 	aw.s.node.writes.Done()
 }
 
-func (aw *asyncWrite) timedOut() {
-	aw.s.storeError(aw.typ, context.DeadlineExceeded)
-	aw.s.node.observeRequest(aw.typ, "refused", aw.start)
-	aw.s.writing.Unlock()
+func (aw *asyncWrite) timedOut() { aw.s.finishWrite(aw, context.DeadlineExceeded) }
+
+// finishWrite records a write's outcome and answers, oldest first, every
+// write whose outcome is known and has none older still pending. The
+// committer reports a session's writes in order; a timeout can come
+// early, and then waits here for the answers of the writes before it.
+func (s *session) finishWrite(aw *asyncWrite, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	aw.done, aw.err = true, err
+	for s.inflight != nil && s.inflight.done {
+		head := s.inflight
+		s.inflight = head.next
+		outcome := "ok"
+		if head.err != nil {
+			s.storeError(head.typ, head.err)
+			outcome = "refused"
+		}
+		s.node.observeRequest(head.typ, outcome, head.start)
+		if head.answered != nil {
+			close(head.answered)
+		}
+	}
 }
 
 // storeError answers a failed store call: a refusal with its own message;
