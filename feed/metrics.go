@@ -27,7 +27,8 @@ func NewStoreMetrics(reg prometheus.Registerer, backend string) *StoreMetrics {
 			Name:        "kronos_store_commit_batch_size",
 			Help:        "Writes grouped into one durable commit.",
 			ConstLabels: prometheus.Labels{"backend": backend},
-			Buckets:     prometheus.ExponentialBuckets(1, 2, 9),
+			// 1 to 1,024: the embedded store groups up to 1,024 writes.
+			Buckets: prometheus.ExponentialBuckets(1, 2, 11),
 		}),
 	}
 	if reg != nil {

@@ -85,8 +85,10 @@ func (f *benchFixture) next() *feed.Write {
 	}
 }
 
-func (f *benchFixture) group() []*op {
-	batch := make([]*op, benchGroup)
+func (f *benchFixture) group() []*op { return f.groupOf(benchGroup) }
+
+func (f *benchFixture) groupOf(writes int) []*op {
+	batch := make([]*op, writes)
 	for i := range batch {
 		batch[i] = f.s.writeOp(f.next())
 		batch[i].done = make(chan struct{})
@@ -115,6 +117,32 @@ func BenchmarkWriteGroup(b *testing.B) {
 		checkBatch(b, batch)
 	}
 	b.ReportMetric(float64(pagesWritten(f.s.db)-pages)/float64(b.N), "pages/op")
+}
+
+// BenchmarkCommitGroupSize commits groups of several sizes, each of
+// distinct users, and reports the cost per write: a group is as large as
+// the writes that queued while the commit before it ran, up to
+// maxCommitBatch. Each write dirties about a page of its own (its user's
+// tasks), so the pages per write stay; the fsync's time per page falls as
+// more pages share it.
+func BenchmarkCommitGroupSize(b *testing.B) {
+	for _, writes := range []int{20, 140, maxCommitBatch} {
+		b.Run(fmt.Sprintf("writes=%d", writes), func(b *testing.B) {
+			f := newBenchFixture(b)
+			pages := pagesWritten(f.s.db)
+			cpu := cpuTime()
+			start := time.Now()
+			for b.Loop() {
+				batch := f.groupOf(writes)
+				f.s.commit(batch)
+				checkBatch(b, batch)
+			}
+			n := float64(b.N * writes)
+			b.ReportMetric(float64(time.Since(start).Nanoseconds())/n, "ns/write")
+			b.ReportMetric(float64(cpuTime()-cpu)/n, "cpu-ns/write")
+			b.ReportMetric(float64(pagesWritten(f.s.db)-pages)/n, "pages/write")
+		})
+	}
 }
 
 // BenchmarkWriteTx runs a group's writes in one write transaction that is
