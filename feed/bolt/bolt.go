@@ -349,7 +349,12 @@ func (s *Store) Login(ctx context.Context, userID, deviceID string, connected ..
 		sess, err = s.loginCreate(tx, userID, deviceID, connected)
 		return nil, err
 	}})
-	return sess, err
+	if err != nil {
+		// sess is not ours to read: after a timeout the committer may
+		// still be writing it.
+		return feed.Session{}, err
+	}
+	return sess, nil
 }
 
 // loginExisting is the common case, a known user and device: read-only,
