@@ -220,3 +220,98 @@ func TestShutdownWaitsForQueuedWrites(t *testing.T) {
 	}
 	close(held.gate) // the harness's own Shutdown then finds nothing in flight
 }
+
+// A write larger than the pipelining bound holds its read worker until it
+// is answered, as every write did before pipelining: the connection's next
+// write is not queued while it waits. Both are notified, in order.
+func TestLargeWriteIsNotPipelined(t *testing.T) {
+	held, n := startHeld(t, node.Options{})
+	c := loginTCP(t, n.Addr)
+	large := `{"type":"create","task":{"id":1,"desc":"` + strings.Repeat("x", 20<<10) + `"},"version":1}`
+	sendRaw(t, c, large+"\n"+`{"type":"create","task":{"id":2,"desc":"small"},"version":2}`)
+	<-held.queued
+	// A bounded wait: it cannot fail a correct node, and catches one that
+	// queues the next write at once.
+	select {
+	case <-held.queued:
+		t.Fatal("the write after a large one was queued while the large one was held")
+	case <-time.After(300 * time.Millisecond):
+	}
+	close(held.gate)
+	for i := range 2 {
+		if m := expectType(t, c, "create"); fmt.Sprint(m["version"]) != fmt.Sprint(i+1) {
+			t.Fatalf("notification %d: %v", i+1, m)
+		}
+	}
+}
+
+// A WebSocket message over the size limit is answered after the writes
+// queued before it, like any other answer.
+func TestFramingErrorWaitsForQueuedWrites(t *testing.T) {
+	opts := node.Options{}
+	opts.Conn.MaxMessageBytes = 1 << 10
+	held, n := startHeld(t, opts)
+	c, err := client.Dial(context.Background(), client.WebSocket, n.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if _, err := c.Login("", "", wait); err != nil {
+		t.Fatal(err)
+	}
+	sendRaw(t, c, `{"type":"update","task":{"id":9,"desc":"missing"},"version":3}`)
+	sendRaw(t, c, `{"type":"create","task":{"id":1,"desc":"`+strings.Repeat("x", 2000)+`"}}`)
+	<-held.queued
+	if m, err := c.Next(300 * time.Millisecond); err == nil {
+		t.Fatalf("answered %v while the write before it was held", m)
+	}
+	close(held.gate)
+	expectError(t, c, "update", "task 9 not found")
+	expectError(t, c, "", "message exceeds 1024 bytes")
+}
+
+// A write that waited for room among its connection's writes in flight is
+// dropped if the connection closed meanwhile (here a takeover by the same
+// device): it was never answered, and applying it would put it behind the
+// writes of the connection that took over.
+func TestWriteWaitingPastItsConnectionIsDropped(t *testing.T) {
+	held, n := startHeld(t, node.Options{})
+	old, err := client.Dial(context.Background(), client.TCP, n.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { old.Close() })
+	m, err := old.Login("", "", wait)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const inFlight = 16 // maxPipelinedWrites
+	var batch []string
+	for i := range inFlight + 1 {
+		batch = append(batch, fmt.Sprintf(`{"type":"create","task":{"id":%d,"desc":"old"},"version":%d}`, i+1, i+1))
+	}
+	sendRaw(t, old, strings.Join(batch, "\n"))
+	for range inFlight {
+		<-held.queued
+	}
+	// The 17th waits in its worker. The same device logs in again.
+	c, err := client.Dial(context.Background(), client.TCP, n.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if _, err := c.Login(m.Str("user_id"), m.Str("device_id"), wait); err != nil {
+		t.Fatal(err)
+	}
+	expectClosed(t, old)
+	close(held.gate)
+	for i := range inFlight {
+		if m := expectType(t, c, "create"); fmt.Sprint(m["version"]) != fmt.Sprint(i+1) {
+			t.Fatalf("notification %d: %v", i+1, m)
+		}
+	}
+	send(t, c, map[string]any{"type": "read-all"})
+	if m := expectType(t, c, "read-all"); fmt.Sprint(m["version"]) != fmt.Sprint(inFlight) {
+		t.Fatalf("read-all after the takeover: version %v, want %d (the waiting write applied after its connection closed?)", m["version"], inFlight)
+	}
+}

@@ -58,8 +58,7 @@ type Options struct {
 	DeviceTouchInterval time.Duration
 	// FanoutShards is how many goroutines write notifications to the
 	// node's connections, each user's always through the same one.
-	// Default: GOMAXPROCS. While the node is saturated, half of them
-	// write at once (writers.go).
+	// Default: GOMAXPROCS.
 	FanoutShards int
 
 	Logger     zerolog.Logger
@@ -308,6 +307,12 @@ func (n *Node) handle(s *session, p []byte, now time.Time) (string, string) {
 	} else {
 		s.awaitWrites(0)
 	}
+	if s.conn.Closing() {
+		// Closed while it waited (a takeover, a drain): the request is
+		// dropped as if it had not been read, so that it cannot land
+		// behind the requests of the connection that took over.
+		return typ, "closed"
+	}
 	ctx, cancel := s.storeContext()
 	defer cancel()
 	if typ == typeLogin {
@@ -333,6 +338,11 @@ func (n *Node) handle(s *session, p []byte, now time.Time) (string, string) {
 	}
 	if n.async != nil {
 		s.writeAsync(ctx, typ, w, now)
+		if writeBytes(w) > maxPipelinedWriteBytes {
+			// A large write holds its worker until it is answered, so that
+			// the workers bound how many wait in memory at once.
+			s.awaitWrites(0)
+		}
 		return typ, outcomeLater
 	}
 	if !s.write(ctx, typ, w) {
@@ -341,9 +351,23 @@ func (n *Node) handle(s *session, p []byte, now time.Time) (string, string) {
 	return typ, "ok"
 }
 
-// OnFramingError answers input that broke the framing.
+// OnFramingError answers input that broke the framing. From the read
+// side, the answer waits for those of the writes before it, as any other
+// answer does; the timeout sweeper and the input budget's cut do not wait
+// for one connection's commits (they serve every connection, and the
+// connection closes after their answer).
 func (n *Node) OnFramingError(c *conn.Conn, err error) {
+	if s, ok := c.Context().(*session); ok && !offReadSide(err) {
+		s.awaitWrites(0)
+	}
 	c.Send(encodeError("", err.Error()))
+}
+
+// offReadSide reports a framing error that conn reports from another
+// goroutine than the connection's read side.
+func offReadSide(err error) bool {
+	return errors.Is(err, conn.ErrLoginTimeout) || errors.Is(err, conn.ErrIncompleteTimeout) ||
+		errors.Is(err, conn.ErrInputBudget)
 }
 
 // OnClose forgets the connection's session.

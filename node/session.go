@@ -263,6 +263,22 @@ func (s *session) write(ctx context.Context, typ string, w *feed.Write) bool {
 // while the one before commits (docs/benchmarks.md, "Pipelined writes").
 const maxPipelinedWrites = 16
 
+// maxPipelinedWriteBytes: a larger write (a big write-all) is not
+// pipelined; it holds its read worker until it is answered, as every write
+// did before pipelining, so that the pool's workers bound how many such
+// writes the node holds at once. Kronos tasks are small; up to this size
+// the commit queue bounds the memory of writes waiting (1,024 of them).
+const maxPipelinedWriteBytes = 16 << 10
+
+// writeBytes is about what a write holds in memory until it commits.
+func writeBytes(w *feed.Write) int {
+	n := len(w.Task) + len(w.Version)
+	for _, t := range w.Tasks {
+		n += len(t.Raw)
+	}
+	return n
+}
+
 // writeAsync queues a write on a store that commits asynchronously (see
 // feed.AsyncWriter) and returns without waiting for it: the worker goes back
 // to the pool, and the committer answers (only a failure has an answer) and

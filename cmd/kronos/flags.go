@@ -131,7 +131,7 @@ func parseServeFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&o.NewUsersPerMinute, "new-users-per-minute", 0, "users one client address may create per minute (0: no limit)")
 	fs.BoolVar(&o.AdminPprof, "admin-pprof", false, "serve /debug/pprof on the admin port")
 	memoryLimit := fs.String("memory-limit", "0", "memory the node may use, e.g. 2GiB: the garbage collector lets the heap grow to half of it between collections and treats it as a soft ceiling (0: 80% of the container's cgroup limit, if any; negative: Go's defaults)")
-	fs.IntVar(&o.FanoutShards, "fanout-shards", 0, "goroutines that write notifications, each user's through one (0: one per P; while the node is saturated half of them write at once)")
+	fs.IntVar(&o.FanoutShards, "fanout-shards", 0, "goroutines that write notifications, each user's through one (0: one per P)")
 	fs.IntVar(&cfg.gomaxprocs, "gomaxprocs", 0, "Ps running Go code (GOMAXPROCS; the GOMAXPROCS environment variable wins): 0 twice the CPUs the node may use, so that goroutines blocked in system calls leave room for the rest; negative: Go's default, one per CPU")
 	fs.StringVar(&o.Conn.TLSCertFile, "tls-cert", "", "TLS on the client port: certificate chain (PEM), reloaded when the file changes; plain connections stay allowed unless --tls-required")
 	fs.StringVar(&o.Conn.TLSKeyFile, "tls-key", "", "TLS on the client port: private key (PEM), reloaded with --tls-cert")
