@@ -357,13 +357,11 @@ func (n *Node) handle(s *session, p []byte, now time.Time) (string, string) {
 // for one connection's commits (they serve every connection, and the
 // connection closes after their answer).
 func (n *Node) OnFramingError(c *conn.Conn, err error) {
-	if offReadSide(err) {
-		// Not the read side: the Conn's context is not ours to read here.
-		c.Send(encodeError("", err.Error()))
-		return
-	}
-	if s, ok := c.Context().(*session); ok {
-		s.awaitWrites(0)
+	// Off the read side, the Conn's context is not ours to read.
+	if !offReadSide(err) {
+		if s, ok := c.Context().(*session); ok {
+			s.awaitWrites(0)
+		}
 	}
 	c.Send(encodeError("", err.Error()))
 }
