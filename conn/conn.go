@@ -71,6 +71,10 @@ type Conn struct {
 	reason     atomic.Uint32 // CloseReason; the first one set wins (markClosing)
 	readState  atomic.Int32  // readState; epoll engine only
 	identified atomic.Bool   // the handler said the peer identified itself (SetIdentified)
+	// hungUp: the poller saw the peer close or the socket fail, so a read
+	// that fills less than its buffer no longer ends the read turn: no new
+	// edge would come for the end of the stream (epoll engine only).
+	hungUp atomic.Bool
 
 	state     connState // under mu
 	inBatch   bool      // under mu: queued by a Batch that has not flushed yet

@@ -124,6 +124,9 @@ func (e *epollEngine) loop() {
 			c.onWritable()
 		}
 		if events&readEvents != 0 {
+			if events&hangupEvents != 0 {
+				c.hungUp.Store(true)
+			}
 			if ts := c.tls.Load(); ts != nil && ts.handshaking.Load() {
 				ts.signal()
 			}

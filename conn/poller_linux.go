@@ -20,6 +20,8 @@ type poller struct {
 const (
 	connEvents = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
 	readEvents = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLHUP | unix.EPOLLERR
+	// hangupEvents: the peer closed, or the socket failed.
+	hangupEvents = unix.EPOLLRDHUP | unix.EPOLLHUP | unix.EPOLLERR
 )
 
 func newPoller() (*poller, error) {

@@ -17,7 +17,7 @@ func nowNano() int64 { return time.Now().UnixNano() }
 type readStatus uint8
 
 const (
-	readDrained   readStatus = iota // EAGAIN: the kernel buffer is empty
+	readDrained   readStatus = iota // the kernel buffer is empty (EAGAIN, or a read short of the buffer)
 	readBusy                        // more may be waiting; yield the worker
 	readClosed                      // EOF or error: tear down
 	readHandedOff                   // TLS starts: the handshake goroutine owns the read side now
@@ -56,6 +56,13 @@ func (c *Conn) readAvailable(buf []byte) readStatus {
 			c.onData(buf[:n])
 			if c.tlsHandoff {
 				return readHandedOff
+			}
+			if n < len(buf) && !c.hungUp.Load() {
+				// The socket held less than the buffer: it is empty now,
+				// and input arriving after this read raises a new edge
+				// (scheduleRead then has the owner read again). Reading on
+				// to EAGAIN would cost a system call per request.
+				return readDrained
 			}
 			continue
 		}
