@@ -55,8 +55,10 @@ type Store interface {
 type AsyncWriter interface {
 	// WriteAsync queues w, waiting at most until ctx ends for room. If it
 	// returns nil, done is called exactly once, with what Write would have
-	// returned, after the write's changes have reached the Sink (and from
-	// a goroutine that must not be held up: done must not block). If it
+	// returned, once the write is durable and before its changes reach
+	// the Sink, as Write returns before they do: a writer knows how each
+	// of its writes ended before their notifications come (done runs on a
+	// goroutine that must not be held up: it must not block). If it
 	// returns an error, w was not queued and done is never called.
 	WriteAsync(ctx context.Context, w *Write, done func(error)) error
 }
@@ -195,6 +197,13 @@ type Write struct {
 	// TaskIndex, when not empty, names the task to delete by its stored
 	// "index" field instead of TaskID (older clients).
 	TaskIndex string
+
+	// Seq is set by the store when the write succeeds (before Write
+	// returns, or before WriteAsync's done runs): the Seq of its last
+	// change, 0 when it changed no task. The node holds the writing
+	// device's next answers until that change's notification has gone to
+	// it, so that answers and its own notifications keep request order.
+	Seq uint64
 }
 
 // SeenStale reports whether a device last seen at seen should be stamped

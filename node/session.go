@@ -99,10 +99,16 @@ func (s *session) sendNewLocked(seq uint64, payload []byte, b *conn.Batch) bool 
 		return false
 	}
 	s.lastSeq = seq
+	var sent bool
 	if b == nil {
-		return s.conn.Send(payload)
+		sent = s.conn.Send(payload)
+	} else {
+		sent = s.conn.SendBatched(payload, b)
 	}
-	return s.conn.SendBatched(payload, b)
+	if s.inflight != nil {
+		s.answerLocked() // answers that waited for this device's own change
+	}
+	return sent
 }
 
 // answer sends the login answer, which reflects the store up to seq, then
@@ -253,7 +259,35 @@ func (s *session) write(ctx context.Context, typ string, w *feed.Write) bool {
 		s.storeError(typ, err)
 		return false
 	}
-	return true // the change reaches every device, this one too, as notifications
+	// The change reaches every device, this one too, as notifications
+	// from the feed; this device's next answers wait for it.
+	s.awaitNotification(w.Seq)
+	return true
+}
+
+// awaitNotification holds the session's next answers until the
+// notification of its change seq has gone to this device: a write's only
+// answer is that notification, and a later answer (a refusal, a read-all)
+// must not overtake it. A blocking write's request is counted already.
+func (s *session) awaitNotification(seq uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if seq <= s.lastSeq || s.conn.Closing() {
+		return
+	}
+	aw := &asyncWrite{s: s, done: true, seq: seq, counted: true}
+	s.appendInflightLocked(aw)
+	aw.timer = time.AfterFunc(s.node.opts.StoreTimeout, aw.timedOut)
+}
+
+// appendInflightLocked links aw behind the session's writes in flight.
+// s.mu must be held.
+func (s *session) appendInflightLocked(aw *asyncWrite) {
+	link := &s.inflight
+	for *link != nil {
+		link = &(*link).next
+	}
+	*link = aw
 }
 
 // maxPipelinedWrites bounds a session's writes in flight on an
@@ -281,21 +315,20 @@ func writeBytes(w *feed.Write) int {
 
 // writeAsync queues a write on a store that commits asynchronously (see
 // feed.AsyncWriter) and returns without waiting for it: the worker goes back
-// to the pool, and the committer answers (only a failure has an answer) and
-// records the request. The store commits a session's writes in the order
-// they were queued; their answers go out in that order too (finishWrite),
-// and any other answer waits for them (awaitWrites).
+// to the pool, and the committer answers (a failure with an error; a
+// success with the notification of its change, which this device gets as
+// every other device does) and records the request. The store commits a
+// session's writes in the order they were queued; their answers go out in
+// that order too (finishWrite, answerLocked), and any other answer waits
+// for them (awaitWrites).
 func (s *session) writeAsync(ctx context.Context, typ string, w *feed.Write, start time.Time) {
-	aw := &asyncWrite{s: s, typ: typ, start: start}
-	s.mu.Lock()
-	link := &s.inflight
-	for *link != nil {
-		link = &(*link).next
-	}
-	*link = aw
-	s.mu.Unlock()
+	aw := &asyncWrite{s: s, w: w, typ: typ, start: start}
 	s.node.writes.Add(1)
+	s.mu.Lock()
+	s.appendInflightLocked(aw)
+	// Set under mu: timedOut, which takes mu, may run before this returns.
 	aw.timer = time.AfterFunc(s.node.opts.StoreTimeout, aw.timedOut)
+	s.mu.Unlock()
 	if err := s.node.async.WriteAsync(ctx, w, aw.committed); err != nil {
 		aw.committed(err)
 	}
@@ -337,49 +370,82 @@ func (s *session) refuse(typ, msg string) {
 	s.sendError(typ, msg)
 }
 
-// asyncWrite is a write in flight on an AsyncWriter. Its outcome is known
+// asyncWrite is a write in flight on an AsyncWriter, or a committed write
+// whose notification has not reached its device yet. Its outcome is known
 // when it commits or when StoreTimeout passes, whichever comes first (as
 // with a blocking write, one that times out may still commit and be
-// notified); timer.Stop decides which.
+// notified); timer.Stop decides which. Once committed, the same timer
+// bounds the wait for its notification.
 type asyncWrite struct {
 	s     *session
+	w     *feed.Write // until it commits, which sets w.Seq
 	typ   string
 	start time.Time
 	timer *time.Timer
 
 	// Under s.mu.
-	next     *asyncWrite   // the session's next write in flight
-	err      error         // its outcome, once done
-	done     bool          // committed or timed out; answered when it is the oldest
+	next *asyncWrite // the session's next write in flight
+	err  error       // its outcome, once done
+	done bool        // committed or timed out; answered when it is the oldest
+	// seq: committed, and the notification of its change seq has not gone
+	// to this device yet; 0 once it has (or it changed nothing).
+	seq      uint64
+	counted  bool          // its request was counted already (a blocking write)
 	answered chan struct{} // made by a waiting reader, closed once answered
 }
 
 func (aw *asyncWrite) committed(err error) {
 	if aw.timer.Stop() {
-		aw.s.finishWrite(aw, err)
+		aw.s.finishWrite(aw, err, aw.w.Seq)
 	}
+	aw.w = nil
 	aw.s.node.writes.Done()
 }
 
-func (aw *asyncWrite) timedOut() { aw.s.finishWrite(aw, context.DeadlineExceeded) }
+func (aw *asyncWrite) timedOut() {
+	s := aw.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if aw.done {
+		// Committed, but its notification did not reach this device in
+		// StoreTimeout (a feed far behind): what follows goes out anyway.
+		aw.seq = 0
+	} else {
+		aw.done, aw.err = true, context.DeadlineExceeded
+	}
+	s.answerLocked()
+}
 
-// finishWrite records a write's outcome and answers, oldest first, every
-// write whose outcome is known and has none older still pending. The
-// committer reports a session's writes in order; a timeout can come
-// early, and then waits here for the answers of the writes before it.
-func (s *session) finishWrite(aw *asyncWrite, err error) {
+// finishWrite records a write's outcome: a committed write waits for the
+// notification of its change seq (StoreTimeout at most), which is its
+// answer. The committer reports a session's writes in order; a timeout
+// can come early, and then waits for the answers of the writes before it.
+func (s *session) finishWrite(aw *asyncWrite, err error, seq uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	aw.done, aw.err = true, err
-	for s.inflight != nil && s.inflight.done {
-		head := s.inflight
+	if err == nil && seq > s.lastSeq && !s.conn.Closing() {
+		aw.seq = seq
+		aw.timer.Reset(s.node.opts.StoreTimeout)
+	}
+	s.answerLocked()
+}
+
+// answerLocked answers, oldest first, every write whose outcome is known,
+// whose notification has gone to this device, and which has none older
+// still pending. s.mu must be held.
+func (s *session) answerLocked() {
+	for head := s.inflight; head != nil && head.done && head.seq <= s.lastSeq; head = s.inflight {
 		s.inflight = head.next
-		outcome := "ok"
-		if head.err != nil {
-			s.storeError(head.typ, head.err)
-			outcome = "refused"
+		head.timer.Stop()
+		if !head.counted {
+			outcome := "ok"
+			if head.err != nil {
+				s.storeError(head.typ, head.err)
+				outcome = "refused"
+			}
+			s.node.observeRequest(head.typ, outcome, head.start)
 		}
-		s.node.observeRequest(head.typ, outcome, head.start)
 		if head.answered != nil {
 			close(head.answered)
 		}

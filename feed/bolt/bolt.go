@@ -315,14 +315,9 @@ func (s *Store) commit(batch []*op) {
 			changes = append(changes, o.changes...)
 		}
 	}
-	if len(changes) > 0 {
-		s.sinkMu.Lock()
-		sink := s.sink
-		s.sinkMu.Unlock()
-		if sink != nil {
-			sink(changes)
-		}
-	}
+	// Outcomes first, then the changes: a writer knows how each of its
+	// writes ended before any of their notifications reaches it, so that
+	// it can answer them in order (feed.AsyncWriter).
 	for _, o := range batch {
 		if o.then == nil {
 			close(o.done)
@@ -330,6 +325,14 @@ func (s *Store) commit(batch []*op) {
 		}
 		s.metrics.Observe(o.name, o.start, o.err)
 		o.then(o.err)
+	}
+	if len(changes) > 0 {
+		s.sinkMu.Lock()
+		sink := s.sink
+		s.sinkMu.Unlock()
+		if sink != nil {
+			sink(changes)
+		}
 	}
 }
 
@@ -481,6 +484,7 @@ func (s *Store) Write(ctx context.Context, w *feed.Write) error {
 // writeOp is the committer's op for w.
 func (s *Store) writeOp(w *feed.Write) *op {
 	return &op{name: w.Kind.String(), run: func(tx *bbolt.Tx) ([]feed.Change, error) {
+		w.Seq = 0 // a run that fails after a retry leaves no number behind
 		uid := []byte(w.UserID)
 		rec, err := loadUserKey(tx, uid)
 		if err != nil {
@@ -497,6 +501,9 @@ func (s *Store) writeOp(w *feed.Write) *op {
 		for i := range changes {
 			rec.Seq++
 			changes[i].Seq = rec.Seq
+		}
+		if len(changes) > 0 {
+			w.Seq = rec.Seq
 		}
 		if w.DeviceID != "" {
 			if now := s.now(); feed.SeenStale(s.seen.lastSeen(tx, w.UserID, w.DeviceID), now, s.idle) {

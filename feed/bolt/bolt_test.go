@@ -131,15 +131,17 @@ func TestFileWithoutLastSeen(t *testing.T) {
 	}
 }
 
-// WriteAsync calls done once per write, after the write's changes reached
-// the Sink; a refused write gets its refusal and changes nothing; a closed
-// store takes no write and never calls done.
+// WriteAsync calls done once per write, once it is durable and before its
+// changes reach the Sink (a writer learns each outcome, and the Seq of its
+// change, before the notification); a refused write gets its refusal and
+// changes nothing; a closed store takes no write and never calls done.
 func TestWriteAsync(t *testing.T) {
 	s, rec, sess := openWithUser(t, filepath.Join(t.TempDir(), "kronos.db"))
 	const writes = 50
 	type outcome struct {
 		err       error
-		delivered int // changes the Sink had for the user when done ran
+		seq       uint64 // the write's Seq when done ran
+		delivered bool   // the Sink had the write's change when done ran
 	}
 	outcomes := make(chan outcome, writes+1)
 	for i := range writes {
@@ -147,13 +149,11 @@ func TestWriteAsync(t *testing.T) {
 			Task: fmt.Appendf(nil, `{"id":%d,"desc":"x"}`, i), Version: []byte(`1`)}
 		seq := uint64(i + 1)
 		err := s.WriteAsync(t.Context(), w, func(err error) {
-			delivered := 0
+			delivered := false
 			for _, c := range rec.Changes(sess.UserID) {
-				if c.Seq <= seq {
-					delivered++
-				}
+				delivered = delivered || c.Seq == seq
 			}
-			outcomes <- outcome{err, delivered}
+			outcomes <- outcome{err, w.Seq, delivered}
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -161,9 +161,12 @@ func TestWriteAsync(t *testing.T) {
 	}
 	for i := range writes {
 		o := <-outcomes
-		if o.err != nil || o.delivered != i+1 {
-			t.Fatalf("write %d: done(%v) with %d of its user's first %d changes delivered", i+1, o.err, o.delivered, i+1)
+		if o.err != nil || o.seq != uint64(i+1) || o.delivered {
+			t.Fatalf("write %d: done(%v) with Seq %d, its change delivered already: %v", i+1, o.err, o.seq, o.delivered)
 		}
+	}
+	if got := rec.Wait(t, sess.UserID, writes); got[writes-1].Seq != writes {
+		t.Fatalf("last change delivered: %+v", got[writes-1])
 	}
 	missing := &feed.Write{Kind: feed.WriteDelete, UserID: sess.UserID, TaskID: 999, Version: []byte(`2`)}
 	if err := s.WriteAsync(t.Context(), missing, func(err error) { outcomes <- outcome{err: err} }); err != nil {

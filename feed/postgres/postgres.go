@@ -446,6 +446,9 @@ func (s *Store) write(ctx context.Context, w *feed.Write) error {
 	if err := conn.SendBatch(ctx, b).Close(); err != nil {
 		return rollback(ctx, conn, err)
 	}
+	if len(changes) > 0 {
+		w.Seq = uint64(newSeq)
+	}
 	return nil
 }
 

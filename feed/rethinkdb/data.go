@@ -461,6 +461,9 @@ func (s *Store) write(ctx context.Context, w *feed.Write) error {
 	if err != nil {
 		return err
 	}
+	if rec.Last >= rec.First {
+		w.Seq = rec.Last
+	}
 	// Committed. Applying it is best effort: whoever reads or writes the
 	// user next completes it.
 	if err := s.applyRecord(ctx, rec); err != nil {

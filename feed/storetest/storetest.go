@@ -601,14 +601,23 @@ func testSeqNumbersChanges(t *testing.T, open Open) {
 	if a.Seq != 0 {
 		t.Fatalf("new user's Seq = %d, want 0", a.Seq)
 	}
-	f.mustWrite(create(a, `{"id":1}`, `1`))
-	f.mustWrite(create(b, `{"id":1}`, `1`)) // b's numbers are b's own
-	f.mustWrite(&feed.Write{Kind: feed.WriteAll, UserID: a.UserID, DeviceID: a.DeviceID, Version: raw(`2`),
-		Tasks: tasks(t, `{"id":2}`, `{"id":3}`)})
+	// Each write reports the Seq of its last change (Write.Seq), 0 when
+	// it changed nothing.
+	wantSeq := func(w *feed.Write, seq uint64) {
+		t.Helper()
+		f.mustWrite(w)
+		if w.Seq != seq {
+			t.Fatalf("%s reported Seq %d, want %d", w.Kind, w.Seq, seq)
+		}
+	}
+	wantSeq(create(a, `{"id":1}`, `1`), 1)
+	wantSeq(create(b, `{"id":1}`, `1`), 1) // b's numbers are b's own
+	wantSeq(&feed.Write{Kind: feed.WriteAll, UserID: a.UserID, DeviceID: a.DeviceID, Version: raw(`2`),
+		Tasks: tasks(t, `{"id":2}`, `{"id":3}`)}, 4)
 	err := f.write(create(a, `{"id":2}`, `3`)) // refused: takes no number
 	wantCode(t, err, feed.CodeTaskExists)
-	f.mustWrite(&feed.Write{Kind: feed.WriteAll, UserID: a.UserID, DeviceID: a.DeviceID, Version: raw(`4`),
-		Tasks: tasks(t, `{"id":2}`, `{"id":3}`)}) // no change: takes no number
+	wantSeq(&feed.Write{Kind: feed.WriteAll, UserID: a.UserID, DeviceID: a.DeviceID, Version: raw(`4`),
+		Tasks: tasks(t, `{"id":2}`, `{"id":3}`)}, 0) // no change: takes no number
 	got := f.rec.Wait(t, a.UserID, 4)
 	for i, c := range got {
 		if c.Seq != uint64(i+1) {
