@@ -256,6 +256,7 @@ func (s *session) prepareWrite(typ string, req *request) (*feed.Write, error) {
 
 func (s *session) write(ctx context.Context, typ string, w *feed.Write) bool {
 	if err := s.node.store.Write(ctx, w); err != nil {
+		s.awaitWrites(0) // after the notifications of the writes before it
 		s.storeError(typ, err)
 		return false
 	}
