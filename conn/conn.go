@@ -76,11 +76,12 @@ type Conn struct {
 	// edge would come for the end of the stream (epoll engine only).
 	hungUp atomic.Bool
 
-	state     connState // under mu
-	inBatch   bool      // under mu: queued by a Batch that has not flushed yet
-	discardIn bool      // read side: closing: read and drop whatever the peer still sends
-	proxyDone bool      // read side: the PROXY header was read (Options.ProxyProtocol)
-	ipCounted bool      // counted under MaxConnsPerIP (Server.admitAddr)
+	state      connState // under mu
+	inBatch    bool      // under mu: queued by a Batch that has not flushed yet
+	discardIn  bool      // read side: closing: read and drop whatever the peer still sends
+	proxyDone  bool      // read side: the PROXY header was read (Options.ProxyProtocol)
+	inputEnded bool      // read side: the peer's FIN came while open (peerFinished)
+	ipCounted  bool      // counted under MaxConnsPerIP (Server.admitAddr)
 	// tlsHandoff: the read side passes to the TLS handshake goroutine at
 	// the end of this read (epoll engine).
 	tlsHandoff bool

@@ -9,6 +9,11 @@ package conn
 //	  └──────────────── Abort ────────────────────┘
 //	any of them ──the read side meets EOF or an error──▶ dead
 //
+// One exception to the last line (epoll engine): the peer's FIN on an open
+// connection is a half-close. The handler queues what is still due
+// (InputEndHandler), the read side calls Close, and it tears the
+// connection down only once the state is writeShut (peerFinished).
+//
 //   - open: messages flow both ways. Any goroutine may Send, Close or Abort.
 //   - closing: a graceful close was asked (Close, or the read side after the
 //     peer's close frame, a protocol error or a refused HTTP request). Send

@@ -67,7 +67,10 @@ func (c *Conn) readAvailable(buf []byte) readStatus {
 			continue
 		}
 		switch {
-		case err == nil: // n == 0: orderly EOF
+		case err == nil: // n == 0: the peer's FIN
+			if c.peerFinished() {
+				return readDrained
+			}
 			c.markClosing(ReasonClientClosed)
 			return readClosed
 		case errors.Is(err, unix.EAGAIN):
@@ -80,6 +83,30 @@ func (c *Conn) readAvailable(buf []byte) readStatus {
 		}
 	}
 	return readBusy
+}
+
+// peerFinished handles the peer's FIN. On an open connection it is a
+// half-close: the peer has sent all it will and may still read. The
+// handler queues the answers still due (InputEndHandler), the connection
+// closes gracefully, and the read side waits while the queue drains: the
+// event that follows the write side's shutdown brings it back here. It
+// reports false when the read side should tear the connection down now:
+// the FIN came while the connection was closing for another reason, or
+// the half-close's own close has shut the write side.
+func (c *Conn) peerFinished() bool {
+	if !c.inputEnded {
+		if c.Closing() {
+			return false
+		}
+		c.inputEnded = true
+		if h, ok := c.srv.handler.(InputEndHandler); ok {
+			h.OnInputEnd(c)
+		}
+		c.Close(ReasonClientClosed)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.state < stateWriteShut
 }
 
 // testHookRead, set only by tests (before any Server starts), is called by

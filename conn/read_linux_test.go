@@ -1,8 +1,11 @@
 package conn
 
 import (
+	"bytes"
+	"context"
 	"testing"
 
+	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 )
 
@@ -37,4 +40,44 @@ func TestMessageAndCloseInOneSegment(t *testing.T) {
 			t.Fatalf("closed with %v", got.reason)
 		}
 	})
+}
+
+// endAnswer answers the end of a peer's input with one large message.
+type endAnswer struct {
+	*recorder
+	payload []byte
+}
+
+func (h endAnswer) OnInputEnd(c *Conn) { c.Send(h.payload) }
+
+// A half-close (the peer's FIN on an open connection) is not the end of the
+// conversation: what the handler queues on it, more than the socket takes
+// at once, reaches the peer before the connection closes.
+func TestHalfCloseDrainsWhatIsDue(t *testing.T) {
+	r := newRecorder()
+	h := endAnswer{r, bytes.Repeat([]byte("x"), 4<<20)}
+	s, err := Listen(Options{Listen: "127.0.0.1:0", Engine: "epoll", Logger: zerolog.Nop()}, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+		defer cancel()
+		s.Shutdown(ctx, ReasonShutdown)
+	})
+	c := dial(t, s)
+	write(t, c, []byte(`{"a":1}`))
+	if m := r.message(t); m.data != `{"a":1}` {
+		t.Fatalf("got %q", m.data)
+	}
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	got := readToEOF(t, c)
+	if len(got) != len(h.payload)+1 || !bytes.Equal(got[:len(h.payload)], h.payload) {
+		t.Fatalf("read %d bytes, want the %d-byte answer and its newline", len(got), len(h.payload))
+	}
+	if closed := r.closed(t); closed.reason != ReasonClientClosed {
+		t.Fatalf("closed with %v", closed.reason)
+	}
 }

@@ -39,6 +39,15 @@ type Handler interface {
 	OnClose(c *Conn, reason CloseReason)
 }
 
+// InputEndHandler is a Handler told when a peer has sent all it will: its
+// FIN reached an open connection (a half-close: `nc -N`, a script that
+// shuts its side after its requests, and still reads). OnInputEnd runs on
+// the read side (epoll engine), before the connection closes gracefully:
+// what it queues, or waits for, is sent before the close.
+type InputEndHandler interface {
+	OnInputEnd(c *Conn)
+}
+
 // Server owns the listener, the epoll loop, the worker pool and every Conn.
 type Server struct {
 	opts     Options

@@ -3,6 +3,7 @@ package node_test
 import (
 	"context"
 	"fmt"
+	"net"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -233,12 +234,16 @@ func TestSlowAsyncWriteTimesOut(t *testing.T) {
 
 // Shutdown waits for writes queued on the store, so that their changes are
 // delivered before the fan-out stops: with one held past its deadline it
-// says so.
+// says so. The client resets its connection: after a FIN the node would
+// keep the connection open for the write's answer (a half-close).
 func TestShutdownWaitsForQueuedWrites(t *testing.T) {
 	held, n := startHeld(t, node.Options{})
 	c := loginTCP(t, n.Addr)
 	sendRaw(t, c, `{"type":"create","task":{"id":1,"desc":"held"},"version":1}`)
 	<-held.queued
+	if tc, ok := c.Conn.(*net.TCPConn); ok {
+		tc.SetLinger(0) // close sends a reset
+	}
 	c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
