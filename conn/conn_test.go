@@ -164,8 +164,14 @@ func (r *recorder) noEvents(t *testing.T) {
 func serve(t *testing.T, engine string, opts Options) (*Server, *recorder) {
 	t.Helper()
 	r := newRecorder()
+	return serveHandler(t, engine, opts, r), r
+}
+
+// serveHandler starts a server with handler h; Shutdown runs at cleanup.
+func serveHandler(t *testing.T, engine string, opts Options, h Handler) *Server {
+	t.Helper()
 	opts.Listen, opts.Engine, opts.Logger = "127.0.0.1:0", engine, zerolog.Nop()
-	s, err := Listen(opts, r)
+	s, err := Listen(opts, h)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,7 +180,7 @@ func serve(t *testing.T, engine string, opts Options) (*Server, *recorder) {
 		defer cancel()
 		s.Shutdown(ctx, ReasonShutdown)
 	})
-	return s, r
+	return s
 }
 
 func dial(t *testing.T, s *Server) *net.TCPConn {

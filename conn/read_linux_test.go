@@ -2,10 +2,8 @@ package conn
 
 import (
 	"bytes"
-	"context"
 	"testing"
 
-	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 )
 
@@ -56,15 +54,7 @@ func (h endAnswer) OnInputEnd(c *Conn) { c.Send(h.payload) }
 func TestHalfCloseDrainsWhatIsDue(t *testing.T) {
 	r := newRecorder()
 	h := endAnswer{r, bytes.Repeat([]byte("x"), 4<<20)}
-	s, err := Listen(Options{Listen: "127.0.0.1:0", Engine: "epoll", Logger: zerolog.Nop()}, h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-		defer cancel()
-		s.Shutdown(ctx, ReasonShutdown)
-	})
+	s := serveHandler(t, "epoll", Options{}, h)
 	c := dial(t, s)
 	write(t, c, []byte(`{"a":1}`))
 	if m := r.message(t); m.data != `{"a":1}` {

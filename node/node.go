@@ -366,12 +366,12 @@ func (n *Node) OnFramingError(c *conn.Conn, err error) {
 	c.Send(encodeError("", err.Error()))
 }
 
+var _ conn.InputEndHandler = (*Node)(nil)
+
 // OnInputEnd runs when a client has sent all it will (a raw TCP
 // half-close): the answers of its writes still in flight, its own
 // notifications included, are queued before the connection closes, so
 // that a script that shuts its side after its requests reads them all.
-var _ conn.InputEndHandler = (*Node)(nil)
-
 func (n *Node) OnInputEnd(c *conn.Conn) {
 	if s, ok := c.Context().(*session); ok {
 		s.awaitWrites(0)
