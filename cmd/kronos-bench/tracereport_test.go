@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/trace"
 	"strings"
 	"testing"
@@ -29,6 +30,10 @@ func TestTraceReport(t *testing.T) {
 		t.Fatal(err)
 	}
 	const pings = 200
+	// One P: each exchange then blocks the worker once. With more, the
+	// main goroutine can send the next ping before the worker waits for it
+	// (a busy machine, CI), and that ping wakes nobody.
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
 	ping, pong := make(chan int), make(chan int)
 	go traceTestWorker(ping, pong)
 	for i := range pings {
