@@ -46,7 +46,7 @@ type session struct {
 	loggedIn bool
 	inHub    bool // in the hub: receives the user's notifications
 	watching bool // a Watch of the feed succeeded for this session
-	pending  bool // under mu: login in flight: notifications wait in backlog
+	pending  bool // under mu: a login or read-all in flight: notifications wait in backlog
 }
 
 type pending struct {
@@ -111,28 +111,41 @@ func (s *session) sendNewLocked(seq uint64, payload []byte, b *conn.Batch) bool 
 	return sent
 }
 
-// answer sends the login answer, which reflects the store up to seq, then
-// the notifications that waited for it, in order. Changes committed before
-// the login's read are in the answer's version and are not sent again.
-func (s *session) answer(seq uint64, payload []byte) {
+// answer sends a login's or a read-all's answer, which reflects the store
+// up to seq, then the notifications that waited for it (see hold), in
+// order: the answer takes its place in the device's stream at seq. Changes
+// up to seq are in the answer and are not sent again, also those whose
+// notifications are still on their way; later ones all come after it.
+// send queues the answer; it runs under s.mu.
+func (s *session) answer(seq uint64, send func()) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.lastSeq = max(s.lastSeq, seq)
-	s.conn.Send(payload)
+	send()
+	sent := 0
 	for _, p := range s.backlog {
-		s.sendNewLocked(p.seq, p.payload, nil)
+		if s.sendNewLocked(p.seq, p.payload, nil) {
+			sent++
+		}
 	}
 	s.pending, s.backlog = false, nil
+	s.node.metrics.notifications.Add(float64(sent))
 }
 
-// join puts the session in the hub, so that it receives the user's
-// notifications. Until answer is called they are held back: a change that
-// commits between the store's read and the answer is neither lost nor sent
-// before the answer.
-func (s *session) join() {
+// hold makes the notifications that reach the session wait, until answer,
+// in its backlog: the store is about to read, and a change that commits
+// between its read and the answer is neither lost nor sent before the
+// answer.
+func (s *session) hold() {
 	s.mu.Lock()
 	s.pending = true
 	s.mu.Unlock()
+}
+
+// join puts the session in the hub, so that it receives the user's
+// notifications, held back until the login's answer.
+func (s *session) join() {
+	s.hold()
 	s.node.hub.add(s)
 	s.inHub = true
 }
@@ -210,7 +223,8 @@ func (s *session) login(ctx context.Context, req *request) {
 	s.loginAt = time.Now().UnixNano()
 	s.active.Store(true)
 	s.node.takeOver(s)
-	s.answer(sess.Seq, encodeLogin(sess))
+	payload := encodeLogin(sess)
+	s.answer(sess.Seq, func() { s.conn.Send(payload) })
 	outcome := "existing"
 	if sess.NewUser {
 		outcome = "new_user"
@@ -230,18 +244,24 @@ func loginOutcome(err error) string {
 }
 
 func (s *session) readAll(ctx context.Context) {
+	// The device may have notifications of changes the read includes still
+	// to come, and may get those of changes after it while the store
+	// reads: the answer is ordered among them by its seq (see answer).
+	s.hold()
 	snap, err := s.node.store.ReadAll(ctx, s.userID)
 	if err != nil {
-		s.storeError(typeReadAll, err)
+		s.answer(0, func() { s.storeError(typeReadAll, err) })
 		return
 	}
 	if readAllSize(snap) >= sharedAnswerBytes {
 		// One copy for all of the user's devices asking at this seq, counted
 		// once in the output budget.
-		s.conn.SendShared(s.node.answers.readAll(s.userID, snap))
+		shared := s.node.answers.readAll(s.userID, snap)
+		s.answer(snap.Seq, func() { s.conn.SendShared(shared) })
 		return
 	}
-	s.send(encodeReadAll(snap))
+	payload := encodeReadAll(snap)
+	s.answer(snap.Seq, func() { s.conn.Send(payload) })
 }
 
 // prepareWrite builds the store's write for a request.
