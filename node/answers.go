@@ -10,7 +10,7 @@ import (
 )
 
 // sharedAnswerBytes: read-all answers from this size on are encoded once per
-// (user, seq) and shared by the user's connections that ask at that seq.
+// (user, seq, version) and shared by the user's connections that ask there.
 // Smaller ones cost less to encode again than to look up.
 const sharedAnswerBytes = 16 << 10
 
@@ -24,41 +24,48 @@ type answers struct {
 	m  map[string]answerEntry
 }
 
+// answerEntry: a write-all that changes only the version takes no Seq, so
+// the version tells such states apart.
 type answerEntry struct {
-	seq uint64
-	p   weak.Pointer[conn.Shared]
+	seq     uint64
+	version string
+	p       weak.Pointer[conn.Shared]
+}
+
+func (e answerEntry) is(snap *feed.Snapshot) bool {
+	return e.seq == snap.Seq && e.version == string(snap.Version)
 }
 
 func newAnswers() *answers { return &answers{m: make(map[string]answerEntry)} }
 
 // readAll returns the answer for snap, shared with the user's other
-// connections that asked at the same seq while a queue still holds it.
+// connections that asked at the same state while a queue still holds it.
 func (a *answers) readAll(userID string, snap feed.Snapshot) *conn.Shared {
-	if sh := a.get(userID, snap.Seq); sh != nil {
+	if sh := a.get(userID, &snap); sh != nil {
 		return sh
 	}
 	sh := conn.NewShared(encodeReadAll(snap)) // outside the lock: it may be large
 	wp := weak.Make(sh)
 	a.mu.Lock()
 	e, ok := a.m[userID]
-	if ok && e.seq == snap.Seq {
+	if ok && e.is(&snap) {
 		if other := e.p.Value(); other != nil { // made meanwhile: use that one
 			a.mu.Unlock()
 			return other
 		}
 	}
 	if !ok || e.seq <= snap.Seq || e.p.Value() == nil {
-		a.m[userID] = answerEntry{snap.Seq, wp}
+		a.m[userID] = answerEntry{snap.Seq, string(snap.Version), wp}
 	}
 	a.mu.Unlock()
 	runtime.AddCleanup(sh, a.forget, answerKey{userID, wp})
 	return sh
 }
 
-func (a *answers) get(userID string, seq uint64) *conn.Shared {
+func (a *answers) get(userID string, snap *feed.Snapshot) *conn.Shared {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if e, ok := a.m[userID]; ok && e.seq == seq {
+	if e, ok := a.m[userID]; ok && e.is(snap) {
 		return e.p.Value()
 	}
 	return nil

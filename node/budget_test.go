@@ -204,6 +204,30 @@ func TestReadAllAnswerIsSharedByTheUsersDevices(t *testing.T) {
 	})
 }
 
+// A shared read-all answer is one user's state at one point: a write-all
+// that changes only the version takes no Seq, so the answer is keyed by the
+// version too; a read-all after it gets the new version, however long the
+// answer before it is still held.
+func TestSharedReadAllAnswerFollowsAVersionOnlyWrite(t *testing.T) {
+	h := start(t, node.Options{})
+	user, writer := userWithData(t, h, 2*60<<10) // tasks 0 and 1, version 2
+	send(t, writer, map[string]any{"type": "read-all"})
+	if m := expectType(t, writer, "read-all"); fmt.Sprint(m["version"]) != "2" {
+		t.Fatalf("read-all version %v, want 2", m["version"])
+	}
+	held := node.SharedAnswerOf(h.node.Node, user) // as a device that does not read would
+	if held == nil {
+		t.Fatal("the answer is not shared")
+	}
+	desc := strings.Repeat("d", 60<<10-40) // the same tasks, byte for byte
+	sendRaw(t, writer, fmt.Sprintf(`{"type":"write-all","version":3,"tasks":[{"id":0,"desc":"%s"},{"id":1,"desc":"%s"}]}`, desc, desc))
+	send(t, writer, map[string]any{"type": "read-all"})
+	if m := expectType(t, writer, "read-all"); fmt.Sprint(m["version"]) != "3" || len(m["tasks"].([]any)) != 2 {
+		t.Fatalf("read-all after the write-all: version %v, %d tasks; want version 3, 2 tasks", m["version"], len(m["tasks"].([]any)))
+	}
+	runtime.KeepAlive(held)
+}
+
 // Past --output-budget-bytes the largest queue is dropped first: a device
 // that does not read, holding its user's 6 MiB answer, goes when another
 // user's 4 MiB answer would pass the budget; that reader is not affected.
