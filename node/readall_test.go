@@ -4,12 +4,15 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/kronos-sync/kronos-server/feed"
 	"github.com/kronos-sync/kronos-server/feed/bolt"
 	"github.com/kronos-sync/kronos-server/internal/nodetest"
+	"github.com/kronos-sync/kronos-server/node"
 	"github.com/kronos-sync/kronos-server/node/client"
 )
 
@@ -57,11 +60,11 @@ func (f *heldFeed) release() {
 	}
 }
 
-// heldReads is the embedded store whose ReadAll, while a gate is set,
-// waits at it after reading, as a slow read does.
+// heldReads is the embedded store whose ReadAll says when it has read,
+// and, while a gate is set, waits at it after reading, as a slow read does.
 type heldReads struct {
 	*bolt.Store
-	read chan struct{} // a read is done and waits at the gate
+	reads chan struct{} // one per read done
 
 	mu   sync.Mutex
 	gate chan struct{}
@@ -72,33 +75,48 @@ func (s *heldReads) ReadAll(ctx context.Context, userID string) (feed.Snapshot, 
 	s.mu.Lock()
 	gate := s.gate
 	s.mu.Unlock()
+	s.reads <- struct{}{}
 	if gate != nil {
-		s.read <- struct{}{}
 		<-gate
 	}
 	return snap, err
 }
 
-func (s *heldReads) holdReads() chan struct{} {
+// holdReads sets a gate; the test releases it, or its cleanup does, so
+// that a failure does not leave the node's worker waiting.
+func (s *heldReads) holdReads(t *testing.T) (release func()) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.gate = make(chan struct{})
-	return s.gate
+	gate := make(chan struct{})
+	s.gate = gate
+	var once sync.Once
+	release = func() {
+		once.Do(func() {
+			s.mu.Lock()
+			s.gate = nil
+			s.mu.Unlock()
+			close(gate)
+		})
+	}
+	t.Cleanup(release)
+	return release
 }
 
-func (s *heldReads) releaseReads(gate chan struct{}) {
-	s.mu.Lock()
-	s.gate = nil
-	s.mu.Unlock()
-	close(gate)
+func await(t *testing.T, ch chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(wait):
+		t.Fatalf("%s did not happen in %v", what, wait)
+	}
 }
 
 // A read-all answer takes its place among the device's notifications by
-// what it includes: a change it holds is not notified again after it
-// (even when its notification was still on its way), and a change it does
-// not hold is notified after it (even when it arrived during the read).
-// Otherwise a client that replaces its tasks with the answer would see a
-// task created twice, or lose one.
+// what it includes: after the notifications of the changes it holds, and
+// before those of later changes, however the feed's timing falls; and
+// every notification still reaches the device. Otherwise a client that
+// replaces its tasks with the answer could apply a change twice, or lose
+// one.
 func TestReadAllIsOrderedAmongNotifications(t *testing.T) {
 	for _, tr := range transports {
 		t.Run(string(tr), func(t *testing.T) {
@@ -107,67 +125,104 @@ func TestReadAllIsOrderedAmongNotifications(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { s.Close() })
-			store := &heldReads{Store: s, read: make(chan struct{}, 1)}
+			store := &heldReads{Store: s, reads: make(chan struct{}, 8)}
 			fd := &heldFeed{Feed: s, arrived: make(chan struct{}, 64)}
 			n := nodetest.Start(t, nodetest.Options{Backend: &feed.Backend{Store: store, Feed: fd}})
 			h := &harness{t: t, node: n, addr: n.Addr}
 
 			a, m := h.login(tr, "", "")
 			b, _ := h.login(tr, m.Str("user_id"), "")
-			create := func(id int) {
-				send(t, a, map[string]any{"type": "create", "task": map[string]any{"id": id}, "version": id})
+			create := func(c *client.Client, id int) {
+				send(t, c, map[string]any{"type": "create", "task": map[string]any{"id": id}, "version": id})
 			}
-			readAll := func() string {
-				m := expectType(t, b, "read-all")
-				return fmt.Sprintf("version %v tasks %v", m["version"], m["tasks"])
-			}
-			notified := func(c *client.Client) string {
-				m := expectType(t, c, "create")
-				return fmt.Sprint(m["task"])
-			}
-
-			// Task 1 commits; its notification waits in the feed while B
-			// reads it.
-			fd.hold()
-			create(1)
-			<-fd.arrived
-			send(t, b, map[string]any{"type": "read-all"})
-			if got := readAll(); got != "version 1 tasks [map[id:1]]" {
-				t.Fatalf("read-all after task 1 committed: %s", got)
-			}
-			fd.release()
-			if got := notified(a); got != "map[id:1]" { // the round that reached B too
-				t.Fatalf("A was notified of %s, want task 1", got)
-			}
-			create(2)
-			if got := notified(b); got != "map[id:2]" {
-				t.Fatalf("after its read-all, B was notified of %s, want task 2 (task 1 is in the answer)", got)
-			}
-			notified(a)
-
-			// Task 3 commits and is notified while B's read (tasks 1, 2)
-			// waits to be answered.
-			gate := store.holdReads()
-			released := false
-			t.Cleanup(func() { // a failure must not leave the node's worker at the gate
-				if !released {
-					store.releaseReads(gate)
+			// messages reads c's next n messages, in short.
+			messages := func(c *client.Client, n int) string {
+				var got []string
+				for range n {
+					m := next(t, c)
+					switch m.Type() {
+					case "read-all":
+						got = append(got, fmt.Sprintf("read-all %v %v", m["version"], m["tasks"]))
+					default:
+						got = append(got, fmt.Sprintf("%s %v", m.Type(), m["task"]))
+					}
 				}
-			})
+				return strings.Join(got, ", ")
+			}
+			expect := func(c *client.Client, want ...string) {
+				t.Helper()
+				if got := messages(c, len(want)); got != strings.Join(want, ", ") {
+					t.Fatalf("got  %s\nwant %s", got, strings.Join(want, ", "))
+				}
+			}
+
+			// Task 1 is read, then notified while B's read waits to be
+			// answered: its notification goes first.
+			fd.hold()
+			create(a, 1)
+			await(t, fd.arrived, "task 1's commit")
+			release := store.holdReads(t)
 			send(t, b, map[string]any{"type": "read-all"})
-			<-store.read
-			create(3)
-			if got := notified(a); got != "map[id:3]" { // the round that reached B too
-				t.Fatalf("A was notified of %s, want task 3", got)
-			}
-			store.releaseReads(gate)
-			released = true
-			if got := readAll(); got != "version 2 tasks [map[id:1] map[id:2]]" {
-				t.Fatalf("B's next message: read-all %s, want the read before task 3", got)
-			}
-			if got := notified(b); got != "map[id:3]" {
-				t.Fatalf("after its read-all, B was notified of %s, want task 3", got)
-			}
+			await(t, store.reads, "B's read")
+			fd.release()
+			expect(a, "create map[id:1]") // the fan-out round that reached B too
+			release()
+			expect(b, "create map[id:1]", "read-all 1 [map[id:1]]")
+
+			// Task 2 is read, and B's answer is in line (B's next request,
+			// a write, has committed) before task 2's notification comes:
+			// the answer waits for it.
+			fd.hold()
+			create(a, 2)
+			await(t, fd.arrived, "task 2's commit")
+			send(t, b, map[string]any{"type": "read-all"})
+			await(t, store.reads, "B's read")
+			create(b, 3)
+			await(t, fd.arrived, "task 3's commit")
+			fd.release()
+			expect(b, "create map[id:2]", "read-all 2 [map[id:1] map[id:2]]", "create map[id:3]")
+			expect(a, "create map[id:2]", "create map[id:3]")
+
+			// Task 4 commits and is notified while B's read (tasks 1-3)
+			// waits to be answered: its notification comes after.
+			release = store.holdReads(t)
+			send(t, b, map[string]any{"type": "read-all"})
+			await(t, store.reads, "B's read")
+			create(a, 4)
+			expect(a, "create map[id:4]") // the fan-out round that reached B too
+			release()
+			expect(b, "read-all 3 [map[id:1] map[id:2] map[id:3]]", "create map[id:4]")
 		})
+	}
+}
+
+// A read-all answer that waits for notifications still on their way waits
+// at most --store-timeout: a feed far behind does not hold the device's
+// answers. The notification, when it comes, still reaches the device.
+func TestReadAllWaitsForTheFeedAtMostStoreTimeout(t *testing.T) {
+	s, err := bolt.Open(filepath.Join(t.TempDir(), "kronos.db"), feed.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	fd := &heldFeed{Feed: s, arrived: make(chan struct{}, 64)}
+	n := nodetest.Start(t, nodetest.Options{Node: node.Options{StoreTimeout: time.Second},
+		Backend: &feed.Backend{Store: s, Feed: fd}})
+	h := &harness{t: t, node: n, addr: n.Addr}
+	a, m := h.login(client.TCP, "", "")
+	b, _ := h.login(client.WebSocket, m.Str("user_id"), "")
+
+	fd.hold()
+	send(t, a, map[string]any{"type": "create", "task": map[string]any{"id": 1}, "version": 1})
+	await(t, fd.arrived, "task 1's commit")
+	send(t, b, map[string]any{"type": "read-all"})
+	if m := expectType(t, b, "read-all"); fmt.Sprint(m["tasks"]) != "[map[id:1]]" {
+		t.Fatalf("read-all %v, want task 1", m)
+	}
+	fd.release()
+	for _, c := range []*client.Client{b, a} {
+		if m := expectType(t, c, "create"); fmt.Sprint(m["task"]) != "map[id:1]" {
+			t.Fatalf("got %v, want task 1's notification", m)
+		}
 	}
 }

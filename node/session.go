@@ -21,8 +21,9 @@ import (
 // The read side (login, requests) runs on one worker at a time, so its
 // fields need no lock. userID and deviceID are written before the session
 // is published (hub.add, active), and read by others only after that.
-// mu orders notifications against the login answer (lock order: session.mu
-// before the Conn's own lock, see LOCKS.md).
+// mu orders notifications against the login and read-all answers and the
+// answers of writes (lock order: session.mu before the Conn's own lock, see
+// LOCKS.md).
 type session struct {
 	// Ordered by size, so that padding does not push a session into a
 	// larger allocation class (TestSessionFitsItsSizeClass).
@@ -37,9 +38,10 @@ type session struct {
 	mu      sync.Mutex
 	backlog []pending // under mu: notifications that arrived while pending
 	lastSeq uint64    // under mu: the last change this device has (login or notification)
-	// inflight: under mu: the oldest of the writes queued on an
-	// AsyncWriter and not answered yet, linked oldest first (see
-	// writeAsync).
+	// inflight: under mu: the oldest of the answers waiting their turn
+	// (writes queued on an AsyncWriter or waiting for their notification,
+	// a read-all waiting for notifications), linked oldest first (see
+	// writeAsync, answerInPlace).
 	inflight *asyncWrite
 
 	active   atomic.Bool // logged in: deviceID is final
@@ -111,25 +113,62 @@ func (s *session) sendNewLocked(seq uint64, payload []byte, b *conn.Batch) bool 
 	return sent
 }
 
-// answer sends a login's or a read-all's answer, which reflects the store
-// up to seq, then the notifications that waited for it (see hold), in
-// order: the answer takes its place in the device's stream at seq. Changes
-// up to seq are in the answer and are not sent again, also those whose
-// notifications are still on their way; later ones all come after it.
-// send queues the answer; it runs under s.mu.
-func (s *session) answer(seq uint64, send func()) {
+// answer sends the login answer, which reflects the store up to seq, then
+// the notifications that waited for it (see hold), in order. Changes
+// committed before the login's read are in the answer's version and are
+// not sent again.
+func (s *session) answer(seq uint64, payload []byte) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.lastSeq = max(s.lastSeq, seq)
-	send()
+	s.conn.Send(payload)
+	s.releaseLocked(s.backlog)
+}
+
+// releaseLocked ends a hold: the notifications that waited go out, but
+// those the device has already. s.mu must be held.
+func (s *session) releaseLocked(backlog []pending) {
 	sent := 0
-	for _, p := range s.backlog {
+	for _, p := range backlog {
 		if s.sendNewLocked(p.seq, p.payload, nil) {
 			sent++
 		}
 	}
 	s.pending, s.backlog = false, nil
 	s.node.metrics.notifications.Add(float64(sent))
+}
+
+// answerInPlace sends a read-all's answer, which includes every change up
+// to seq, in its place among the device's notifications: after those of
+// the changes it includes and before the later ones, so that a client that
+// replaces its tasks with it neither applies a change twice nor loses one.
+// Every notification still goes out. Those that waited during the read
+// (see hold) and are in the answer go first. If some it includes are still
+// on their way through the feed, the answer waits first in line for them,
+// as a write's answer waits for its notification (answerLocked), at most
+// StoreTimeout; the feed's Seq order puts the later ones behind it. send
+// queues the answer; it runs under s.mu.
+func (s *session) answerInPlace(seq uint64, send func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	backlog := s.backlog
+	i := 0
+	for ; i < len(backlog) && backlog[i].seq <= seq; i++ {
+		s.sendNewLocked(backlog[i].seq, backlog[i].payload, nil)
+	}
+	if seq <= s.lastSeq || i < len(backlog) || s.conn.Closing() {
+		// The device has all the answer includes (or, past it, a feed that
+		// skipped: nothing left to wait for).
+		s.node.metrics.notifications.Add(float64(i))
+		send()
+		s.releaseLocked(backlog[i:])
+		return
+	}
+	s.node.metrics.notifications.Add(float64(i))
+	s.pending, s.backlog = false, nil
+	held := &asyncWrite{s: s, done: true, seq: seq, counted: true, send: send}
+	s.appendInflightLocked(held)
+	held.timer = time.AfterFunc(s.node.opts.StoreTimeout, held.timedOut)
 }
 
 // hold makes the notifications that reach the session wait, until answer,
@@ -223,8 +262,7 @@ func (s *session) login(ctx context.Context, req *request) {
 	s.loginAt = time.Now().UnixNano()
 	s.active.Store(true)
 	s.node.takeOver(s)
-	payload := encodeLogin(sess)
-	s.answer(sess.Seq, func() { s.conn.Send(payload) })
+	s.answer(sess.Seq, encodeLogin(sess))
 	outcome := "existing"
 	if sess.NewUser {
 		outcome = "new_user"
@@ -244,24 +282,23 @@ func loginOutcome(err error) string {
 }
 
 func (s *session) readAll(ctx context.Context) {
-	// The device may have notifications of changes the read includes still
-	// to come, and may get those of changes after it while the store
-	// reads: the answer is ordered among them by its seq (see answer).
+	// The answer is placed among the device's notifications by the Seq it
+	// was read at (answerInPlace): while the store reads, they wait.
 	s.hold()
 	snap, err := s.node.store.ReadAll(ctx, s.userID)
 	if err != nil {
-		s.answer(0, func() { s.storeError(typeReadAll, err) })
+		s.answerInPlace(0, func() { s.storeError(typeReadAll, err) })
 		return
 	}
 	if readAllSize(snap) >= sharedAnswerBytes {
 		// One copy for all of the user's devices asking at this seq, counted
 		// once in the output budget.
 		shared := s.node.answers.readAll(s.userID, snap)
-		s.answer(snap.Seq, func() { s.conn.SendShared(shared) })
+		s.answerInPlace(snap.Seq, func() { s.conn.SendShared(shared) })
 		return
 	}
 	payload := encodeReadAll(snap)
-	s.answer(snap.Seq, func() { s.conn.Send(payload) })
+	s.answerInPlace(snap.Seq, func() { s.conn.Send(payload) })
 }
 
 // prepareWrite builds the store's write for a request.
@@ -392,7 +429,9 @@ func (s *session) refuse(typ, msg string) {
 }
 
 // asyncWrite is a write in flight on an AsyncWriter, or a committed write
-// whose notification has not reached its device yet. Its outcome is known
+// whose notification has not reached its device yet (or, with send, a
+// read-all's answer waiting for the notifications of the changes it
+// includes: done, with seq the last of them). Its outcome is known
 // when it commits or when StoreTimeout passes, whichever comes first (as
 // with a blocking write, one that times out may still commit and be
 // notified); timer.Stop decides which. Once committed, the same timer
@@ -412,6 +451,7 @@ type asyncWrite struct {
 	// to this device yet; 0 once it has (or it changed nothing).
 	seq      uint64
 	counted  bool          // its request was counted already (a blocking write)
+	send     func()        // not a write: a read-all's answer, sent when its turn comes
 	answered chan struct{} // made by a waiting reader, closed once answered
 }
 
@@ -428,8 +468,9 @@ func (aw *asyncWrite) timedOut() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if aw.done {
-		// Committed, but its notification did not reach this device in
-		// StoreTimeout (a feed far behind): what follows goes out anyway.
+		// Committed (or read), but its notification did not reach this
+		// device in StoreTimeout (a feed far behind): what follows goes
+		// out anyway.
 		aw.seq = 0
 	} else {
 		aw.done, aw.err = true, context.DeadlineExceeded
@@ -466,6 +507,9 @@ func (s *session) answerLocked() {
 				outcome = "refused"
 			}
 			s.node.observeRequest(head.typ, outcome, head.start)
+		}
+		if head.send != nil {
+			head.send()
 		}
 		if head.answered != nil {
 			close(head.answered)
