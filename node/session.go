@@ -122,19 +122,19 @@ func (s *session) answer(seq uint64, payload []byte) {
 	defer s.mu.Unlock()
 	s.lastSeq = max(s.lastSeq, seq)
 	s.conn.Send(payload)
-	s.releaseLocked(s.backlog)
+	s.sendHeldLocked(s.backlog)
+	s.pending, s.backlog = false, nil
 }
 
-// releaseLocked ends a hold: the notifications that waited go out, but
-// those the device has already. s.mu must be held.
-func (s *session) releaseLocked(backlog []pending) {
+// sendHeldLocked sends notifications that waited during a hold, but those
+// the device has already. s.mu must be held.
+func (s *session) sendHeldLocked(held []pending) {
 	sent := 0
-	for _, p := range backlog {
+	for _, p := range held {
 		if s.sendNewLocked(p.seq, p.payload, nil) {
 			sent++
 		}
 	}
-	s.pending, s.backlog = false, nil
 	s.node.metrics.notifications.Add(float64(sent))
 }
 
@@ -152,27 +152,26 @@ func (s *session) answerInPlace(seq uint64, send func()) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	backlog := s.backlog
-	i := 0
-	for ; i < len(backlog) && backlog[i].seq <= seq; i++ {
-		s.sendNewLocked(backlog[i].seq, backlog[i].payload, nil)
+	s.pending, s.backlog = false, nil
+	included := 0
+	for included < len(backlog) && backlog[included].seq <= seq {
+		included++
 	}
-	if seq <= s.lastSeq || i < len(backlog) || s.conn.Closing() {
+	s.sendHeldLocked(backlog[:included])
+	if seq <= s.lastSeq || included < len(backlog) || s.conn.Closing() {
 		// The device has all the answer includes (or, past it, a feed that
 		// skipped: nothing left to wait for).
-		s.node.metrics.notifications.Add(float64(i))
 		send()
-		s.releaseLocked(backlog[i:])
+		s.sendHeldLocked(backlog[included:])
 		return
 	}
-	s.node.metrics.notifications.Add(float64(i))
-	s.pending, s.backlog = false, nil
 	held := &asyncWrite{s: s, done: true, seq: seq, counted: true, send: send}
 	s.appendInflightLocked(held)
 	held.timer = time.AfterFunc(s.node.opts.StoreTimeout, held.timedOut)
 }
 
-// hold makes the notifications that reach the session wait, until answer,
-// in its backlog: the store is about to read, and a change that commits
+// hold makes the notifications that reach the session wait in its backlog,
+// until answer or answerInPlace: the store is about to read, and a change that commits
 // between its read and the answer is neither lost nor sent before the
 // answer.
 func (s *session) hold() {
@@ -291,8 +290,8 @@ func (s *session) readAll(ctx context.Context) {
 		return
 	}
 	if readAllSize(snap) >= sharedAnswerBytes {
-		// One copy for all of the user's devices asking at this seq, counted
-		// once in the output budget.
+		// One copy for all of the user's devices asking at this state,
+		// counted once in the output budget.
 		shared := s.node.answers.readAll(s.userID, snap)
 		s.answerInPlace(snap.Seq, func() { s.conn.SendShared(shared) })
 		return
