@@ -70,6 +70,8 @@ var subcommands = map[string]func(args []string) error{
 	"soak-report":       runSoakReport,
 	"trace-report":      runTraceReport,  // a node's goroutines from a runtime trace (tracereport.go)
 	"machine-probe":     runMachineProbe, // what the machine's basic operations cost (probe.go)
+	"send-floor":        runSendFloor,    // what the kernel charges per small loopback send (floor.go)
+	"send-floor-reader": runSendFloorReader,
 }
 
 func main() {
