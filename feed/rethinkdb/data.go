@@ -293,12 +293,70 @@ func (s *Store) TouchDevices(ctx context.Context, deviceIDs []string) error {
 	return err
 }
 
-// pendingRecords reads the user's records after w, in order.
+// pendingRecords reads the user's records after w, in order, and keeps
+// those on disk. RethinkDB shows a write to readers before it has flushed
+// it, and a server that crashes before the flush loses it: a read-all that
+// showed it would have shown a task that never was, and a write built on it
+// would follow a record that is gone. So when there are any, the writes
+// table is synced and they are read back (onDisk); the records up to the
+// first one not there any more are kept, as each record is built on the
+// ones before it. A record still in flight is waited for by the sync.
 func (s *Store) pendingRecords(ctx context.Context, userID string, w uint64) ([]recordDoc, error) {
 	var recs []recordDoc
 	err := s.all(ctx, s.table(tableWrites).Between(recordKey(userID, w+1), []any{userID, r.MaxVal}).
 		OrderBy(r.OrderByOpts{Index: "id"}), &recs)
-	return recs, err
+	if err != nil || len(recs) == 0 {
+		return recs, err
+	}
+	if s.afterPendingRead != nil {
+		s.afterPendingRead()
+	}
+	there, err := s.onDisk(ctx, recs)
+	if err != nil {
+		return nil, err
+	}
+	for i, ok := range there {
+		if !ok {
+			return recs[:i], nil
+		}
+	}
+	return recs, nil
+}
+
+// onDisk syncs the writes table, then reads recs back, and tells for each
+// whether it is on disk: once the sync has returned, a record read before
+// it is, if it is still there with the same nonce. A server that crashed
+// and restarted since recs were read has lost those it had not flushed,
+// and another write may since have taken a lost one's key.
+func (s *Store) onDisk(ctx context.Context, recs []recordDoc) ([]bool, error) {
+	keys := make([]any, len(recs))
+	for i, rec := range recs {
+		keys[i] = rec.ID
+	}
+	type key struct {
+		user string
+		w    uint64
+	}
+	var stored []struct {
+		UserID string `rethinkdb:"user_id"`
+		W      uint64 `rethinkdb:"w"`
+		Nonce  int64  `rethinkdb:"n"`
+	}
+	table := s.table(tableWrites)
+	q := r.Do(table.Sync(), func(r.Term) any { return table.GetAll(r.Args(keys)).Pluck("user_id", "w", "n") })
+	if err := s.all(ctx, q, &stored); err != nil {
+		return nil, fmt.Errorf("confirming writes on disk: %w", err)
+	}
+	nonces := make(map[key]int64, len(stored))
+	for _, st := range stored {
+		nonces[key{st.UserID, st.W}] = st.Nonce
+	}
+	there := make([]bool, len(recs))
+	for i, rec := range recs {
+		n, ok := nonces[key{rec.UserID, rec.W}]
+		there[i] = ok && n == rec.Nonce
+	}
+	return there, nil
 }
 
 // ReadAll implements feed.Store. The task documents may be in the middle of

@@ -394,34 +394,15 @@ func (f *feeds) sequence() {
 	}
 }
 
-// confirm syncs the writes table, then reads the batch's records back: only
-// those still there, with the same nonce, are on disk.
+// confirm keeps the batch's records that are on disk (onDisk).
 func (f *feeds) confirm(batch []recordDoc) ([]recordDoc, error) {
-	keys := make([]any, len(batch))
-	for i, rec := range batch {
-		keys[i] = rec.ID
-	}
-	type key struct {
-		user string
-		w    uint64
-	}
-	var stored []struct {
-		UserID string `rethinkdb:"user_id"`
-		W      uint64 `rethinkdb:"w"`
-		Nonce  int64  `rethinkdb:"n"`
-	}
-	table := f.s.table(tableWrites)
-	q := r.Do(table.Sync(), func(r.Term) any { return table.GetAll(r.Args(keys)).Pluck("user_id", "w", "n") })
-	if err := f.s.all(f.ctx, q, &stored); err != nil {
-		return nil, fmt.Errorf("confirming writes on disk: %w", err)
-	}
-	onDisk := make(map[key]int64, len(stored))
-	for _, st := range stored {
-		onDisk[key{st.UserID, st.W}] = st.Nonce
+	there, err := f.s.onDisk(f.ctx, batch)
+	if err != nil {
+		return nil, err
 	}
 	durable := batch[:0]
-	for _, rec := range batch {
-		if n, ok := onDisk[key{rec.UserID, rec.W}]; ok && n == rec.Nonce {
+	for i, rec := range batch {
+		if there[i] {
 			durable = append(durable, rec)
 		}
 	}

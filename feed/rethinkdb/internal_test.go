@@ -216,3 +216,110 @@ func TestDeviceWithoutLastSeen(t *testing.T) {
 		t.Fatalf("device count after a retirement: %+v, %v", u, err)
 	}
 }
+
+// RethinkDB shows a record to readers before it has flushed it; a server
+// that crashed before the flush has lost it when it restarts. Between the
+// read of a user's pending records and their use, the test's hook does to
+// the record what such a crash does: removes it, or lets another write take
+// its key (another nonce). Neither a read-all nor a writer's roll-forward
+// may then use it; once a record is on disk, both do.
+func TestPendingRecordsOnlyOnceOnDisk(t *testing.T) {
+	url := rethinktest.URL(t)
+	ctx := context.Background()
+	for _, crash := range []string{"lost", "key taken"} {
+		t.Run(crash, func(t *testing.T) {
+			s := openInternal(t, url)
+			sess, err := s.Login(ctx, "", "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Write(ctx, &feed.Write{Kind: feed.WriteCreate, UserID: sess.UserID, Task: []byte(`{"id":1,"v":"kept"}`), Version: []byte(`1`)}); err != nil {
+				t.Fatal(err)
+			}
+			before, err := s.ReadAll(ctx, sess.UserID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// A writer on another node inserts its record; it is not applied.
+			user, err := s.rollForward(ctx, sess.UserID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			w := &feed.Write{Kind: feed.WriteCreate, UserID: sess.UserID, Task: []byte(`{"id":2,"v":"phantom"}`), Version: []byte(`2`)}
+			tx := &userTx{s: s, ctx: ctx, userID: sess.UserID, version: json.RawMessage(user.Version),
+				TaskCounter: feed.NewTaskCounter(user.Tasks), deleted: map[int64]bool{}}
+			changes, err := feed.Apply(tx, w, s.limits)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rec := tx.record(user, w, changes)
+			if err := s.table(tableWrites).Insert(r.Expr(rec).Merge(map[string]any{"at": r.Now()})).Exec(s.exec); err != nil {
+				t.Fatal(err)
+			}
+			crashes := 0
+			s.afterPendingRead = func() {
+				crashes++
+				q := s.table(tableWrites).Get(rec.ID).Delete()
+				if crash == "key taken" {
+					q = s.table(tableWrites).Get(rec.ID).Update(map[string]any{"n": rec.Nonce + 1})
+				}
+				if err := q.Exec(s.exec); err != nil {
+					t.Error(err)
+				}
+				s.afterPendingRead = nil
+			}
+
+			snap, err := s.ReadAll(ctx, sess.UserID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if crashes != 1 {
+				t.Fatalf("the hook ran %d times", crashes)
+			}
+			if len(snap.Tasks) != 1 || string(snap.Tasks[0]) != `{"id":1,"v":"kept"}` || snap.Seq != before.Seq || string(snap.Version) != "1" {
+				t.Fatalf("read-all showed a record not on disk: %d tasks %q, seq %d (before %d), version %s",
+					len(snap.Tasks), snap.Tasks, snap.Seq, before.Seq, snap.Version)
+			}
+
+			// The same crash under a writer's roll-forward: the user stays
+			// where it was, and no task document moves.
+			if crash == "lost" {
+				if err := s.table(tableWrites).Insert(r.Expr(rec).Merge(map[string]any{"at": r.Now()})).Exec(s.exec); err != nil {
+					t.Fatal(err)
+				}
+				s.afterPendingRead = func() {
+					if err := s.table(tableWrites).Get(rec.ID).Delete().Exec(s.exec); err != nil {
+						t.Error(err)
+					}
+					s.afterPendingRead = nil
+				}
+				rolled, err := s.rollForward(ctx, sess.UserID)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if rolled.W != user.W {
+					t.Fatalf("roll-forward moved the user to record %d, lost; it was at %d", rolled.W, user.W)
+				}
+				var docs []taskDoc
+				if err := s.all(ctx, s.table(tableTasks).GetAll(sess.UserID).OptArgs(r.GetAllOpts{Index: indexUser}), &docs); err != nil {
+					t.Fatal(err)
+				}
+				if len(docs) != 1 {
+					t.Fatalf("%d task documents after the roll-forward, want 1", len(docs))
+				}
+				return
+			}
+			// The record that took the key is on disk: it is read and applied.
+			snap, err = s.ReadAll(ctx, sess.UserID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(snap.Tasks) != 2 || snap.Seq != rec.Last || string(snap.Version) != "2" {
+				t.Fatalf("read-all after the record was on disk: %d tasks, seq %d (want %d), version %s", len(snap.Tasks), snap.Seq, rec.Last, snap.Version)
+			}
+			if u, err := s.rollForward(ctx, sess.UserID); err != nil || u.W != rec.W {
+				t.Fatalf("user after the read: W %d (want %d), %v", u.W, rec.W, err)
+			}
+		})
+	}
+}

@@ -74,6 +74,10 @@ type Store struct {
 	wg        sync.WaitGroup // the pruner
 	closeOnce sync.Once
 	closeExec func() error
+
+	// afterPendingRead, a test's hook, runs between reading a user's
+	// records not applied yet and confirming them on disk.
+	afterPendingRead func()
 }
 
 var (
