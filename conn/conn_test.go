@@ -588,6 +588,7 @@ type nopEngine struct{}
 func (nopEngine) start() error         { return nil }
 func (nopEngine) register(*Conn) error { return nil }
 func (nopEngine) writeBlocked(*Conn)   {}
+func (nopEngine) writeShut(*Conn)      {}
 func (nopEngine) unregister(*Conn)     {}
 func (nopEngine) closeFd(*Conn)        {}
 func (nopEngine) stopAccepting()       {}

@@ -18,6 +18,10 @@ type engine interface {
 	// writeBlocked is called, under c.mu, when the socket took less than
 	// was queued; the engine calls c.onWritable once it can take more.
 	writeBlocked(c *Conn)
+	// writeShut is called, under c.mu, once c's state reaches writeShut
+	// (FIN sent, or aborted): a read side waiting for that after a
+	// half-close may tear the connection down.
+	writeShut(c *Conn)
 	// unregister stops watching c; the read side's owner calls it once,
 	// maybe after stop.
 	unregister(c *Conn)

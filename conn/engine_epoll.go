@@ -147,6 +147,10 @@ func (e *epollEngine) writeBlocked(*Conn) {}
 // unregister is skipped once the engine has stopped: the epoll fd is closed
 // then, and its number may belong to another file. Closing c.fd removes it
 // from the set anyway.
+// writeShut needs nothing here: the event that follows the shutdown brings
+// a half-closed connection's read side back (peerFinished).
+func (e *epollEngine) writeShut(*Conn) {}
+
 func (e *epollEngine) unregister(c *Conn) {
 	if e.poller != nil {
 		e.poller.remove(c.fd)

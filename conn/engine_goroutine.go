@@ -26,6 +26,7 @@ type goroutineConn struct {
 	nc   *net.TCPConn
 	raw  syscall.RawConn
 	wake chan struct{} // the writer waits on it; closed at teardown
+	shut chan struct{} // closed once the state is writeShut (engine.writeShut)
 }
 
 // goroutineReadBuffer is each connection's own read buffer.
@@ -69,7 +70,7 @@ func (e *goroutineEngine) acceptLoop() {
 			nc.Close()
 			continue
 		}
-		c.g = &goroutineConn{nc: nc, raw: raw, wake: make(chan struct{}, 1)}
+		c.g = &goroutineConn{nc: nc, raw: raw, wake: make(chan struct{}, 1), shut: make(chan struct{})}
 		s.attach(c)
 	}
 }
@@ -104,6 +105,12 @@ func (e *goroutineEngine) readLoop(c *Conn) {
 		case err == nil:
 			continue
 		case errors.Is(err, io.EOF):
+			if c.peerFinished() {
+				// A half-close: the answers still due drain, then the
+				// write side is shut (or the sweeper aborts). Reading on
+				// would only meet the EOF again.
+				<-c.g.shut
+			}
 			c.markClosing(ReasonClientClosed)
 		case ts != nil:
 			if ts.handshaking.Load() {
@@ -159,6 +166,8 @@ func (e *goroutineEngine) writeBlocked(c *Conn) {
 	default:
 	}
 }
+
+func (e *goroutineEngine) writeShut(c *Conn) { close(c.g.shut) }
 
 func (e *goroutineEngine) unregister(c *Conn) {}
 

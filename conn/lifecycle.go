@@ -9,10 +9,12 @@ package conn
 //	  └──────────────── Abort ────────────────────┘
 //	any of them ──the read side meets EOF or an error──▶ dead
 //
-// One exception to the last line (epoll engine): the peer's FIN on an open
-// connection is a half-close. The handler queues what is still due
-// (InputEndHandler), the read side calls Close, and it tears the
-// connection down only once the state is writeShut (peerFinished).
+// One exception to the last line: the peer's FIN on an open connection is
+// a half-close. The handler queues what is still due (InputEndHandler), the
+// read side calls Close, and it tears the connection down only once the
+// state is writeShut (peerFinished): the epoll engine's read side is
+// brought back by the event that follows the shutdown, the goroutine
+// engine's reader waits for the engine's writeShut.
 //
 //   - open: messages flow both ways. Any goroutine may Send, Close or Abort.
 //   - closing: a graceful close was asked (Close, or the read side after the
@@ -208,8 +210,12 @@ func (c *Conn) abortLocked() {
 		return
 	}
 	c.dropOutLocked()
+	first := c.state < stateWriteShut
 	c.state = stateWriteShut
 	shutdownFd(c.fd, true)
+	if first {
+		c.srv.engine.writeShut(c)
+	}
 	if ts := c.tls.Load(); ts != nil {
 		ts.signal() // a handshake waiting for input reads the EOF
 	}
@@ -224,6 +230,7 @@ func (c *Conn) shutWriteLocked() {
 	c.state = stateWriteShut
 	c.closeWithin(c.srv.opts.LingerTimeout)
 	shutdownFd(c.fd, false)
+	c.srv.engine.writeShut(c)
 }
 
 // closeWithin brings the abort deadline of a closing connection to at most

@@ -52,22 +52,24 @@ func (h endAnswer) OnInputEnd(c *Conn) { c.Send(h.payload) }
 // conversation: what the handler queues on it, more than the socket takes
 // at once, reaches the peer before the connection closes.
 func TestHalfCloseDrainsWhatIsDue(t *testing.T) {
-	r := newRecorder()
-	h := endAnswer{r, bytes.Repeat([]byte("x"), 4<<20)}
-	s := serveHandler(t, "epoll", Options{}, h)
-	c := dial(t, s)
-	write(t, c, []byte(`{"a":1}`))
-	if m := r.message(t); m.data != `{"a":1}` {
-		t.Fatalf("got %q", m.data)
-	}
-	if err := c.CloseWrite(); err != nil {
-		t.Fatal(err)
-	}
-	got := readToEOF(t, c)
-	if len(got) != len(h.payload)+1 || !bytes.Equal(got[:len(h.payload)], h.payload) {
-		t.Fatalf("read %d bytes, want the %d-byte answer and its newline", len(got), len(h.payload))
-	}
-	if closed := r.closed(t); closed.reason != ReasonClientClosed {
-		t.Fatalf("closed with %v", closed.reason)
-	}
+	eachEngine(t, func(t *testing.T, engine string) {
+		r := newRecorder()
+		h := endAnswer{r, bytes.Repeat([]byte("x"), 4<<20)}
+		s := serveHandler(t, engine, Options{}, h)
+		c := dial(t, s)
+		write(t, c, []byte(`{"a":1}`))
+		if m := r.message(t); m.data != `{"a":1}` {
+			t.Fatalf("got %q", m.data)
+		}
+		if err := c.CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		got := readToEOF(t, c)
+		if len(got) != len(h.payload)+1 || !bytes.Equal(got[:len(h.payload)], h.payload) {
+			t.Fatalf("read %d bytes, want the %d-byte answer and its newline", len(got), len(h.payload))
+		}
+		if closed := r.closed(t); closed.reason != ReasonClientClosed {
+			t.Fatalf("closed with %v", closed.reason)
+		}
+	})
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kronos-sync/kronos-server/conn"
 	"github.com/kronos-sync/kronos-server/node"
 )
 
@@ -16,7 +17,16 @@ import (
 // still reads gets every answer: the writes it sent before its FIN are
 // answered, its own notifications included, before the node closes.
 func TestHalfCloseGetsEveryAnswer(t *testing.T) {
-	h := start(t, node.Options{})
+	for _, engine := range []string{conn.EngineEpoll, conn.EngineGoroutine} {
+		t.Run(engine, func(t *testing.T) {
+			var opts node.Options
+			opts.Conn.Engine = engine
+			halfCloseRounds(t, start(t, opts))
+		})
+	}
+}
+
+func halfCloseRounds(t *testing.T, h *harness) {
 	for round := range 5 {
 		nc, err := net.Dial("tcp", h.addr)
 		if err != nil {
