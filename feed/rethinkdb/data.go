@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	mrand "math/rand/v2"
 	"slices"
@@ -294,13 +295,7 @@ func (s *Store) TouchDevices(ctx context.Context, deviceIDs []string) error {
 }
 
 // pendingRecords reads the user's records after w, in order, and keeps
-// those on disk. RethinkDB shows a write to readers before it has flushed
-// it, and a server that crashes before the flush loses it: a read-all that
-// showed it would have shown a task that never was, and a write built on it
-// would follow a record that is gone. So when there are any, the writes
-// table is synced and they are read back (onDisk); the records up to the
-// first one not there any more are kept, as each record is built on the
-// ones before it. A record still in flight is waited for by the sync.
+// those on disk (keepOnDisk).
 func (s *Store) pendingRecords(ctx context.Context, userID string, w uint64) ([]recordDoc, error) {
 	var recs []recordDoc
 	err := s.all(ctx, s.table(tableWrites).Between(recordKey(userID, w+1), []any{userID, r.MaxVal}).
@@ -308,55 +303,121 @@ func (s *Store) pendingRecords(ctx context.Context, userID string, w uint64) ([]
 	if err != nil || len(recs) == 0 {
 		return recs, err
 	}
-	if s.afterPendingRead != nil {
-		s.afterPendingRead()
+	if hook := s.afterPendingRead.Load(); hook != nil {
+		(*hook)()
 	}
-	there, err := s.onDisk(ctx, recs)
+	return s.keepOnDisk(ctx, recs)
+}
+
+// errUserMoved: a record read as not applied yet was gone when it was
+// confirmed, and its user had moved past it, so another node applied it and
+// the pruner then deleted it. What was read of the user is stale: the
+// caller reads it again.
+var errUserMoved = errors.New("rethinkdb store: a user moved past a record while it was read")
+
+// keepOnDisk keeps, of each user's records not applied yet (in w order
+// within a user), those on disk. RethinkDB shows a write to readers before
+// it has flushed it, and a server that crashes before the flush loses it: a
+// read-all that showed it would have shown a task that never was, and a
+// write built on it would follow a record that is gone. So the writes table
+// is synced and the records are read back (onDisk); each user's records up
+// to the first one not there any more are kept, as each record is built on
+// the ones before it. A record still in flight is waited for by the sync.
+func (s *Store) keepOnDisk(ctx context.Context, recs []recordDoc) ([]recordDoc, error) {
+	if len(recs) == 0 {
+		return recs, nil
+	}
+	there, applied, err := s.onDisk(ctx, recs, true)
 	if err != nil {
 		return nil, err
 	}
-	for i, ok := range there {
-		if !ok {
-			return recs[:i], nil
+	kept := make([]recordDoc, 0, len(recs))
+	cut := map[string]bool{}
+	for i, rec := range recs {
+		switch {
+		case cut[rec.UserID]:
+		case there[i]:
+			kept = append(kept, rec)
+		case rec.W <= applied[rec.UserID]:
+			return nil, errUserMoved
+		default:
+			cut[rec.UserID] = true
 		}
 	}
-	return recs, nil
+	return kept, nil
 }
 
 // onDisk syncs the writes table, then reads recs back, and tells for each
 // whether it is on disk: once the sync has returned, a record read before
 // it is, if it is still there with the same nonce. A server that crashed
 // and restarted since recs were read has lost those it had not flushed,
-// and another write may since have taken a lost one's key.
-func (s *Store) onDisk(ctx context.Context, recs []recordDoc) ([]bool, error) {
+// and another write may since have taken a lost one's key. With users, it
+// also reads the w of each of the records' users after the sync.
+func (s *Store) onDisk(ctx context.Context, recs []recordDoc, users bool) (there []bool, applied map[string]uint64, err error) {
 	keys := make([]any, len(recs))
+	var ids []any
+	seen := map[string]bool{}
 	for i, rec := range recs {
 		keys[i] = rec.ID
+		if users && !seen[rec.UserID] {
+			seen[rec.UserID] = true
+			ids = append(ids, rec.UserID)
+		}
 	}
 	type key struct {
 		user string
 		w    uint64
 	}
-	var stored []struct {
-		UserID string `rethinkdb:"user_id"`
-		W      uint64 `rethinkdb:"w"`
-		Nonce  int64  `rethinkdb:"n"`
+	var after struct {
+		Records []struct {
+			UserID string `rethinkdb:"user_id"`
+			W      uint64 `rethinkdb:"w"`
+			Nonce  int64  `rethinkdb:"n"`
+		} `rethinkdb:"records"`
+		Users []struct {
+			ID string `rethinkdb:"id"`
+			W  uint64 `rethinkdb:"w"`
+		} `rethinkdb:"users"`
 	}
 	table := s.table(tableWrites)
-	q := r.Do(table.Sync(), func(r.Term) any { return table.GetAll(r.Args(keys)).Pluck("user_id", "w", "n") })
-	if err := s.all(ctx, q, &stored); err != nil {
-		return nil, fmt.Errorf("confirming writes on disk: %w", err)
+	q := r.Do(table.Sync(), func(r.Term) any {
+		out := map[string]any{"records": table.GetAll(r.Args(keys)).Pluck("user_id", "w", "n").CoerceTo("array")}
+		if len(ids) > 0 {
+			out["users"] = s.table(tableUsers).GetAll(r.Args(ids)).Pluck("id", "w").CoerceTo("array")
+		}
+		return out
+	})
+	if _, err := s.one(ctx, q, &after); err != nil {
+		return nil, nil, fmt.Errorf("confirming writes on disk: %w", err)
 	}
-	nonces := make(map[key]int64, len(stored))
-	for _, st := range stored {
+	nonces := make(map[key]int64, len(after.Records))
+	for _, st := range after.Records {
 		nonces[key{st.UserID, st.W}] = st.Nonce
 	}
-	there := make([]bool, len(recs))
+	there = make([]bool, len(recs))
 	for i, rec := range recs {
 		n, ok := nonces[key{rec.UserID, rec.W}]
 		there[i] = ok && n == rec.Nonce
 	}
-	return there, nil
+	applied = make(map[string]uint64, len(after.Users))
+	for _, u := range after.Users {
+		applied[u.ID] = u.W
+	}
+	return there, applied, nil
+}
+
+// again runs read until it does not report errUserMoved: each time it does,
+// the user has moved forward.
+func again[T any](ctx context.Context, read func() (T, error)) (T, error) {
+	for {
+		v, err := read()
+		if !errors.Is(err, errUserMoved) {
+			return v, err
+		}
+		if err := ctx.Err(); err != nil {
+			return v, err
+		}
+	}
 }
 
 // ReadAll implements feed.Store. The task documents may be in the middle of
@@ -367,7 +428,7 @@ func (s *Store) onDisk(ctx context.Context, recs []recordDoc) ([]bool, error) {
 // were inserted before their application began, so they are all read.
 func (s *Store) ReadAll(ctx context.Context, userID string) (feed.Snapshot, error) {
 	start := time.Now()
-	snap, err := s.readAll(ctx, userID)
+	snap, err := again(ctx, func() (feed.Snapshot, error) { return s.readAll(ctx, userID) })
 	s.m.Observe("read-all", start, err)
 	return snap, err
 }
@@ -421,10 +482,11 @@ func (s *Store) readAll(ctx context.Context, userID string) (feed.Snapshot, erro
 	for i, id := range ids {
 		snap.Tasks[i] = json.RawMessage(*tasks[id].task)
 	}
-	if len(recs) > 0 {
-		// Finish what a writer may have left, so the next read is cheaper.
-		if _, err := s.rollForward(ctx, userID); err != nil {
+	// Finish what a writer may have left, so the next read is cheaper.
+	for i := range recs {
+		if err := s.applyRecord(ctx, &recs[i]); err != nil {
 			s.log.Debug().Err(err).Msg("rolling forward after a read")
+			break
 		}
 	}
 	return snap, nil
@@ -446,6 +508,10 @@ func toInt64(v any) int64 {
 // and returns the user as of the last one. Any number of nodes may do it at
 // once: each step only moves a document forward.
 func (s *Store) rollForward(ctx context.Context, userID string) (userDoc, error) {
+	return again(ctx, func() (userDoc, error) { return s.rollForwardOnce(ctx, userID) })
+}
+
+func (s *Store) rollForwardOnce(ctx context.Context, userID string) (userDoc, error) {
 	var user userDoc
 	if found, err := s.one(ctx, s.table(tableUsers).Get(userID), &user); err != nil {
 		return user, err

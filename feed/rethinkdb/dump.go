@@ -53,13 +53,15 @@ func (s *Store) DumpUsers(ctx context.Context, after string, limit int) ([]feed.
 	if after == "" {
 		lower = r.MinVal
 	}
-	var docs []userDoc
-	err := s.all(ctx, s.table(tableUsers).Between(lower, r.MaxVal, r.BetweenOpts{LeftBound: "open"}).
-		OrderBy(r.OrderByOpts{Index: "id"}).Limit(limit), &docs)
-	if err != nil {
-		return nil, err
-	}
-	return s.readUsers(ctx, docs)
+	return again(ctx, func() ([]feed.UserData, error) {
+		var docs []userDoc
+		err := s.all(ctx, s.table(tableUsers).Between(lower, r.MaxVal, r.BetweenOpts{LeftBound: "open"}).
+			OrderBy(r.OrderByOpts{Index: "id"}).Limit(limit), &docs)
+		if err != nil {
+			return nil, err
+		}
+		return s.readUsers(ctx, docs)
+	})
 }
 
 // LookupUsers implements feed.Dumper.
@@ -67,11 +69,13 @@ func (s *Store) LookupUsers(ctx context.Context, ids []string) ([]feed.UserData,
 	if len(ids) == 0 {
 		return nil, nil
 	}
-	var docs []userDoc
-	if err := s.all(ctx, s.table(tableUsers).GetAll(anys(ids)...), &docs); err != nil {
-		return nil, err
-	}
-	return s.readUsers(ctx, docs)
+	return again(ctx, func() ([]feed.UserData, error) {
+		var docs []userDoc
+		if err := s.all(ctx, s.table(tableUsers).GetAll(anys(ids)...), &docs); err != nil {
+			return nil, err
+		}
+		return s.readUsers(ctx, docs)
+	})
 }
 
 // readUsers reads the settled state of users whose documents were just
@@ -99,6 +103,11 @@ func (s *Store) readUsers(ctx context.Context, docs []userDoc) ([]feed.UserData,
 		return nil, err
 	}
 	slices.SortFunc(recs, func(a, b recordDoc) int { return cmp.Compare(a.W, b.W) })
+	// Only records on disk, as readAll reads them (keepOnDisk).
+	recs, err := s.keepOnDisk(ctx, recs)
+	if err != nil {
+		return nil, err
+	}
 	type state struct {
 		w    uint64
 		task *string

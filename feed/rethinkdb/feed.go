@@ -396,7 +396,7 @@ func (f *feeds) sequence() {
 
 // confirm keeps the batch's records that are on disk (onDisk).
 func (f *feeds) confirm(batch []recordDoc) ([]recordDoc, error) {
-	there, err := f.s.onDisk(f.ctx, batch)
+	there, _, err := f.s.onDisk(f.ctx, batch, false)
 	if err != nil {
 		return nil, err
 	}

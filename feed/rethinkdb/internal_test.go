@@ -222,11 +222,13 @@ func TestDeviceWithoutLastSeen(t *testing.T) {
 // read of a user's pending records and their use, the test's hook does to
 // the record what such a crash does: removes it, or lets another write take
 // its key (another nonce). Neither a read-all nor a writer's roll-forward
-// may then use it; once a record is on disk, both do.
+// may then use it; once a record is on disk, both do. A record that another
+// node applied and the pruner then deleted in that window is not lost: the
+// user is read again, and has it.
 func TestPendingRecordsOnlyOnceOnDisk(t *testing.T) {
 	url := rethinktest.URL(t)
 	ctx := context.Background()
-	for _, crash := range []string{"lost", "key taken"} {
+	for _, crash := range []string{"lost", "key taken", "applied and pruned"} {
 		t.Run(crash, func(t *testing.T) {
 			s := openInternal(t, url)
 			sess, err := s.Login(ctx, "", "")
@@ -245,7 +247,7 @@ func TestPendingRecordsOnlyOnceOnDisk(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			w := &feed.Write{Kind: feed.WriteCreate, UserID: sess.UserID, Task: []byte(`{"id":2,"v":"phantom"}`), Version: []byte(`2`)}
+			w := &feed.Write{Kind: feed.WriteCreate, UserID: sess.UserID, Task: []byte(`{"id":2,"v":"second"}`), Version: []byte(`2`)}
 			tx := &userTx{s: s, ctx: ctx, userID: sess.UserID, version: json.RawMessage(user.Version),
 				TaskCounter: feed.NewTaskCounter(user.Tasks), deleted: map[int64]bool{}}
 			changes, err := feed.Apply(tx, w, s.limits)
@@ -253,21 +255,34 @@ func TestPendingRecordsOnlyOnceOnDisk(t *testing.T) {
 				t.Fatal(err)
 			}
 			rec := tx.record(user, w, changes)
-			if err := s.table(tableWrites).Insert(r.Expr(rec).Merge(map[string]any{"at": r.Now()})).Exec(s.exec); err != nil {
-				t.Fatal(err)
+			insert := func() {
+				if err := s.table(tableWrites).Insert(r.Expr(rec).Merge(map[string]any{"at": r.Now()})).Exec(s.exec); err != nil {
+					t.Fatal(err)
+				}
 			}
 			crashes := 0
-			s.afterPendingRead = func() {
-				crashes++
-				q := s.table(tableWrites).Get(rec.ID).Delete()
-				if crash == "key taken" {
-					q = s.table(tableWrites).Get(rec.ID).Update(map[string]any{"n": rec.Nonce + 1})
+			crashOnce := func() {
+				hook := func() {
+					s.afterPendingRead.Store(nil)
+					crashes++
+					switch crash {
+					case "key taken":
+						err = s.table(tableWrites).Get(rec.ID).Update(map[string]any{"n": rec.Nonce + 1}).Exec(s.exec)
+					case "applied and pruned":
+						if err = s.applyRecord(ctx, rec); err == nil {
+							err = s.table(tableWrites).Get(rec.ID).Delete().Exec(s.exec)
+						}
+					default:
+						err = s.table(tableWrites).Get(rec.ID).Delete().Exec(s.exec)
+					}
+					if err != nil {
+						t.Error(err)
+					}
 				}
-				if err := q.Exec(s.exec); err != nil {
-					t.Error(err)
-				}
-				s.afterPendingRead = nil
+				s.afterPendingRead.Store(&hook)
 			}
+			insert()
+			crashOnce()
 
 			snap, err := s.ReadAll(ctx, sess.UserID)
 			if err != nil {
@@ -276,23 +291,31 @@ func TestPendingRecordsOnlyOnceOnDisk(t *testing.T) {
 			if crashes != 1 {
 				t.Fatalf("the hook ran %d times", crashes)
 			}
+			if crash == "applied and pruned" {
+				if len(snap.Tasks) != 2 || snap.Seq != rec.Last || string(snap.Version) != "2" {
+					t.Fatalf("read-all lost a record applied meanwhile: %d tasks %q, seq %d (want %d), version %s",
+						len(snap.Tasks), snap.Tasks, snap.Seq, rec.Last, snap.Version)
+				}
+				// The next write follows it, under the next record number.
+				next := &feed.Write{Kind: feed.WriteCreate, UserID: sess.UserID, Task: []byte(`{"id":3}`), Version: []byte(`3`)}
+				if err := s.Write(ctx, next); err != nil {
+					t.Fatal(err)
+				}
+				if next.Seq != rec.Last+1 {
+					t.Fatalf("the next write took seq %d, want %d", next.Seq, rec.Last+1)
+				}
+				return
+			}
 			if len(snap.Tasks) != 1 || string(snap.Tasks[0]) != `{"id":1,"v":"kept"}` || snap.Seq != before.Seq || string(snap.Version) != "1" {
 				t.Fatalf("read-all showed a record not on disk: %d tasks %q, seq %d (before %d), version %s",
 					len(snap.Tasks), snap.Tasks, snap.Seq, before.Seq, snap.Version)
 			}
 
-			// The same crash under a writer's roll-forward: the user stays
-			// where it was, and no task document moves.
 			if crash == "lost" {
-				if err := s.table(tableWrites).Insert(r.Expr(rec).Merge(map[string]any{"at": r.Now()})).Exec(s.exec); err != nil {
-					t.Fatal(err)
-				}
-				s.afterPendingRead = func() {
-					if err := s.table(tableWrites).Get(rec.ID).Delete().Exec(s.exec); err != nil {
-						t.Error(err)
-					}
-					s.afterPendingRead = nil
-				}
+				// The same crash under a writer's roll-forward: the user
+				// stays where it was, and no task document moves.
+				insert()
+				crashOnce()
 				rolled, err := s.rollForward(ctx, sess.UserID)
 				if err != nil {
 					t.Fatal(err)

@@ -29,6 +29,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -77,7 +78,7 @@ type Store struct {
 
 	// afterPendingRead, a test's hook, runs between reading a user's
 	// records not applied yet and confirming them on disk.
-	afterPendingRead func()
+	afterPendingRead atomic.Pointer[func()]
 }
 
 var (
