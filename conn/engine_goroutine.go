@@ -105,10 +105,11 @@ func (e *goroutineEngine) readLoop(c *Conn) {
 		case err == nil:
 			continue
 		case errors.Is(err, io.EOF):
-			if c.peerFinished() {
-				// A half-close: the answers still due drain, then the
-				// write side is shut (or the sweeper aborts). Reading on
-				// would only meet the EOF again.
+			if ts == nil && c.peerFinished() {
+				// A half-close (plain TCP, as on the epoll engine): the
+				// answers still due drain, then the write side is shut
+				// (or the sweeper aborts). Reading on would only meet
+				// the EOF again.
 				<-c.g.shut
 			}
 			c.markClosing(ReasonClientClosed)
