@@ -106,7 +106,7 @@ func (e *goroutineEngine) readLoop(c *Conn) {
 			continue
 		case errors.Is(err, io.EOF):
 			if ts == nil && c.peerFinished() {
-				// A half-close (plain TCP, as on the epoll engine): the
+				// A half-close (without TLS, as on the epoll engine): the
 				// answers still due drain, then the write side is shut
 				// (or the sweeper aborts). Reading on would only meet
 				// the EOF again.

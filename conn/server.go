@@ -41,9 +41,10 @@ type Handler interface {
 
 // InputEndHandler is a Handler told when a peer has sent all it will: its
 // FIN reached an open connection (a half-close: `nc -N`, a script that
-// shuts its side after its requests, and still reads). OnInputEnd runs on
-// the read side (epoll engine), before the connection closes gracefully:
-// what it queues, or waits for, is sent before the close.
+// shuts its side after its requests, and still reads), without TLS.
+// OnInputEnd runs on the read side (a pool worker, or the connection's
+// reader goroutine), before the connection closes gracefully: what it
+// queues, or waits for, is sent before the close.
 type InputEndHandler interface {
 	OnInputEnd(c *Conn)
 }
