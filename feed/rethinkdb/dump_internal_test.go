@@ -2,11 +2,8 @@ package rethinkdb
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"testing"
-
-	r "gopkg.in/rethinkdb/rethinkdb-go.v6"
 
 	"github.com/kronos-sync/kronos-server/feed"
 	"github.com/kronos-sync/kronos-server/internal/rethinktest"
@@ -32,21 +29,8 @@ func TestDumpOfHalfAppliedWriteAll(t *testing.T) {
 	if err := s.Write(ctx, &feed.Write{Kind: feed.WriteAll, UserID: sess.UserID, Tasks: before, Version: []byte(`1`)}); err != nil {
 		t.Fatal(err)
 	}
-	user, err := s.rollForward(ctx, sess.UserID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := &feed.Write{Kind: feed.WriteAll, UserID: sess.UserID, Tasks: after, Version: []byte(`2`)}
-	tx := &userTx{s: s, ctx: ctx, userID: sess.UserID, version: json.RawMessage(user.Version),
-		TaskCounter: feed.NewTaskCounter(user.Tasks), deleted: map[int64]bool{}}
-	changes, err := feed.Apply(tx, w, s.limits)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec := tx.record(user, w, changes)
-	if err := s.table(tableWrites).Insert(r.Expr(rec).Merge(map[string]any{"at": r.Now()})).Exec(s.exec); err != nil {
-		t.Fatal(err)
-	}
+	user, rec := recordFor(t, s, &feed.Write{Kind: feed.WriteAll, UserID: sess.UserID, Tasks: after, Version: []byte(`2`)})
+	insertRecord(t, s, rec)
 	half := *rec
 	half.Changes, half.Drop = rec.Changes[:2], nil
 	applyTasksOnly(t, s, &half)

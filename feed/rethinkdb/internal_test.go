@@ -46,21 +46,8 @@ func TestHalfAppliedWriteAllIsWhole(t *testing.T) {
 	}
 	// What Write does up to the commit, then the first two task documents
 	// of the application, then the crash.
-	user, err := s.rollForward(ctx, sess.UserID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := &feed.Write{Kind: feed.WriteAll, UserID: sess.UserID, Tasks: after, Version: []byte(`2`)}
-	tx := &userTx{s: s, ctx: ctx, userID: sess.UserID, version: json.RawMessage(user.Version),
-		TaskCounter: feed.NewTaskCounter(user.Tasks), deleted: map[int64]bool{}}
-	changes, err := feed.Apply(tx, w, s.limits)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec := tx.record(user, w, changes)
-	if err := s.table(tableWrites).Insert(r.Expr(rec).Merge(map[string]any{"at": r.Now()})).Exec(s.exec); err != nil {
-		t.Fatal(err)
-	}
+	user, rec := recordFor(t, s, &feed.Write{Kind: feed.WriteAll, UserID: sess.UserID, Tasks: after, Version: []byte(`2`)})
+	insertRecord(t, s, rec)
 	half := *rec
 	half.Changes, half.Drop = rec.Changes[:2], nil
 	half.W = rec.W // applies as record W, but only two of its tasks
@@ -86,6 +73,33 @@ func TestHalfAppliedWriteAllIsWhole(t *testing.T) {
 	var u userDoc
 	if _, err := s.one(ctx, s.table(tableUsers).Get(sess.UserID), &u); err != nil || u.W != rec.W || u.Tasks != 6 {
 		t.Fatalf("user after the read: %+v, %v", u, err)
+	}
+}
+
+// recordFor rolls the user forward and builds w's record on that state, as
+// Write does before its commit, and returns both.
+func recordFor(t *testing.T, s *Store, w *feed.Write) (userDoc, *recordDoc) {
+	t.Helper()
+	ctx := context.Background()
+	user, err := s.rollForward(ctx, w.UserID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx := &userTx{s: s, ctx: ctx, userID: w.UserID, version: json.RawMessage(user.Version),
+		TaskCounter: feed.NewTaskCounter(user.Tasks), deleted: map[int64]bool{}}
+	changes, err := feed.Apply(tx, w, s.limits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return user, tx.record(user, w, changes)
+}
+
+// insertRecord commits rec without applying it: a node that died right after
+// its commit, or one whose application has not begun.
+func insertRecord(t *testing.T, s *Store, rec *recordDoc) {
+	t.Helper()
+	if err := s.table(tableWrites).Insert(r.Expr(rec).Merge(map[string]any{"at": r.Now()})).Exec(s.exec); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -243,23 +257,8 @@ func TestPendingRecordsOnlyOnceOnDisk(t *testing.T) {
 				t.Fatal(err)
 			}
 			// A writer on another node inserts its record; it is not applied.
-			user, err := s.rollForward(ctx, sess.UserID)
-			if err != nil {
-				t.Fatal(err)
-			}
-			w := &feed.Write{Kind: feed.WriteCreate, UserID: sess.UserID, Task: []byte(`{"id":2,"v":"second"}`), Version: []byte(`2`)}
-			tx := &userTx{s: s, ctx: ctx, userID: sess.UserID, version: json.RawMessage(user.Version),
-				TaskCounter: feed.NewTaskCounter(user.Tasks), deleted: map[int64]bool{}}
-			changes, err := feed.Apply(tx, w, s.limits)
-			if err != nil {
-				t.Fatal(err)
-			}
-			rec := tx.record(user, w, changes)
-			insert := func() {
-				if err := s.table(tableWrites).Insert(r.Expr(rec).Merge(map[string]any{"at": r.Now()})).Exec(s.exec); err != nil {
-					t.Fatal(err)
-				}
-			}
+			user, rec := recordFor(t, s, &feed.Write{Kind: feed.WriteCreate, UserID: sess.UserID,
+				Task: []byte(`{"id":2,"v":"second"}`), Version: []byte(`2`)})
 			crashes := 0
 			crashOnce := func() {
 				hook := func() {
@@ -281,7 +280,7 @@ func TestPendingRecordsOnlyOnceOnDisk(t *testing.T) {
 				}
 				s.afterPendingRead.Store(&hook)
 			}
-			insert()
+			insertRecord(t, s, rec)
 			crashOnce()
 
 			snap, err := s.ReadAll(ctx, sess.UserID)
@@ -314,7 +313,7 @@ func TestPendingRecordsOnlyOnceOnDisk(t *testing.T) {
 			if crash == "lost" {
 				// The same crash under a writer's roll-forward: the user
 				// stays where it was, and no task document moves.
-				insert()
+				insertRecord(t, s, rec)
 				crashOnce()
 				rolled, err := s.rollForward(ctx, sess.UserID)
 				if err != nil {
