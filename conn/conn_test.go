@@ -388,6 +388,30 @@ func TestRawTCPInvalidJSONAnswersAndCloses(t *testing.T) {
 	})
 }
 
+// A JSON scalar is valid JSON but not a request: the answer says so, and the
+// stream closes because a number's end cannot be told apart from the next one.
+func TestRawTCPScalarAnswersNotAnObjectAndCloses(t *testing.T) {
+	for _, scalar := range []string{`7`, `"login"`, `true`, `null`, `-1`} {
+		t.Run(scalar, func(t *testing.T) {
+			eachEngine(t, func(t *testing.T, engine string) {
+				s, r := serve(t, engine, Options{})
+				c := dial(t, s)
+				write(t, c, []byte(`{"a":1} `+scalar+` {"b":2}`))
+				if m := r.message(t); m.data != `{"a":1}` {
+					t.Fatalf("got %q", m.data)
+				}
+				if err := r.framingError(t); err != ErrNotObject {
+					t.Fatalf("framing error %v", err)
+				}
+				readToEOF(t, c)
+				if got := r.closed(t); got.reason != ReasonProtocolError {
+					t.Fatalf("closed with %v", got.reason)
+				}
+			})
+		})
+	}
+}
+
 func TestCloseSendsQueuedOutputFirst(t *testing.T) {
 	eachEngine(t, func(t *testing.T, engine string) {
 		s, r := serve(t, engine, Options{})

@@ -201,7 +201,14 @@ func (c *Conn) consumeTCP(p []byte) int {
 				return len(p)
 			}
 			return used
-		case scanBadStart, scanNotJSON:
+		case scanBadStart:
+			if startsScalar(p[used+start]) {
+				c.tcpFail(ErrNotObject)
+			} else {
+				c.tcpFail(ErrInvalidJSON)
+			}
+			return len(p)
+		case scanNotJSON:
 			c.tcpFail(ErrInvalidJSON)
 			return len(p)
 		}

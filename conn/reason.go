@@ -66,7 +66,11 @@ const statusTryAgainLater ws.StatusCode = 1013
 // Framing errors reported to Handler.OnFramingError. Their text is safe to
 // show to the client.
 var (
-	ErrInvalidJSON       = errors.New("invalid JSON")
+	ErrInvalidJSON = errors.New("invalid JSON")
+	// ErrNotObject: the stream holds a JSON scalar (a number, string, true,
+	// false or null) where a request belongs. It is valid JSON, but a raw
+	// stream cannot say where a number ends, so it closes like invalid JSON.
+	ErrNotObject         = errors.New("request must be a JSON object")
 	ErrIncompleteTimeout = errors.New("incomplete message: timed out waiting for the rest")
 	ErrInvalidUTF8       = errors.New("invalid UTF-8 in text message")
 	ErrLoginTimeout      = errors.New("not logged in in time")

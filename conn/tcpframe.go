@@ -28,6 +28,12 @@ const (
 	scanBadStart                   // a value begins with a byte that is not `{` or `[`
 )
 
+// startsScalar says whether b can begin a JSON value other than an object or
+// an array.
+func startsScalar(b byte) bool {
+	return b == '"' || b == '-' || b == 't' || b == 'f' || b == 'n' || ('0' <= b && b <= '9')
+}
+
 func isJSONSpace(b byte) bool { return b == ' ' || b == '\t' || b == '\r' || b == '\n' }
 
 // next scans p, which must begin with the bytes given to the previous call

@@ -72,6 +72,19 @@ func TestRawStreamInvalidJSONCloses(t *testing.T) {
 	h.login(client.TCP, "", "")
 }
 
+// A scalar is valid JSON but no request; on a raw stream it still closes,
+// since where a number ends cannot be told.
+func TestRawStreamScalarCloses(t *testing.T) {
+	h := start(t, node.Options{})
+	for _, scalar := range []string{"5\n", `"login"`, "null"} {
+		c := h.dial(client.TCP)
+		sendRaw(t, c, scalar)
+		expectError(t, c, "", "request must be a JSON object")
+		expectClosed(t, c)
+	}
+	h.login(client.TCP, "", "")
+}
+
 func TestWebSocketInvalidJSONKeepsConnection(t *testing.T) {
 	h := start(t, node.Options{})
 	c := h.dial(client.WebSocket)
