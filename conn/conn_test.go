@@ -517,6 +517,58 @@ func TestReadTimeoutOfHalfSentMessage(t *testing.T) {
 	})
 }
 
+// A fragmented message must end within the read timeout however its frames
+// are spaced: each frame arriving whole does not restart the clock. The
+// client keeps sending empty continuation frames until the node gives up.
+func TestReadTimeoutOfFragmentedMessage(t *testing.T) {
+	for _, skipped := range []bool{false, true} {
+		t.Run(fmt.Sprintf("skipped=%v", skipped), func(t *testing.T) {
+			eachEngine(t, func(t *testing.T, engine string) {
+				opts := Options{ReadTimeout: 20 * time.Millisecond}
+				first := []byte(`{"type":"read-all","pad":"`)
+				if skipped { // over the limit: its payload is skipped, not kept
+					opts.MaxMessageBytes = len(first) - 1
+				}
+				s, r := serve(t, engine, opts)
+				w := dialWS(t, s)
+				w.send(t, false, ws.OpText, first)
+				if skipped {
+					var tooBig *TooBigError
+					if err := r.framingError(t); !errors.As(err, &tooBig) {
+						t.Fatalf("framing error %v", err)
+					}
+				}
+				stop, done := make(chan struct{}), make(chan struct{})
+				go func() {
+					defer close(done)
+					tick := time.NewTicker(2 * time.Millisecond)
+					defer tick.Stop()
+					for {
+						select {
+						case <-stop:
+							return
+						case <-tick.C:
+							if _, err := w.Write(clientFrame(false, ws.OpContinuation, nil)); err != nil {
+								return
+							}
+						}
+					}
+				}()
+				err := r.framingError(t)
+				close(stop)
+				<-done
+				w.Close() // no close handshake to wait for
+				if err != ErrIncompleteTimeout {
+					t.Fatalf("framing error %v", err)
+				}
+				if got := r.closed(t); got.reason != ReasonTimeout {
+					t.Fatalf("closed with %v", got.reason)
+				}
+			})
+		})
+	}
+}
+
 func TestShutdownClosesEveryConnectionOnce(t *testing.T) {
 	eachEngine(t, func(t *testing.T, engine string) {
 		s, r := serve(t, engine, Options{})

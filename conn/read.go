@@ -161,6 +161,13 @@ func (c *Conn) onData(p []byte) {
 		c.in, c.ws = nil, nil // nothing more is read from it: its buffers go now
 		c.inSince.Store(0)
 	}
+	if since := c.wsOpenSince(); since != 0 {
+		// A fragmented message is timed from its first frame: frames that
+		// each arrive whole must not keep an unfinished message alive.
+		if cur := c.inSince.Load(); cur == 0 || since < cur {
+			c.inSince.Store(since)
+		}
+	}
 	c.syncIn()
 	if testHookRead != nil {
 		testHookRead(c, len(p))

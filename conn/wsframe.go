@@ -21,8 +21,29 @@ type wsReader struct {
 	msg        []byte    // payload of a fragmented message so far
 	msgValid   int       // bytes of a text msg checked to be whole UTF-8 characters
 	discard    int64     // payload bytes of the current frame still to skip
+	since      int64     // when the open message's first frame arrived (Unix ns), for the read timeout
 	msgOp      ws.OpCode // its opcode; 0 when no message is open
 	discardMsg bool      // skip continuation frames until the one with FIN
+}
+
+// open reports whether a message is partly received: fragments reassembled
+// or a payload being skipped. Its whole must arrive within the read timeout
+// however the client spaces the frames.
+func (r *wsReader) open() bool { return r.msgOp != 0 || r.discardMsg || r.discard > 0 }
+
+// wsOpenSince is when the message in progress began, or 0 when none is.
+func (c *Conn) wsOpenSince() int64 {
+	if r := c.ws; r != nil && r.open() {
+		return r.since
+	}
+	return 0
+}
+
+// startMessage marks a message as begun now, unless one already is.
+func (r *wsReader) startMessage() {
+	if !r.open() {
+		r.since = nowNano()
+	}
 }
 
 // wsReaderOf returns c's reader state, making it when c has none.
@@ -155,6 +176,7 @@ func (c *Conn) consumeWSFrames(p []byte) int {
 					c.srv.handler.OnFramingError(c, &TooBigError{Limit: c.srv.opts.MaxMessageBytes})
 				}
 				r = c.wsReaderOf()
+				r.startMessage()
 				r.discardMsg = !h.Fin
 				r.msg, r.msgOp = nil, 0
 				used += hsize
@@ -224,6 +246,7 @@ func (c *Conn) wsFrame(h ws.Header, payload []byte) {
 			return
 		}
 		r := c.wsReaderOf()
+		r.startMessage()
 		r.msgOp, r.msgValid = h.OpCode, 0
 		r.msg = c.appendIn(r.msg[:0], payload)
 	case ws.OpContinuation:
