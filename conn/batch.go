@@ -33,7 +33,7 @@ func (c *Conn) SendBatched(payload []byte, b *Batch) bool {
 		return false
 	}
 	size := it.size()
-	if c.inBatch && c.outBytes+size > min(batchFlushAt, c.srv.opts.MaxQueueBytes/2) {
+	if c.inBatch && c.queuedCostLocked()+size > min(batchFlushAt, c.srv.opts.MaxQueueBytes/2) {
 		// Enough waits to fill a writev: write it now, so that only what
 		// the socket does not take counts against MaxQueueBytes, as with
 		// Send.

@@ -245,7 +245,7 @@ func (c *Conn) SendShared(sh *Shared) bool {
 // takes other connections' mu).
 func (c *Conn) roomForOut(it *outItem) bool {
 	s := c.srv
-	cost := int64(it.size())
+	cost := int64(it.size() + queuedItemCost)
 	if sh := it.shared; sh != nil && sh.queued.Load() > 0 {
 		cost -= int64(len(sh.data)) // already counted
 	}
@@ -303,7 +303,7 @@ func (c *Conn) dropOutLocked() {
 // queue changed. Nothing is written when nothing changed: a message the
 // socket takes at once costs no shared write. c.mu must be held.
 func (c *Conn) publishOut() {
-	held := int64(c.outBytes + c.outOff)
+	held := int64(c.outBytes + c.outOff + len(c.out)*queuedItemCost)
 	if c.bud.outWeight.Load() != held {
 		c.bud.outWeight.Store(held)
 	}

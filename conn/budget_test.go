@@ -253,8 +253,8 @@ func TestOutputBudgetCutsLargestQueuesFirst(t *testing.T) {
 				t.Fatal("shared payload refused")
 			}
 		}
-		if q := s.OutputQueued(); q < 6<<20 || q > 6<<20+64 {
-			t.Fatalf("output queued %d, want the shared payload once (%d) and its framing", q, 6<<20)
+		if q := s.OutputQueued(); q < 6<<20 || q > 6<<20+2*int64(queuedItemCost+1) {
+			t.Fatalf("output queued %d, want the shared payload once (%d) and each queue's framing and slot", q, 6<<20)
 		}
 		// A third non-reader with 4 MiB of its own: 10 MiB, under the budget.
 		if !conns[2].Send(bytes.Repeat([]byte("m"), 4<<20)) {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -452,6 +453,74 @@ func fillSocket(t *testing.T, conn *Conn) (sent int) {
 		}
 	}
 	return sent
+}
+
+// A client that pings and never reads holds one pong, answering its latest
+// ping, not one per ping (RFC 6455 5.5.3).
+func TestPingFloodQueuesOnePong(t *testing.T) {
+	eachEngine(t, func(t *testing.T, engine string) {
+		s, r := serve(t, engine, Options{})
+		w := dialWS(t, s)
+		w.send(t, true, ws.OpText, []byte(`{}`))
+		conn := r.message(t).c
+		// Far more queued than the kernel may still take, so that the
+		// queue holds output until the client reads.
+		filler := bytes.Repeat([]byte{'x'}, 16<<10)
+		for conn.QueuedBytes() < 1<<20 {
+			if !conn.Send(filler) {
+				t.Fatal("send refused")
+			}
+		}
+		const pings = 500
+		var flood bytes.Buffer
+		for i := 1; i <= pings; i++ {
+			flood.Write(clientFrame(true, ws.OpPing, []byte(strconv.Itoa(i))))
+		}
+		flood.Write(clientFrame(true, ws.OpText, []byte(`{"after":"pings"}`)))
+		write(t, w, flood.Bytes())
+		if m := r.message(t); m.data != `{"after":"pings"}` { // every ping before it is handled
+			t.Fatalf("got %q", m.data)
+		}
+		last := strconv.Itoa(pings)
+		conn.Send([]byte(`"end"`))
+		var pongs []string
+		for {
+			f := w.frame(t)
+			if f.Header.OpCode == ws.OpPong {
+				pongs = append(pongs, string(f.Payload))
+			}
+			if string(f.Payload) == `"end"` {
+				break
+			}
+		}
+		if len(pongs) != 1 || pongs[0] != last {
+			t.Fatalf("%d pongs, the last answering ping %q; want one answering ping %s", len(pongs), pongs[len(pongs)-1], last)
+		}
+	})
+}
+
+// The queue's limit counts each message's slot as well as its bytes: tiny
+// messages cannot hold many times the memory the limit allows.
+func TestQueueLimitCountsEachMessage(t *testing.T) {
+	eachEngine(t, func(t *testing.T, engine string) {
+		const limit = 64 << 10
+		s, r := serve(t, engine, Options{MaxQueueBytes: limit})
+		c := dial(t, s)
+		c.SetReadBuffer(4 << 10)
+		write(t, c, []byte(`{}`))
+		conn := r.message(t).c
+		fillSocket(t, conn)
+		n := 0
+		for conn.Send([]byte(`1`)) {
+			n++
+		}
+		if most := limit / queuedItemCost; n > most {
+			t.Fatalf("%d one-byte messages queued, at most %d fit the limit with their slots", n, most)
+		}
+		if got := r.closed(t); got.reason != ReasonSlowConsumer {
+			t.Fatalf("closed with %v", got.reason)
+		}
+	})
 }
 
 func TestAbortDropsQueuedOutput(t *testing.T) {

@@ -2,7 +2,9 @@ package conn
 
 import (
 	"errors"
+	"unsafe"
 
+	"github.com/gobwas/ws"
 	"golang.org/x/sys/unix"
 )
 
@@ -13,6 +15,7 @@ type outItem struct {
 	head    [maxWSHeader]byte // WebSocket frame header, if any
 	headLen uint8
 	newline bool // raw TCP: a "\n" follows data
+	pong    bool // a WebSocket pong, which a later ping's pong may replace while unsent
 	data    []byte
 	shared  *Shared // data's owner when counted once for many queues (SendShared)
 }
@@ -24,6 +27,13 @@ func (it *outItem) size() int {
 	}
 	return n
 }
+
+// queuedItemCost is what a queued message costs beyond its bytes: its slot
+// in the queue, whose backing array may be twice as long as the queue. It is
+// counted against the queue's limit and the output budget, or a flood of
+// tiny messages (pongs, short error answers) would hold many times the
+// memory the counts show.
+const queuedItemCost = 2 * int(unsafe.Sizeof(outItem{}))
 
 var newline = []byte{'\n'}
 
@@ -137,7 +147,7 @@ func (c *Conn) enqueueLocked(it *outItem) bool {
 // larger than the whole limit still goes out on an empty queue, so a big
 // read-all answer is never refused by itself. c.mu must be held.
 func (c *Conn) overflowsLocked(size int) bool {
-	if c.outBytes == 0 || size <= c.srv.opts.MaxQueueBytes-c.outBytes { // no sum: no overflow whatever the limit
+	if c.outBytes == 0 || size+queuedItemCost <= c.srv.opts.MaxQueueBytes-c.queuedCostLocked() { // no sum of the client's sizes: no overflow whatever the limit
 		return false
 	}
 	c.markClosing(ReasonSlowConsumer)
@@ -259,6 +269,32 @@ func (c *Conn) advance(n int) {
 	}
 	c.out = c.out[i:]
 	c.outOff = n
+}
+
+// queuedCostLocked is what c's queue holds: its unwritten bytes and each
+// message's slot. c.mu must be held.
+func (c *Conn) queuedCostLocked() int { return c.outBytes + len(c.out)*queuedItemCost }
+
+// sendPong answers a ping. RFC 6455 5.5.3 lets an endpoint answer only the
+// most recent of several pings: a pong still waiting unsent at the end of
+// the queue takes the new payload instead of a second pong being queued, so
+// a client that pings and never reads cannot grow the queue by a message per
+// ping. (On TLS the pong is already a sealed record; there each counts.)
+func (c *Conn) sendPong(payload []byte) {
+	frame := wsControlFrame(ws.OpPong, payload)
+	if c.tls.Load() == nil {
+		c.mu.Lock()
+		if n := len(c.out); n > 0 && c.out[n-1].pong && (n > 1 || c.outOff == 0) {
+			last := &c.out[n-1]
+			c.outBytes += len(frame) - len(last.data)
+			last.data = frame
+			c.publishOut()
+			c.mu.Unlock()
+			return
+		}
+		c.mu.Unlock()
+	}
+	c.emit(&outItem{data: frame, pong: true})
 }
 
 // QueuedBytes is the size of the output not yet written to the socket.

@@ -96,11 +96,18 @@ func putWSTextHeader(dst []byte, n int) int {
 	}
 }
 
+// wsControlFrame is an unmasked control frame carrying a copy of payload,
+// allocated at its exact size: a flood of pings must not cost a buffer of
+// the allocator's minimum per pong.
 func wsControlFrame(op ws.OpCode, payload []byte) []byte {
-	var b bytes.Buffer
-	b.Grow(2 + len(payload))
-	_ = ws.WriteFrame(&b, ws.NewFrame(op, true, payload))
-	return b.Bytes()
+	if len(payload) > ws.MaxControlFramePayloadSize {
+		payload = payload[:ws.MaxControlFramePayloadSize] // only our own close reasons; all are shorter
+	}
+	b := make([]byte, 2+len(payload))
+	b[0] = 0x80 | byte(op) // FIN
+	b[1] = byte(len(payload))
+	copy(b[2:], payload)
+	return b
 }
 
 // wsPing is the server's keepalive ping, the same bytes for every
@@ -229,7 +236,7 @@ func (c *Conn) wsHeaderValid(h ws.Header) bool {
 func (c *Conn) wsFrame(h ws.Header, payload []byte) {
 	switch h.OpCode {
 	case ws.OpPing:
-		c.sendRaw(wsControlFrame(ws.OpPong, bytes.Clone(payload)))
+		c.sendPong(payload)
 		return
 	case ws.OpPong:
 		return
