@@ -12,3 +12,7 @@ func SharedAnswerOf(n *Node, userID string) *conn.Shared {
 
 // SharedAnswers is the number of users with a shared answer entry.
 func SharedAnswers(n *Node) int { return n.answers.len() }
+
+// ReadAllsWaiting is how many read-alls of the user wait for the read after
+// the running one.
+func ReadAllsWaiting(n *Node, userID string) int { return n.reads.waiting(userID) }

@@ -129,6 +129,7 @@ type Node struct {
 	fanout  *fanout
 	signups *addrLimiter // new users per client address
 	answers *answers     // large read-all answers, shared while queued
+	reads   *readFlights // read-alls of one user's devices, sharing store reads
 	metrics *metrics
 	srv     *conn.Server
 	ready   atomic.Bool
@@ -164,6 +165,7 @@ func New(b feed.Backend, opts Options) (*Node, error) {
 	n.fanout = newFanout(opts.FanoutShards, n.deliver)
 	n.metrics = newMetrics(opts.Registerer, n.hub, n.fanout)
 	n.answers = newAnswers()
+	n.reads = newReadFlights()
 	n.signups = newAddrLimiter(float64(opts.NewUsersPerMinute)/60, float64(opts.NewUsersPerMinute))
 	b.Feed.Subscribe(n.fanout.publish)
 	return n, nil

@@ -226,3 +226,55 @@ func TestReadAllWaitsForTheFeedAtMostStoreTimeout(t *testing.T) {
 		}
 	}
 }
+
+// The read-alls of one user's devices share store reads: while one read
+// runs, every device that asks waits for the next, and that one read
+// answers them all. None of them takes the running read's answer, which may
+// lack a change notified to it before it asked.
+func TestReadAllsOfOneUserShareReads(t *testing.T) {
+	s, err := bolt.Open(filepath.Join(t.TempDir(), "kronos.db"), feed.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	store := &heldReads{Store: s, reads: make(chan struct{}, 64)}
+	n := nodetest.Start(t, nodetest.Options{Backend: &feed.Backend{Store: store, Feed: s}})
+	h := &harness{t: t, node: n, addr: n.Addr}
+	writer, m := h.login(client.TCP, "", "")
+	user := m.Str("user_id")
+	const devices = 8
+	var d []*client.Client
+	for i := range devices {
+		c, _ := h.login(transports[i%2], user, "")
+		d = append(d, c)
+	}
+
+	release := store.holdReads(t)
+	send(t, d[0], map[string]any{"type": "read-all"})
+	await(t, store.reads, "the first read") // it read no task, and waits
+	send(t, writer, map[string]any{"type": "create", "task": map[string]any{"id": 1}, "version": 1})
+	expectType(t, writer, "create")
+	for _, c := range d[1:] {
+		expectType(t, c, "create") // task 1 is notified to them before they ask
+		send(t, c, map[string]any{"type": "read-all"})
+	}
+	eventually(t, wait, "every later read-all waits for the next read", func() bool {
+		return node.ReadAllsWaiting(n.Node, user) == devices-1
+	})
+	release()
+
+	first := expectType(t, d[0], "read-all")
+	if fmt.Sprint(first["tasks"]) != "[]" {
+		t.Fatalf("the first read-all %v, want no task (read before task 1)", first)
+	}
+	expectType(t, d[0], "create") // task 1, after the answer that lacks it
+	for i, c := range d[1:] {
+		if m := expectType(t, c, "read-all"); fmt.Sprint(m["tasks"]) != "[map[id:1]]" {
+			t.Fatalf("device %d: read-all %v, want task 1", i+1, m)
+		}
+	}
+	await(t, store.reads, "the second read")
+	if extra := len(store.reads); extra != 0 {
+		t.Fatalf("%d more store reads, want 2 for %d read-alls", extra, devices)
+	}
+}

@@ -284,20 +284,15 @@ func (s *session) readAll(ctx context.Context) {
 	// The answer is placed among the device's notifications by the Seq it
 	// was read at (answerInPlace): while the store reads, they wait.
 	s.hold()
-	snap, err := s.node.store.ReadAll(ctx, s.userID)
-	if err != nil {
-		s.answerInPlace(0, func() { s.storeError(typeReadAll, err) })
-		return
+	f := s.node.reads.readAll(ctx, s.node, s.userID)
+	switch {
+	case f.err != nil:
+		s.answerInPlace(0, func() { s.storeError(typeReadAll, f.err) })
+	case f.shared != nil:
+		s.answerInPlace(f.seq, func() { s.conn.SendShared(f.shared) })
+	default:
+		s.answerInPlace(f.seq, func() { s.conn.Send(f.payload) })
 	}
-	if readAllSize(snap) >= sharedAnswerBytes {
-		// One copy for all of the user's devices asking at this state,
-		// counted once in the output budget.
-		shared := s.node.answers.readAll(s.userID, snap)
-		s.answerInPlace(snap.Seq, func() { s.conn.SendShared(shared) })
-		return
-	}
-	payload := encodeReadAll(snap)
-	s.answerInPlace(snap.Seq, func() { s.conn.Send(payload) })
 }
 
 // prepareWrite builds the store's write for a request.
