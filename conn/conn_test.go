@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -332,6 +333,35 @@ func TestSniffWebSocket(t *testing.T) {
 			t.Fatalf("answer %+v %q", f.Header, f.Payload)
 		}
 	})
+}
+
+// A handshake's head over the bound is refused however it arrives: in one
+// write (so in one read, up to the read buffer) or dribbled.
+func TestLargeHTTPHeadGets431(t *testing.T) {
+	head := "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n" +
+		"X-Pad: " + strings.Repeat("a", maxHTTPHead) + "\r\n\r\n"
+	for _, dribbled := range []bool{false, true} {
+		t.Run(fmt.Sprintf("dribbled=%v", dribbled), func(t *testing.T) {
+			eachEngine(t, func(t *testing.T, engine string) {
+				s, r := serve(t, engine, Options{})
+				c := dial(t, s)
+				if dribbled {
+					for i := 0; i < len(head); i += 1000 {
+						write(t, c, []byte(head[i:min(i+1000, len(head))]))
+					}
+				} else {
+					write(t, c, []byte(head))
+				}
+				if answer := readToEOF(t, c); !bytes.HasPrefix(answer, []byte("HTTP/1.1 431 ")) {
+					t.Fatalf("answer %q", answer)
+				}
+				if got := r.closed(t); got.reason != ReasonHTTPRejected {
+					t.Fatalf("closed with %v", got.reason)
+				}
+			})
+		})
+	}
 }
 
 func TestPlainHTTPGets426(t *testing.T) {

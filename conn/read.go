@@ -312,6 +312,10 @@ func (c *Conn) readHTTPHead(p []byte) int {
 		return 0
 	}
 	end += 4
+	if end > maxHTTPHead { // whether it came in one read or in many
+		c.rejectHTTP(httpHeadTooLarge)
+		return len(p)
+	}
 	if !c.upgrade(p[:end]) {
 		return len(p)
 	}
