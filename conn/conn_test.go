@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -596,6 +597,10 @@ func TestSlowConsumerIsDisconnected(t *testing.T) {
 		}
 		if got := r.closed(t); got.reason != ReasonSlowConsumer {
 			t.Fatalf("closed with %v", got.reason)
+		}
+		// Reset, not closed after the data: the kernel keeps nothing for it.
+		if _, err := io.ReadAll(c); !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("the client read to %v, want a reset", err)
 		}
 	})
 }
