@@ -1,8 +1,10 @@
 package node_test
 
 import (
+	"bytes"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -10,6 +12,7 @@ import (
 	"github.com/kronos-sync/kronos-server/conn"
 	"github.com/kronos-sync/kronos-server/node"
 	"github.com/kronos-sync/kronos-server/node/client"
+	"github.com/rs/zerolog"
 )
 
 // A client that floods requests is refused past its rate; others are served.
@@ -92,17 +95,55 @@ func TestBadRequestFloodIsRateLimited(t *testing.T) {
 func TestNonReaderIsDisconnected(t *testing.T) {
 	for _, engine := range []string{conn.EngineEpoll, conn.EngineGoroutine} {
 		t.Run(engine, func(t *testing.T) {
-			opts := node.Options{RateLimit: 1e6, RateBurst: 1e6}
+			var logs syncBuffer
+			opts := node.Options{RateLimit: 1e6, RateBurst: 1e6, Logger: zerolog.New(&logs).Level(zerolog.DebugLevel)}
 			opts.Conn.MaxQueueBytes = 256 << 10
 			opts.Conn.Engine = engine
-			testNonReader(t, start(t, opts))
+			h := start(t, opts)
+			user := testNonReader(t, h)
+			// The drop is logged at info, with the user's hash, never the id.
+			eventually(t, wait, "the drop's log line", func() bool {
+				return strings.Contains(logs.String(), `"message":"device dropped"`)
+			})
+			var line string
+			for _, l := range strings.Split(logs.String(), "\n") {
+				if strings.Contains(l, `"message":"device dropped"`) {
+					line = l
+				}
+			}
+			if !strings.Contains(line, `"level":"info"`) || !strings.Contains(line, `"reason":"slow_consumer"`) ||
+				!strings.Contains(line, `"user":"`) {
+				t.Fatalf("log line %s", line)
+			}
+			if strings.Contains(logs.String(), user) {
+				t.Fatal("a user id reached the log")
+			}
 		})
 	}
 }
 
-func testNonReader(t *testing.T, h *harness) {
+// syncBuffer is a log sink that the node writes while the test reads.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// testNonReader returns the user whose device did not read.
+func testNonReader(t *testing.T, h *harness) (user string) {
 	writer, m := h.login(client.TCP, "", "")
-	user := m.Str("user_id")
+	user = m.Str("user_id")
 	reader, _ := h.login(client.WebSocket, user, "")
 	stuck := h.dial(client.TCP)
 	if _, err := stuck.Login(user, "", wait); err != nil {
@@ -172,4 +213,5 @@ func testNonReader(t *testing.T, h *harness) {
 	if got := received.Load(); got != int64(sent) {
 		t.Fatalf("reader got %d notifications, want %d", got, sent)
 	}
+	return user
 }

@@ -121,6 +121,7 @@ func (o *Options) Validate() error {
 type Node struct {
 	opts    Options
 	log     zerolog.Logger
+	dropLog zerolog.Logger // log, at most dropLogBurst events a second
 	store   feed.Store
 	async   feed.AsyncWriter // the store, when it can queue writes (nil: it cannot)
 	writes  sync.WaitGroup   // writes queued on async and not committed yet
@@ -154,12 +155,15 @@ func New(b feed.Backend, opts Options) (*Node, error) {
 	opts.Conn.Logger = opts.Logger
 	opts.Conn.Registerer = opts.Registerer
 	n := &Node{
-		opts:  opts,
-		log:   opts.Logger,
-		store: b.Store,
-		feed:  b.Feed,
-		hub:   newHub(),
-		stop:  make(chan struct{}),
+		opts: opts,
+		log:  opts.Logger,
+		// Past the burst, further drops in the same second are counted
+		// (kronos_connections_closed_total) but not logged.
+		dropLog: opts.Logger.Sample(&zerolog.BurstSampler{Burst: dropLogBurst, Period: time.Second}),
+		store:   b.Store,
+		feed:    b.Feed,
+		hub:     newHub(),
+		stop:    make(chan struct{}),
 	}
 	n.async, _ = b.Store.(feed.AsyncWriter)
 	n.fanout = newFanout(opts.FanoutShards, n.deliver)
@@ -387,6 +391,9 @@ func offReadSide(err error) bool {
 		errors.Is(err, conn.ErrInputBudget)
 }
 
+// dropLogBurst bounds the "device dropped" lines a second.
+const dropLogBurst = 10
+
 // OnClose forgets the connection's session.
 func (n *Node) OnClose(c *conn.Conn, reason conn.CloseReason) {
 	s, _ := c.Context().(*session)
@@ -397,6 +404,12 @@ func (n *Node) OnClose(c *conn.Conn, reason conn.CloseReason) {
 	if s.loggedIn {
 		s.active.Store(false)
 		n.hub.clearDevice(s)
+	}
+	if s.loggedIn && (reason == conn.ReasonSlowConsumer || reason == conn.ReasonMemoryBudget) {
+		// A device cut off by the node, not by its user: an operator wants
+		// to know, but an attack must not flood the log (dropLog is sampled).
+		s.loggerOn(&n.dropLog, zerolog.InfoLevel).Str("reason", reason.String()).Msg("device dropped")
+		return
 	}
 	s.logger(zerolog.DebugLevel).Str("reason", reason.String()).Msg("connection closed")
 }

@@ -62,7 +62,11 @@ func userKey(userID string) string {
 }
 
 func (s *session) logger(level zerolog.Level) *zerolog.Event {
-	ev := s.node.log.WithLevel(level)
+	return s.loggerOn(&s.node.log, level)
+}
+
+func (s *session) loggerOn(l *zerolog.Logger, level zerolog.Level) *zerolog.Event {
+	ev := l.WithLevel(level)
 	if !ev.Enabled() {
 		return ev
 	}
