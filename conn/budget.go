@@ -73,7 +73,7 @@ type connBudget struct {
 	inHeld atomic.Int64 // bytes counted in the input budget
 	cut    atomic.Bool  // cut for the input budget: the read side drops its input
 
-	outWeight  atomic.Int64 // full size of the queued items (outBytes+outOff): whom to cut
+	outWeight  atomic.Int64 // full size of the queued items (outBytes+outOff, and their slots): whom to cut
 	outShared  int          // under mu: bytes of Shared payloads queued here (counted once, not here)
 	outCounted int64        // under mu: bytes this connection counts in the output budget
 }
@@ -250,7 +250,7 @@ func (c *Conn) roomForOut(it *outItem) bool {
 		cost -= int64(len(sh.data)) // already counted
 	}
 	for s.outBudget.full(cost) {
-		if !s.cutLargest(&s.outBudget, outputWeight, s.cutOutput, c, c.bud.outWeight.Load()+int64(it.size()), cost) {
+		if !s.cutLargest(&s.outBudget, outputWeight, s.cutOutput, c, c.bud.outWeight.Load()+int64(it.size()+queuedItemCost), cost) {
 			s.cutOutput(c)
 			return false
 		}

@@ -210,11 +210,13 @@ func (c *Conn) abortLocked() {
 		return
 	}
 	c.dropOutLocked()
-	if r := c.CloseReason(); r == ReasonSlowConsumer || r == ReasonMemoryBudget {
-		// The peer does not take what it is sent: closing resets, so the
-		// kernel drops the bytes still in the socket's send buffer (up to
-		// megabytes, charged to the node's memory cgroup) instead of keeping
-		// them while it probes a window that never opens.
+	if r := c.CloseReason(); r == ReasonSlowConsumer || (r == ReasonMemoryBudget && !c.bud.cut.Load()) {
+		// The peer does not take what it is sent (or holds the most output
+		// when the budget is full): closing resets, so the kernel drops the
+		// bytes still in the socket's send buffer (up to megabytes, charged
+		// to the node's memory cgroup) instead of keeping them while it
+		// probes a window that never opens. A cut for the input budget
+		// closes normally: its explanation must still reach the client.
 		_ = unix.SetsockoptLinger(c.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
 	}
 	first := c.state < stateWriteShut

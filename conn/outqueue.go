@@ -275,6 +275,12 @@ func (c *Conn) advance(n int) {
 // message's slot. c.mu must be held.
 func (c *Conn) queuedCostLocked() int { return c.outBytes + len(c.out)*queuedItemCost }
 
+func (c *Conn) queuedCost() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.queuedCostLocked()
+}
+
 // sendPong answers a ping. RFC 6455 5.5.3 lets an endpoint answer only the
 // most recent of several pings: a pong still waiting unsent at the end of
 // the queue takes the new payload instead of a second pong being queued, so

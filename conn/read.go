@@ -209,7 +209,7 @@ func (c *Conn) consumeTCP(p []byte) int {
 			}
 			return used
 		case scanBadStart:
-			if startsScalar(p[used+start]) {
+			if startsScalar(p[used+start:]) {
 				c.tcpFail(ErrNotObject)
 			} else {
 				c.tcpFail(ErrInvalidJSON)
@@ -229,10 +229,16 @@ func (c *Conn) consumeTCP(p []byte) int {
 			c.discardIn = true
 			break
 		}
+		c.messageDone()
 		c.srv.handler.OnMessage(c, msg)
 	}
 	return len(p)
 }
+
+// messageDone stops the read timeout's clock as a message is handed over
+// whole: however long the handler takes (a store call), the message is not
+// incomplete. onData starts the clock again for any rest it keeps.
+func (c *Conn) messageDone() { c.inSince.Store(0) }
 
 // tcpFail reports a framing error; a raw stream cannot be re-synchronised,
 // so the connection closes once the answer is sent.

@@ -28,10 +28,18 @@ const (
 	scanBadStart                   // a value begins with a byte that is not `{` or `[`
 )
 
-// startsScalar says whether b can begin a JSON value other than an object or
-// an array.
-func startsScalar(b byte) bool {
-	return b == '"' || b == '-' || b == 't' || b == 'f' || b == 'n' || ('0' <= b && b <= '9')
+// startsScalar says whether p, which is not empty, can begin a JSON value
+// other than an object or an array (`nope` cannot: that is invalid JSON).
+func startsScalar(p []byte) bool {
+	if b := p[0]; b == '"' || b == '-' || ('0' <= b && b <= '9') {
+		return true
+	}
+	for _, lit := range []string{"true", "false", "null"} {
+		if n := min(len(p), len(lit)); string(p[:n]) == lit[:n] {
+			return true
+		}
+	}
+	return false
 }
 
 func isJSONSpace(b byte) bool { return b == ' ' || b == '\t' || b == '\r' || b == '\n' }

@@ -121,8 +121,8 @@ func tlsReadReason(err error) CloseReason {
 // limit is applied to the message as a whole, as for plain connections (see
 // enqueueLocked), since its records must all go.
 func (c *Conn) writeTLS(ts *tlsState, it *outItem) bool {
-	size := it.size()
-	if q, limit := c.QueuedBytes(), c.srv.opts.MaxQueueBytes; q > 0 && q+size > limit {
+	size := it.size() + queuedItemCost // at least one record, one slot
+	if q, limit := c.queuedCost(), c.srv.opts.MaxQueueBytes; q > 0 && q+size > limit {
 		c.srv.metrics.queueOverflows.Inc()
 		c.Abort(ReasonSlowConsumer)
 		return false

@@ -2,6 +2,7 @@ package conn
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -236,4 +237,33 @@ func TestTLSCertificateIsReloaded(t *testing.T) {
 	}
 	roots := testcert.Write(t, s.certFile, s.keyFile, 2)
 	waitUntil(t, func() bool { return serial(roots) == 2 })
+}
+
+// On TLS each pong is a sealed record of its own, so pongs are not merged:
+// there the queue's limit, counting each record's slot, cuts a client that
+// pings and never reads.
+func TestTLSPingFloodStaysWithinQueueLimit(t *testing.T) {
+	eachEngine(t, func(t *testing.T, engine string) {
+		const limit = 4 << 20
+		s := serveTLS(t, engine, Options{MaxQueueBytes: limit})
+		w := s.dialWSS(t)
+		w.send(t, true, ws.OpText, []byte(`{}`))
+		conn := s.r.message(t).c
+		// Half the limit queued: more than the kernel's buffers may still
+		// take as they grow, so the pongs queue too.
+		filler := bytes.Repeat([]byte{'x'}, 16<<10)
+		for conn.QueuedBytes() < limit/2 {
+			if !conn.Send(filler) {
+				t.Fatal("send refused")
+			}
+		}
+		var flood bytes.Buffer
+		for range 40000 { // with their records' slots, past the other half
+			flood.Write(clientFrame(true, ws.OpPing, nil))
+		}
+		go w.Write(flood.Bytes()) // the node may cut it before it has read all
+		if got := s.r.closed(t); got.reason != ReasonSlowConsumer {
+			t.Fatalf("closed with %v, want slow_consumer", got.reason)
+		}
+	})
 }

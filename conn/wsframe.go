@@ -303,6 +303,7 @@ func (c *Conn) wsMessage(p []byte) {
 	if c.Closing() {
 		return
 	}
+	c.messageDone()
 	c.srv.handler.OnMessage(c, p)
 }
 

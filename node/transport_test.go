@@ -62,7 +62,7 @@ func TestRawStreamVimHabits(t *testing.T) {
 
 func TestRawStreamInvalidJSONCloses(t *testing.T) {
 	h := start(t, node.Options{})
-	for _, garbage := range []string{"hello\n", "{\"type\":\"login\",,}", "]"} {
+	for _, garbage := range []string{"hello\n", "{\"type\":\"login\",,}", "]", "nope", "trux"} {
 		c := h.dial(client.TCP)
 		sendRaw(t, c, garbage)
 		expectError(t, c, "", "invalid JSON")
