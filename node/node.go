@@ -334,7 +334,7 @@ func (n *Node) handle(s *session, p []byte, now time.Time) (string, string) {
 		return typ, "refused"
 	}
 	if typ == typeReadAll {
-		s.readAll(ctx)
+		s.readAll()
 		return typ, "done"
 	}
 	w, err := s.prepareWrite(typ, req)

@@ -39,8 +39,11 @@ type readFlight struct {
 func newReadFlights() *readFlights { return &readFlights{m: make(map[string]*userReads)} }
 
 // readAll returns the answer to a read-all of userID that begins after this
-// call. ctx bounds only the wait for another request's read.
-func (r *readFlights) readAll(ctx context.Context, n *Node, userID string) *readFlight {
+// call. The wait is bounded without a context of its own: by the running
+// read's timeout, then by the next read's, which starts when the running one
+// ends (a request's own StoreTimeout, started when it arrived, would fail a
+// joiner whose store answered in time).
+func (r *readFlights) readAll(n *Node, userID string) *readFlight {
 	r.mu.Lock()
 	u := r.m[userID]
 	if u == nil {
@@ -71,12 +74,8 @@ func (r *readFlights) readAll(ctx context.Context, n *Node, userID string) *read
 		f := u.next
 		f.serves++
 		r.mu.Unlock()
-		select {
-		case <-f.done:
-			return f
-		case <-ctx.Done():
-			return &readFlight{err: ctx.Err()}
-		}
+		<-f.done
+		return f
 	}
 }
 

@@ -278,3 +278,41 @@ func TestReadAllsOfOneUserShareReads(t *testing.T) {
 		t.Fatalf("%d more store reads, want 2 for %d read-alls", extra, devices)
 	}
 }
+
+// A read-all waiting for the next read is not failed by its own store
+// timeout: that read starts only when the running one ends, and has a
+// timeout of its own. Here the running read returns after the waiting
+// requests' own StoreTimeout has passed, and they are still answered.
+func TestReadAllWaitingForTheNextReadIsAnswered(t *testing.T) {
+	s, err := bolt.Open(filepath.Join(t.TempDir(), "kronos.db"), feed.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	const timeout = 300 * time.Millisecond
+	store := &heldReads{Store: s, reads: make(chan struct{}, 64)}
+	n := nodetest.Start(t, nodetest.Options{Node: node.Options{StoreTimeout: timeout},
+		Backend: &feed.Backend{Store: store, Feed: s}})
+	h := &harness{t: t, node: n, addr: n.Addr}
+	a, m := h.login(client.TCP, "", "")
+	user := m.Str("user_id")
+	b, _ := h.login(client.WebSocket, user, "")
+	c, _ := h.login(client.TCP, user, "")
+
+	release := store.holdReads(t)
+	send(t, a, map[string]any{"type": "read-all"})
+	await(t, store.reads, "the running read")
+	send(t, b, map[string]any{"type": "read-all"})
+	send(t, c, map[string]any{"type": "read-all"})
+	asked := time.Now()
+	eventually(t, wait, "both wait for the next read", func() bool {
+		return node.ReadAllsWaiting(n.Node, user) == 2
+	})
+	time.Sleep(time.Until(asked.Add(2 * timeout))) // lets their own StoreTimeout pass
+	release()
+	for _, cl := range []*client.Client{a, b, c} {
+		if m := next(t, cl); m.Type() != "read-all" || m["error"] != nil {
+			t.Fatalf("got %v, want a read-all answer", m)
+		}
+	}
+}

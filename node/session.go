@@ -284,11 +284,11 @@ func loginOutcome(err error) string {
 	return "error"
 }
 
-func (s *session) readAll(ctx context.Context) {
+func (s *session) readAll() {
 	// The answer is placed among the device's notifications by the Seq it
 	// was read at (answerInPlace): while the store reads, they wait.
 	s.hold()
-	f := s.node.reads.readAll(ctx, s.node, s.userID)
+	f := s.node.reads.readAll(s.node, s.userID)
 	switch {
 	case f.err != nil:
 		s.answerInPlace(0, func() { s.storeError(typeReadAll, f.err) })
