@@ -405,15 +405,17 @@ func TestRawTCPMessagesAcrossAndWithinReads(t *testing.T) {
 	})
 }
 
-func TestRawTCPInvalidJSONAnswersAndCloses(t *testing.T) {
+// expectFramingClose sends `{"a":1}` and then input on a raw TCP stream:
+// the object is handled, input is reported as want, and the stream closes.
+func expectFramingClose(t *testing.T, input string, want error) {
 	eachEngine(t, func(t *testing.T, engine string) {
 		s, r := serve(t, engine, Options{})
 		c := dial(t, s)
-		write(t, c, []byte(`{"a":1}hello`))
+		write(t, c, []byte(`{"a":1}`+input))
 		if m := r.message(t); m.data != `{"a":1}` {
 			t.Fatalf("got %q", m.data)
 		}
-		if err := r.framingError(t); err != ErrInvalidJSON {
+		if err := r.framingError(t); err != want {
 			t.Fatalf("framing error %v", err)
 		}
 		readToEOF(t, c)
@@ -423,26 +425,16 @@ func TestRawTCPInvalidJSONAnswersAndCloses(t *testing.T) {
 	})
 }
 
+func TestRawTCPInvalidJSONAnswersAndCloses(t *testing.T) {
+	expectFramingClose(t, `hello`, ErrInvalidJSON)
+}
+
 // A JSON scalar is valid JSON but not a request: the answer says so, and the
 // stream closes because a number's end cannot be told apart from the next one.
 func TestRawTCPScalarAnswersNotAnObjectAndCloses(t *testing.T) {
 	for _, scalar := range []string{`7`, `"login"`, `true`, `null`, `-1`} {
 		t.Run(scalar, func(t *testing.T) {
-			eachEngine(t, func(t *testing.T, engine string) {
-				s, r := serve(t, engine, Options{})
-				c := dial(t, s)
-				write(t, c, []byte(`{"a":1} `+scalar+` {"b":2}`))
-				if m := r.message(t); m.data != `{"a":1}` {
-					t.Fatalf("got %q", m.data)
-				}
-				if err := r.framingError(t); err != ErrNotObject {
-					t.Fatalf("framing error %v", err)
-				}
-				readToEOF(t, c)
-				if got := r.closed(t); got.reason != ReasonProtocolError {
-					t.Fatalf("closed with %v", got.reason)
-				}
-			})
+			expectFramingClose(t, ` `+scalar+` {"b":2}`, ErrNotObject)
 		})
 	}
 }

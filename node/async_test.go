@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -27,11 +26,7 @@ import (
 // race that an unlucky round can miss.
 func TestPipelinedRequestsAnswerInOrder(t *testing.T) {
 	blocking := func(t *testing.T) *harness {
-		s, err := bolt.Open(filepath.Join(t.TempDir(), "kronos.db"), feed.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { s.Close() })
+		s := openBolt(t)
 		// Only feed.Store's methods: the node writes through Write.
 		b := &feed.Backend{Store: struct{ feed.Store }{s}, Feed: s}
 		n := nodetest.Start(t, nodetest.Options{Backend: b})
@@ -118,11 +113,7 @@ func (s *heldWrites) WriteAsync(_ context.Context, w *feed.Write, done func(erro
 
 func startHeld(t *testing.T, opts node.Options) (*heldWrites, *nodetest.Node) {
 	t.Helper()
-	s, err := bolt.Open(filepath.Join(t.TempDir(), "kronos.db"), feed.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
+	s := openBolt(t)
 	held := &heldWrites{Store: s, queued: make(chan struct{}, 64), gate: make(chan struct{}),
 		forward: make(chan func(), 64)}
 	go func() {

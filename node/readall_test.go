@@ -102,6 +102,17 @@ func (s *heldReads) holdReads(t *testing.T) (release func()) {
 	return release
 }
 
+// openBolt opens a fresh embedded store, closed when the test ends.
+func openBolt(t *testing.T) *bolt.Store {
+	t.Helper()
+	s, err := bolt.Open(filepath.Join(t.TempDir(), "kronos.db"), feed.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
 func await(t *testing.T, ch chan struct{}, what string) {
 	t.Helper()
 	select {
@@ -120,11 +131,7 @@ func await(t *testing.T, ch chan struct{}, what string) {
 func TestReadAllIsOrderedAmongNotifications(t *testing.T) {
 	for _, tr := range transports {
 		t.Run(string(tr), func(t *testing.T) {
-			s, err := bolt.Open(filepath.Join(t.TempDir(), "kronos.db"), feed.Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { s.Close() })
+			s := openBolt(t)
 			store := &heldReads{Store: s, reads: make(chan struct{}, 8)}
 			fd := &heldFeed{Feed: s, arrived: make(chan struct{}, 64)}
 			n := nodetest.Start(t, nodetest.Options{Backend: &feed.Backend{Store: store, Feed: fd}})
@@ -200,11 +207,7 @@ func TestReadAllIsOrderedAmongNotifications(t *testing.T) {
 // at most --store-timeout: a feed far behind does not hold the device's
 // answers. The notification, when it comes, still reaches the device.
 func TestReadAllWaitsForTheFeedAtMostStoreTimeout(t *testing.T) {
-	s, err := bolt.Open(filepath.Join(t.TempDir(), "kronos.db"), feed.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
+	s := openBolt(t)
 	fd := &heldFeed{Feed: s, arrived: make(chan struct{}, 64)}
 	n := nodetest.Start(t, nodetest.Options{Node: node.Options{StoreTimeout: time.Second},
 		Backend: &feed.Backend{Store: s, Feed: fd}})
@@ -232,11 +235,7 @@ func TestReadAllWaitsForTheFeedAtMostStoreTimeout(t *testing.T) {
 // answers them all. None of them takes the running read's answer, which may
 // lack a change notified to it before it asked.
 func TestReadAllsOfOneUserShareReads(t *testing.T) {
-	s, err := bolt.Open(filepath.Join(t.TempDir(), "kronos.db"), feed.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
+	s := openBolt(t)
 	store := &heldReads{Store: s, reads: make(chan struct{}, 64)}
 	n := nodetest.Start(t, nodetest.Options{Backend: &feed.Backend{Store: store, Feed: s}})
 	h := &harness{t: t, node: n, addr: n.Addr}
@@ -284,11 +283,7 @@ func TestReadAllsOfOneUserShareReads(t *testing.T) {
 // timeout of its own. Here the running read returns after the waiting
 // requests' own StoreTimeout has passed, and they are still answered.
 func TestReadAllWaitingForTheNextReadIsAnswered(t *testing.T) {
-	s, err := bolt.Open(filepath.Join(t.TempDir(), "kronos.db"), feed.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
+	s := openBolt(t)
 	const timeout = 300 * time.Millisecond
 	store := &heldReads{Store: s, reads: make(chan struct{}, 64)}
 	n := nodetest.Start(t, nodetest.Options{Node: node.Options{StoreTimeout: timeout},
